@@ -1,0 +1,55 @@
+"""Command line of the engine: ``python -m engine <command> ...``.
+
+Each command lives in its own module, which defines ``configure(parser)`` and ``run(args) -> int``
+and imports only the standard library at module level (heavy imports happen inside ``run``), so
+``--help`` stays fast and works without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+
+# (command, module relative to this package, one-line help). Listed explicitly: no registry.
+COMMANDS = (
+    ("doctor", ".doctor", "check Python, packages, GPU and model folders; non-zero exit if something required is missing"),
+    ("make-tiny-models", ".tiny_models", "write a tiny random-weight prior in the models-folder layout (tests, smoke runs)"),
+    # identity commands (issue 3) go here
+    # prior commands (issue 5) go here
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m engine",
+        description="ID-to-3D engine: identity-consistent 3D heads from photos.",
+    )
+    parser.add_argument("--version", action="version", version=f"engine {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name, help_text in COMMANDS:
+        module = importlib.import_module(module_name, __package__)
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module.configure(command_parser)
+        command_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Logs go to stderr: stdout is reserved for the JSON-lines protocol when run as a worker.
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,188 @@
+"""``python -m engine doctor``: a truthful report of what this Python can and cannot do.
+
+Checks the Python version, the key packages (versions read from their metadata, so a broken
+package is reported rather than crashing the report), whether torch sees a usable CUDA device,
+whether the optional nvdiffrast backend imports, and each model folder with the files it lacks.
+Exits 1 when anything required is missing, 0 otherwise. ``--json`` prints one JSON object, which
+the Blender add-on reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .models import check_models, default_models_root
+
+# (distribution name, import name, required, why)
+PACKAGES = (
+    ("torch", "torch", True, "optimisation and rendering"),
+    ("numpy", "numpy", True, "arrays everywhere"),
+    ("diffusers", "diffusers", True, "Stable Diffusion / Arc2Face priors"),
+    ("transformers", "transformers", True, "CLIP text encoder"),
+    ("peft", "peft", True, "LoRA task priors"),
+    ("safetensors", "safetensors", True, "safe weight files"),
+    ("huggingface-hub", "huggingface_hub", True, "model folders and downloads"),
+    ("pillow", "PIL", True, "reading photos, writing textures"),
+    ("insightface", "insightface", False, "production face detection and ArcFace"),
+    ("onnxruntime", "onnxruntime", False, "runs the insightface ONNX models"),
+    ("dlib-bin", "dlib", False, "offline face detection and the independent identity judge"),
+    ("face-recognition-models", "face_recognition_models", False, "dlib's face model files"),
+    ("xatlas", "xatlas", False, "UV unwrapping for the texture stage"),
+    ("nvdiffrast", "nvdiffrast", False, "optional CUDA rasteriser (the built-in one is used without it)"),
+)
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    required: bool
+    detail: str
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--models", "--prior", dest="models", type=Path, default=None,
+        help=f"models root folder (default: {default_models_root()}, or $IDTO3D_MODELS)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument(
+        "--no-models", action="store_true",
+        help="do not count missing model folders as failures (checking an environment only)",
+    )
+
+
+def _package_check(dist: str, module: str, required: bool, why: str) -> Check:
+    try:
+        version = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    found = importlib.util.find_spec(module) is not None
+    if not found:
+        return Check(dist, False, required, f"not installed ({why})")
+    return Check(dist, True, required, f"{version or 'unknown version'} ({why})")
+
+
+def _torch_check() -> tuple[Check, dict[str, Any]]:
+    info: dict[str, Any] = {"cuda_available": False}
+    try:
+        import torch
+    except Exception as exc:  # a broken install must still produce a report
+        return Check("cuda", False, False, f"torch does not import: {exc}"), info
+    info["torch_cuda_build"] = torch.version.cuda
+    if not torch.cuda.is_available():
+        why = "CPU-only torch build" if torch.version.cuda is None else "no CUDA device visible"
+        return Check("cuda", False, False, f"not usable ({why}); the engine runs on CPU, slowly"), info
+    try:
+        name = torch.cuda.get_device_name(0)
+        free, total = torch.cuda.mem_get_info(0)
+        torch.zeros(1, device="cuda").add_(1)  # proves a kernel actually runs
+    except Exception as exc:
+        return Check("cuda", False, False, f"device present but unusable: {exc}"), info
+    info.update(cuda_available=True, device=name, memory_total_gb=round(total / 2**30, 1),
+                memory_free_gb=round(free / 2**30, 1))
+    return Check("cuda", True, False, f"{name}, {free / 2**30:.1f}/{total / 2**30:.1f} GiB free"), info
+
+
+def _nvdiffrast_check() -> Check:
+    if importlib.util.find_spec("nvdiffrast") is None:
+        return Check("nvdiffrast", False, False, "not installed (optional; the built-in rasteriser is used)")
+    try:
+        importlib.import_module("nvdiffrast.torch")
+    except Exception as exc:
+        return Check("nvdiffrast", False, False, f"installed but does not import: {exc}")
+    return Check("nvdiffrast", True, False, "imports (CUDA backend available)")
+
+
+def _dlib_models_check() -> Check:
+    found = importlib.util.find_spec("face_recognition_models")
+    if found is None or found.origin is None:
+        return Check("dlib face models", False, False, "face-recognition-models not installed")
+    folder = Path(found.origin).parent / "models"
+    names = sorted(p.name for p in folder.glob("*.dat"))
+    return Check("dlib face models", bool(names), False, f"{folder} ({len(names)} model files)")
+
+
+def collect(models_root: Path | None, count_models: bool = True) -> dict[str, Any]:
+    """Gather the whole report as plain data."""
+    root = Path(models_root) if models_root else default_models_root()
+    checks: list[Check] = [
+        Check("python", sys.version_info[:2] >= (3, 10), True,
+              f"{platform.python_version()} at {sys.executable}"),
+    ]
+    checks += [_package_check(*row) for row in PACKAGES if row[0] != "nvdiffrast"]
+    cuda_check, cuda_info = _torch_check()
+    checks += [cuda_check, _nvdiffrast_check(), _dlib_models_check()]
+    models = []
+    for report in check_models(root):
+        models.append({
+            "key": report.spec.key,
+            "title": report.spec.title,
+            "path": str(report.path),
+            "exists": report.exists,
+            "required": report.spec.required,
+            "missing": report.missing,
+            "complete": report.complete,
+            "source": report.spec.source,
+        })
+    failed = [c.name for c in checks if c.required and not c.ok]
+    if count_models:
+        failed += [f"models/{m['key']}" for m in models if m["required"] and not m["complete"]]
+    return {
+        "engine_version": __version__,
+        "platform": platform.platform(),
+        "models_root": str(root),
+        "checks": [c.__dict__ for c in checks],
+        "cuda": cuda_info,
+        "models": models,
+        "failed": failed,
+        "ok": not failed,
+    }
+
+
+def format_text(report: dict[str, Any]) -> str:
+    lines = [f"ID-to-3D engine {report['engine_version']} on {report['platform']}", ""]
+    for check in report["checks"]:
+        mark = "ok " if check["ok"] else ("MISSING" if check["required"] else "-- ")
+        lines.append(f"  [{mark:^7}] {check['name']:<24} {check['detail']}")
+    lines += ["", f"Models root: {report['models_root']}"]
+    for model in report["models"]:
+        if model["complete"]:
+            state = "ok"
+        elif not model["exists"]:
+            state = "folder not found"
+        else:
+            state = "lacks " + ", ".join(model["missing"])
+        need = "required" if model["required"] else "optional"
+        mark = "ok " if model["complete"] else ("MISSING" if model["required"] else "-- ")
+        lines.append(f"  [{mark:^7}] {model['key']:<12} ({need}) {model['path']}: {state}")
+        if not model["complete"]:
+            lines.append(f"  {'':9} get it from {model['source']}")
+    lines.append("")
+    if report["ok"]:
+        lines.append("Everything required is present.")
+    else:
+        lines.append("Missing: " + ", ".join(report["failed"]))
+        if any(name.startswith("models/") for name in report["failed"]):
+            lines.append("Put the model folders under the models root (or pass --models ROOT); "
+                         "docs/install.md lists where each comes from.")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = collect(args.models, count_models=not args.no_models)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(format_text(report))
+    return 0 if report["ok"] else 1

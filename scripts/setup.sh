@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Create (or bring up to date) the project's virtual environment in .venv.
+# Idempotent: a second run with nothing changed only checks and returns.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+VENV=.venv
+STAMP="$VENV/.installed-requirements"
+
+if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)'; then
+    echo "setup: Python 3.11 is required (bpy 5.0.1 and torch 2.13.0 wheels are built for it);" \
+         "set PYTHON=/path/to/python3.11" >&2
+    exit 1
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "setup: creating $VENV" >&2
+    "$PYTHON" -m venv "$VENV"
+fi
+want="$(cat requirements.txt constraints.txt | sha256sum | cut -d' ' -f1)"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+    echo "setup: $VENV is up to date" >&2
+    exit 0
+fi
+echo "setup: installing pinned packages into $VENV (first time: ~2 minutes)" >&2
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    -r requirements.txt -c constraints.txt 2> >(grep -v "^WARNING: Location" >&2)
+"$VENV/bin/python" -m pip check >&2 || true
+echo "$want" > "$STAMP"
+echo "setup: done" >&2

@@ -1,0 +1,56 @@
+"""Shared fixtures: real face photos shipped inside installed packages, and tiny models.
+
+Nothing here downloads anything. Stage-specific fixtures live in the tests that use them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    # `engine` is imported as a top-level package from the repository root, as the worker does.
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+def _package_dir(module: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin, f"{module} is not installed (run scripts/setup.sh)"
+    return Path(spec.origin).parent
+
+
+@pytest.fixture(scope="session")
+def photos_dir(tmp_path_factory) -> Path:
+    """Real photos of faces from installed packages, copied into one folder as files.
+
+    astronaut.png (Eileen Collins, scikit-image), grace_hopper.jpg (matplotlib),
+    tom_hanks_aligned.png (insightface, already a 112x112 ArcFace crop),
+    group.jpg (insightface's t1.jpg: several people).
+    """
+    from PIL import Image
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("photos")
+    Image.fromarray(data.astronaut()).save(folder / "astronaut.png")
+    mpl = _package_dir("matplotlib") / "mpl-data" / "sample_data" / "grace_hopper.jpg"
+    (folder / "grace_hopper.jpg").write_bytes(mpl.read_bytes())
+    images = _package_dir("insightface") / "data" / "images"
+    (folder / "tom_hanks_aligned.png").write_bytes((images / "Tom_Hanks_54745.png").read_bytes())
+    (folder / "group.jpg").write_bytes((images / "t1.jpg").read_bytes())
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_models_root(tmp_path_factory) -> Path:
+    """A models root holding tiny random-weight ``sd15/`` and ``arc2face/`` folders.
+
+    Written by the production :func:`engine.tiny_models.write_tiny_models` in the real layout,
+    so the production loading code is what the tests exercise. Session-scoped: ~6 s once.
+    """
+    from engine.tiny_models import write_tiny_models
+
+    return write_tiny_models(tmp_path_factory.mktemp("models"))
