@@ -6,12 +6,17 @@ Nothing here downloads anything. Stage-specific fixtures live in the tests that 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Real Blender (the bpy module) must never touch the developer's own Blender settings: point its
+# user folder at a throwaway one before anything imports bpy.
+os.environ["BLENDER_USER_RESOURCES"] = tempfile.mkdtemp(prefix="idto3d-blender-user-")
 if str(REPO_ROOT) not in sys.path:
     # `engine` is imported as a top-level package from the repository root, as the worker does.
     sys.path.insert(0, str(REPO_ROOT))
@@ -54,3 +59,30 @@ def tiny_models_root(tmp_path_factory) -> Path:
     from engine.tiny_models import write_tiny_models
 
     return write_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def blender_addon(tmp_path_factory) -> str:
+    """Enable the add-on from this source tree in real Blender; yields its module name.
+
+    Loaded through a user extension repository whose folder holds a link to the repository
+    root, exactly as Blender loads an installed extension (``bl_ext.<repo>.id_to_3d``). In the
+    bpy module timers and modal operators never run: operators' execute() runs instead.
+    """
+    import bpy
+    import addon_utils
+
+    repo_dir = tmp_path_factory.mktemp("extensions")
+    (repo_dir / "id_to_3d").symlink_to(REPO_ROOT, target_is_directory=True)
+    repo = bpy.context.preferences.extensions.repos.new(
+        name="idto3d-source", module="idto3d_source", custom_directory=str(repo_dir), source="USER")
+    module = f"bl_ext.{repo.module}.id_to_3d"
+    addon_utils.enable(module, default_set=True, handle_error=_raise)
+    assert module in bpy.context.preferences.addons, f"{module} did not enable"
+    yield module
+    addon_utils.disable(module, default_set=True)
+    bpy.context.preferences.extensions.repos.remove(repo)
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc

@@ -1,0 +1,79 @@
+"""Edit the list of expressions (one shape key each; neutral is the Basis and always kept)."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import StringProperty
+
+from ..properties import BASIS_EXPRESSION, DEFAULT_EXPRESSIONS
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())
+
+
+class IDTO3D_OT_expression_add(bpy.types.Operator):
+    bl_idname = "idto3d.expression_add"
+    bl_label = "Add Expression"
+    bl_description = 'Add an expression or an edit ("laughing", "with curly red hair")'
+    bl_options = {"REGISTER", "UNDO"}
+
+    text: StringProperty(name="Expression", default="laughing")
+
+    def invoke(self, context, event):
+        return context.window_manager.invoke_props_dialog(self)
+
+    def execute(self, context):
+        settings = context.scene.idto3d
+        text = _clean(self.text)
+        if not text:
+            self.report({"ERROR"}, "An expression needs some words, e.g. 'smiling'")
+            return {"CANCELLED"}
+        if any(_clean(item.text).lower() == text.lower() for item in settings.expressions):
+            self.report({"WARNING"}, f"'{text}' is already in the list")
+            return {"CANCELLED"}
+        settings.expressions.add().text = text
+        settings.expression_index = len(settings.expressions) - 1
+        settings.expressions_initialised = True
+        return {"FINISHED"}
+
+
+class IDTO3D_OT_expression_remove(bpy.types.Operator):
+    bl_idname = "idto3d.expression_remove"
+    bl_label = "Remove Expression"
+    bl_description = "Remove the selected expression (neutral is the Basis and stays)"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        settings = context.scene.idto3d
+        return 0 <= settings.expression_index < len(settings.expressions)
+
+    def execute(self, context):
+        settings = context.scene.idto3d
+        index = settings.expression_index
+        if _clean(settings.expressions[index].text).lower() == BASIS_EXPRESSION:
+            self.report({"ERROR"}, "Neutral is the Basis shape key and cannot be removed")
+            return {"CANCELLED"}
+        settings.expressions.remove(index)
+        settings.expression_index = min(index, len(settings.expressions) - 1)
+        return {"FINISHED"}
+
+
+class IDTO3D_OT_expressions_reset(bpy.types.Operator):
+    bl_idname = "idto3d.expressions_reset"
+    bl_label = "Default Expressions"
+    bl_description = "Replace the list with neutral and the six basic emotions"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        settings = context.scene.idto3d
+        settings.expressions.clear()
+        for text in DEFAULT_EXPRESSIONS:
+            settings.expressions.add().text = text
+        settings.expression_index = 0
+        settings.expressions_initialised = True
+        return {"FINISHED"}
+
+
+CLASSES = (IDTO3D_OT_expression_add, IDTO3D_OT_expression_remove, IDTO3D_OT_expressions_reset)

@@ -1,0 +1,43 @@
+"""Expressions panel: the list of expressions, one shape key each (neutral = Basis)."""
+
+from __future__ import annotations
+
+import bpy
+
+from . import CATEGORY
+from ..properties import BASIS_EXPRESSION
+
+
+class IDTO3D_UL_expressions(bpy.types.UIList):
+    bl_idname = "IDTO3D_UL_expressions"
+
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
+        row = layout.row(align=True)
+        row.prop(item, "enabled", text="")
+        is_basis = item.text.strip().lower() == BASIS_EXPRESSION
+        row.prop(item, "text", text="", emboss=False, icon="PINNED" if is_basis else "SHAPEKEY_DATA")
+
+
+class IDTO3D_PT_expressions(bpy.types.Panel):
+    bl_idname = "IDTO3D_PT_expressions"
+    bl_label = "Expressions"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = CATEGORY
+
+    def draw(self, context):
+        settings = context.scene.idto3d
+        layout = self.layout
+        row = layout.row()
+        row.template_list("IDTO3D_UL_expressions", "", settings, "expressions", settings,
+                          "expression_index", rows=5)
+        column = row.column(align=True)
+        column.operator("idto3d.expression_add", icon="ADD", text="")
+        column.operator("idto3d.expression_remove", icon="REMOVE", text="")
+        column.separator()
+        column.operator("idto3d.expressions_reset", icon="LOOP_BACK", text="")
+        enabled = sum(1 for item in settings.expressions if item.enabled)
+        layout.label(text=f"{enabled} shape keys (neutral is the Basis)", icon="INFO")
+
+
+CLASSES = (IDTO3D_UL_expressions, IDTO3D_PT_expressions)

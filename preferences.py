@@ -1,0 +1,77 @@
+"""Add-on preferences: where the engine's Python and the models are, which device, downloads."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, StringProperty
+
+from .engine.models import default_models_root
+
+
+class IDTO3D_AP_preferences(bpy.types.AddonPreferences):
+    bl_idname = __package__
+
+    python_executable: StringProperty(
+        name="Engine Python",
+        description=(
+            "Python executable that has torch and the engine's packages (see docs/install.md). "
+            "Empty: $IDTO3D_PYTHON if set, else Blender's own Python"
+        ),
+        subtype="FILE_PATH",
+        default="",
+    )
+    models_root: StringProperty(
+        name="Models Folder",
+        description=(
+            "Folder holding sd15/, arc2face/, antelopev2/ and loras/. Empty: the default per-user "
+            "folder (or $IDTO3D_MODELS)"
+        ),
+        subtype="DIR_PATH",
+        default="",
+    )
+    device: EnumProperty(
+        name="Device",
+        description="Where the engine optimises the head",
+        items=(
+            ("AUTO", "Automatic", "CUDA GPU when one is usable, else CPU"),
+            ("CUDA", "CUDA GPU", "Fail clearly if no usable CUDA GPU is found"),
+            ("CPU", "CPU", "Slow (hours per head); for checks and small previews"),
+        ),
+        default="AUTO",
+    )
+    allow_downloads: BoolProperty(
+        name="Allow Model Downloads",
+        description=(
+            "Let the add-on download model weights when you ask for it (also needs Blender's "
+            "'Allow Online Access'). The weights have research-only licence terms"
+        ),
+        default=False,
+    )
+
+    def draw(self, context):
+        layout = self.layout
+        layout.prop(self, "python_executable")
+        layout.prop(self, "models_root")
+        if not self.models_root:
+            layout.label(text=f"Default: {default_models_root()}", icon="INFO")
+        layout.prop(self, "device")
+        row = layout.row()
+        row.prop(self, "allow_downloads")
+        if self.allow_downloads and not bpy.app.online_access:
+            layout.label(text="Blender's online access is off: downloads stay disabled", icon="ERROR")
+        layout.operator("idto3d.check_engine", icon="CHECKMARK")
+
+
+def addon_prefs(context) -> IDTO3D_AP_preferences:
+    """This add-on's preferences (raises a clear error if the add-on is not enabled)."""
+    addon = context.preferences.addons.get(__package__)
+    if addon is None:
+        raise RuntimeError(f"the add-on {__package__} is not enabled")
+    return addon.preferences
+
+
+def models_root(prefs) -> str:
+    return bpy.path.abspath(prefs.models_root) if prefs.models_root else str(default_models_root())
+
+
+CLASSES = (IDTO3D_AP_preferences,)

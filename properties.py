@@ -1,0 +1,120 @@
+"""Scene and window-manager properties: the photos, the expressions and the generation settings.
+
+Everything the user sets lives on ``scene.idto3d`` (saved with the .blend file). Results of
+checks that are not worth saving live on ``window_manager.idto3d_runtime``.
+"""
+
+from __future__ import annotations
+
+import bpy
+from bpy.app.handlers import persistent
+from bpy.props import (
+    BoolProperty,
+    CollectionProperty,
+    EnumProperty,
+    IntProperty,
+    PointerProperty,
+    StringProperty,
+)
+
+# Neutral is the Basis shape key; the rest are the six basic emotions.
+DEFAULT_EXPRESSIONS = ("neutral", "smiling", "angry", "surprised", "sad", "disgusted", "fearful")
+BASIS_EXPRESSION = "neutral"
+
+PHOTO_STATUS_ITEMS = (
+    ("UNCHECKED", "Unchecked", "Not checked yet", "QUESTION", 0),
+    ("OK", "OK", "One face found, consistent with the other photos", "CHECKMARK", 1),
+    ("NO_FACE", "No Face", "No face was found in this photo", "ERROR", 2),
+    ("SEVERAL_FACES", "Several Faces", "Several faces: the largest one is used", "INFO", 3),
+    ("OUTLIER", "Outlier", "Looks like a different person than the other photos", "ERROR", 4),
+    ("UNREADABLE", "Unreadable", "The file could not be read as an image", "CANCEL", 5),
+    ("TOO_SMALL", "Face Too Small", "The face is too small to embed reliably", "ERROR", 6),
+)
+
+
+class IDTO3D_PG_photo(bpy.types.PropertyGroup):
+    path: StringProperty(name="Path", subtype="FILE_PATH", description="Reference photo")
+    enabled: BoolProperty(name="Use", default=True, description="Use this photo for the identity")
+    status: EnumProperty(name="Status", items=PHOTO_STATUS_ITEMS, default="UNCHECKED")
+    message: StringProperty(name="Message", description="What the last check said about this photo")
+
+
+class IDTO3D_PG_expression(bpy.types.PropertyGroup):
+    text: StringProperty(
+        name="Expression",
+        description='An expression or an edit, in words ("smiling", "with curly red hair")',
+        default="smiling",
+    )
+    enabled: BoolProperty(name="Use", default=True, description="Generate a shape key for it")
+
+
+class IDTO3D_PG_settings(bpy.types.PropertyGroup):
+    photos: CollectionProperty(type=IDTO3D_PG_photo)
+    photo_index: IntProperty(name="Active Photo", default=0)
+    expressions: CollectionProperty(type=IDTO3D_PG_expression)
+    expression_index: IntProperty(name="Active Expression", default=0)
+    expressions_initialised: BoolProperty(default=False, options={"HIDDEN"})
+    preset: EnumProperty(
+        name="Quality",
+        items=(
+            ("PREVIEW", "Preview", "Fast, coarse head to check identity and expressions"),
+            ("STANDARD", "Standard", "Balanced quality and time"),
+            ("HIGH", "High", "Finest geometry and texture; slowest"),
+        ),
+        default="STANDARD",
+    )
+    seed: IntProperty(name="Seed", default=0, min=0, description="Same seed, same inputs: same head")
+    output_dir: StringProperty(
+        name="Output Folder",
+        subtype="DIR_PATH",
+        default="",
+        description="Where job and result folders are written. Empty: the extension's user folder",
+    )
+
+
+class IDTO3D_PG_runtime(bpy.types.PropertyGroup):
+    engine_checked: BoolProperty(default=False)
+    engine_ok: BoolProperty(default=False)
+    engine_summary: StringProperty(default="")
+
+
+def ensure_default_expressions(settings) -> bool:
+    """Fill the expression list with the defaults once per scene; True if it changed anything."""
+    if settings.expressions_initialised:
+        return False
+    if len(settings.expressions) == 0:
+        for text in DEFAULT_EXPRESSIONS:
+            settings.expressions.add().text = text
+    settings.expressions_initialised = True
+    return True
+
+
+def _initialise_all_scenes() -> None:
+    for scene in bpy.data.scenes:
+        ensure_default_expressions(scene.idto3d)
+
+
+@persistent
+def _on_load_post(_filepath) -> None:
+    _initialise_all_scenes()
+
+
+CLASSES = (IDTO3D_PG_photo, IDTO3D_PG_expression, IDTO3D_PG_settings, IDTO3D_PG_runtime)
+
+
+def register_properties() -> None:
+    bpy.types.Scene.idto3d = PointerProperty(type=IDTO3D_PG_settings)
+    bpy.types.WindowManager.idto3d_runtime = PointerProperty(type=IDTO3D_PG_runtime)
+    bpy.app.handlers.load_post.append(_on_load_post)
+    try:
+        _initialise_all_scenes()
+    except AttributeError:
+        # bpy.data is restricted while Blender starts up; load_post fills the scenes then.
+        pass
+
+
+def unregister_properties() -> None:
+    if _on_load_post in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.remove(_on_load_post)
+    del bpy.types.WindowManager.idto3d_runtime
+    del bpy.types.Scene.idto3d

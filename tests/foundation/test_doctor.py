@@ -1,0 +1,63 @@
+"""`python -m engine doctor`: truthful report, missing model files named, non-zero exit for them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _doctor(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine", "doctor", *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=180)
+
+
+def test_doctor_names_every_missing_model_file_and_fails(tiny_models_root, tmp_path):
+    root = tmp_path / "models"
+    shutil.copytree(tiny_models_root / "arc2face", root / "arc2face")
+    (root / "arc2face" / "arcface.onnx").unlink()
+    (root / "arc2face" / "encoder" / "model.safetensors").write_bytes(b"")  # empty counts as missing
+    done = _doctor("--models", str(root), "--json")
+    assert done.returncode == 1
+    report = json.loads(done.stdout)
+    models = {m["key"]: m for m in report["models"]}
+    assert models["arc2face"]["missing"] == ["encoder/model.safetensors or encoder/pytorch_model.bin",
+                                             "arcface.onnx"]
+    assert models["sd15"]["exists"] is False and "vae/config.json" in models["sd15"]["missing"]
+    assert models["antelopev2"]["missing"] == ["scrfd_10g_bnkps.onnx", "arcface.onnx"]
+    assert models["loras"]["required"] is False
+    assert set(report["failed"]) == {"models/sd15", "models/arc2face", "models/antelopev2"}
+
+    text = _doctor("--models", str(root))
+    assert text.returncode == 1
+    assert "lacks encoder/model.safetensors or encoder/pytorch_model.bin, arcface.onnx" in text.stdout
+    assert "Missing: models/sd15, models/arc2face, models/antelopev2" in text.stdout
+
+
+def test_doctor_reports_the_real_environment(tmp_path):
+    import torch
+
+    done = _doctor("--models", str(tmp_path), "--json", "--no-models")
+    report = json.loads(done.stdout)
+    assert done.returncode == 0 and report["ok"] is True
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["torch"]["ok"] and torch.__version__.split("+")[0] in checks["torch"]["detail"]
+    assert checks["cuda"]["ok"] is torch.cuda.is_available()
+    assert checks["nvdiffrast"]["required"] is False
+    assert report["models_root"] == str(tmp_path)
+
+
+def test_doctor_passes_with_complete_model_folders(tiny_models_root, tmp_path):
+    root = tmp_path / "models"
+    shutil.copytree(tiny_models_root / "arc2face", root / "arc2face")
+    shutil.copytree(tiny_models_root / "sd15", root / "sd15")
+    (root / "antelopev2").mkdir()
+    for name in ("scrfd_10g_bnkps.onnx", "arcface.onnx"):
+        shutil.copy(tiny_models_root / "arc2face" / "arcface.onnx", root / "antelopev2" / name)
+    done = _doctor("--models", str(root), "--json")
+    report = json.loads(done.stdout)
+    assert report["failed"] == [] and done.returncode == 0
