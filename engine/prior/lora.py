@@ -1,0 +1,103 @@
+"""Task priors as LoRA adapters on the UNet (peft through diffusers' adapter API).
+
+An adapter folder holds what ``save_lora_adapter`` writes (``pytorch_lora_weights.safetensors``,
+with the peft config in its metadata) plus ``prior_adapter.json``: the domain it was trained for,
+rank, target modules, and the expression-branch scale it was trained with. Imported only by code
+that already needs torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import CorruptWeightsError, MismatchedWeightsError, MissingWeightsError
+from .weights import check_safetensors, read_json
+
+TASKS = ("normal", "albedo")
+WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
+INFO_FILE = "prior_adapter.json"
+DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "to_k_exp", "to_v_exp")
+
+
+@dataclass
+class AdapterInfo:
+    domain: str
+    rank: int = 8
+    alpha: float = 8.0
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    expression_scale: float = 1.0
+    steps: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def add_task_adapter(unet, info: AdapterInfo, adapter_name: str):
+    """Add a fresh trainable LoRA to ``unet``; returns the list of its trainable parameters."""
+    from peft import LoraConfig
+
+    names = {n.rsplit(".", 1)[-1] if not n.endswith("to_out.0") else "to_out.0" for n, _ in unet.named_modules()}
+    unknown = [t for t in info.target_modules if t not in names]
+    if unknown:
+        raise ValueError(f"LoRA target modules not found in the UNet: {', '.join(unknown)}"
+                         + (" (to_k_exp/to_v_exp need the expression branch)" if any("exp" in u for u in unknown) else ""))
+    config = LoraConfig(r=info.rank, lora_alpha=info.alpha, init_lora_weights="gaussian",
+                        target_modules=list(info.target_modules))
+    unet.add_adapter(config, adapter_name=adapter_name)
+    unet.set_adapters([adapter_name])
+    params = [p for n, p in unet.named_parameters() if f".{adapter_name}." in n and "lora_" in n]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def save_task_adapter(unet, folder: Path | str, adapter_name: str, info: AdapterInfo) -> Path:
+    """Write the adapter folder atomically (a staging folder renamed into place)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        unet.save_lora_adapter(staging, adapter_name=adapter_name, weight_name=WEIGHTS_FILE)
+        (staging / INFO_FILE).write_text(json.dumps(asdict(info), indent=2), encoding="utf-8")
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+            os.replace(staging, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def read_adapter_info(folder: Path) -> AdapterInfo:
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise MissingWeightsError(f"{folder / WEIGHTS_FILE} does not exist",
+                                  "point to a folder written by `python -m engine train-prior` (or its final/ folder)")
+    data = read_json(folder / INFO_FILE) if (folder / INFO_FILE).is_file() else {"domain": folder.name}
+    known = set(AdapterInfo.__dataclass_fields__)
+    return AdapterInfo(**{k: v for k, v in data.items() if k in known})
+
+
+def load_task_adapter(unet, folder: Path | str, adapter_name: str) -> AdapterInfo:
+    """Load an adapter folder into ``unet`` under ``adapter_name``, with clear errors."""
+    folder = Path(folder)
+    info = read_adapter_info(folder)
+    tensors = check_safetensors(folder / WEIGHTS_FILE)
+    if any("_exp." in name for name in tensors) and not any(
+            n.endswith("to_k_exp") for n, _ in unet.named_modules()):
+        raise MismatchedWeightsError(f"{folder / WEIGHTS_FILE} adapts the expression branch, which is not installed",
+                                     "load the prior with expression_branch=True")
+    try:
+        unet.load_lora_adapter(folder, prefix="unet", adapter_name=adapter_name, weight_name=WEIGHTS_FILE)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise MismatchedWeightsError(f"{folder / WEIGHTS_FILE} does not fit this UNet ({str(exc)[:300]})",
+                                     "the LoRA was trained on another base model; retrain it on this one") from None
+    except OSError as exc:
+        raise CorruptWeightsError(f"{folder / WEIGHTS_FILE} could not be read ({exc})", "train or copy it again") from None
+    return info
