@@ -19,6 +19,8 @@ COMMANDS = (
     ("doctor", ".doctor", "check Python, packages, GPU and model folders; non-zero exit if something required is missing"),
     ("make-tiny-models", ".tiny_models", "write a tiny random-weight prior in the models-folder layout (tests, smoke runs)"),
     # identity commands (issue 3) go here
+    ("identity", ".identity.cli", "check photos, align the faces and write the ArcFace identity embedding"),
+    ("fetch-models", ".model_store", "download the model folders (antelopev2, arc2face, sd15) and verify them"),
     # prior commands (issue 5) go here
 )
 
