@@ -23,7 +23,7 @@ import torch
 
 from .cameras import Cameras, look_at, orbit_cameras, radius_for_fill, sample_orbit_cameras, view_label
 from .lights import Lights, sample_lights, shade
-from .mesh_ops import MeshTopology, mesh_topology, vertex_normals
+from .mesh_ops import MeshTopology, icosphere, mesh_topology, vertex_normals
 from .renderer import PASSES, available_backends, bilinear_texture, render
 
 
@@ -45,6 +45,6 @@ def normals_to_image(normal: torch.Tensor, mask: torch.Tensor, background=0.0) -
 
 __all__ = [
     "Cameras", "orbit_cameras", "sample_orbit_cameras", "look_at", "radius_for_fill", "view_label",
-    "Lights", "sample_lights", "shade", "MeshTopology", "mesh_topology", "vertex_normals",
+    "Lights", "sample_lights", "shade", "MeshTopology", "mesh_topology", "vertex_normals", "icosphere",
     "PASSES", "available_backends", "bilinear_texture", "render", "normals_to_image",
 ]

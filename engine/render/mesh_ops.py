@@ -30,6 +30,8 @@ class MeshTopology:
 
     face_edges: [F, 3] edge id of face edge k = (faces[:, k], faces[:, (k + 1) % 3]).
     edge_face_count: [E] number of faces using each edge (1 = open boundary).
+    edge_vertices: [E, 2] its two vertices; edge_opposite: [E] the third vertex of one face
+    using it (which side of the edge the surface lies on, in any view where it is a silhouette).
     Build it once per topology with :func:`mesh_topology` and pass it to ``render`` to save the
     sort on every call.
     """
@@ -37,13 +39,16 @@ class MeshTopology:
     faces: torch.Tensor
     face_edges: torch.Tensor
     edge_face_count: torch.Tensor
+    edge_vertices: torch.Tensor
+    edge_opposite: torch.Tensor
 
     @property
     def num_edges(self) -> int:
         return int(self.edge_face_count.shape[0])
 
     def to(self, device) -> "MeshTopology":
-        return MeshTopology(self.faces.to(device), self.face_edges.to(device), self.edge_face_count.to(device))
+        return MeshTopology(*(t.to(device) for t in (self.faces, self.face_edges, self.edge_face_count,
+                                                     self.edge_vertices, self.edge_opposite)))
 
 
 def mesh_topology(faces: torch.Tensor) -> MeshTopology:
@@ -53,11 +58,15 @@ def mesh_topology(faces: torch.Tensor) -> MeshTopology:
     n = int(f.max().item()) + 1 if f.numel() else 1
     keys = pairs[:, 0] * n + pairs[:, 1]
     uniq, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
-    return MeshTopology(faces=f, face_edges=inverse.reshape(-1, 3), edge_face_count=counts)
+    edge_vertices = torch.stack([uniq // n, uniq % n], dim=1)
+    opposite = torch.zeros(uniq.shape[0], dtype=torch.long, device=f.device)
+    opposite[inverse] = f.roll(-2, dims=1).reshape(-1)  # any face's third vertex will do
+    return MeshTopology(faces=f, face_edges=inverse.reshape(-1, 3), edge_face_count=counts,
+                        edge_vertices=edge_vertices, edge_opposite=opposite)
 
 
-def silhouette_face_edges(topology: MeshTopology, facing: torch.Tensor) -> torch.Tensor:
-    """[B, F, 3] bool: face edge k lies on a silhouette in view b.
+def silhouette_edges(topology: MeshTopology, facing: torch.Tensor) -> torch.Tensor:
+    """[B, E] bool: edge e lies on a silhouette in view b.
 
     facing: [B, F] bool, the face's orientation in that view (front or back, either convention).
     An edge is a silhouette when it bounds the mesh (one face) or when its faces disagree on
@@ -70,4 +79,32 @@ def silhouette_face_edges(topology: MeshTopology, facing: torch.Tensor) -> torch
     n_front = torch.zeros(b, e, dtype=torch.int32, device=facing.device).index_add_(1, fe, front)
     total = topology.edge_face_count.to(torch.int32)[None]
     sil = (total == 1) | ((n_front != 0) & (n_front != total))
-    return sil[:, topology.face_edges]
+    return sil
+
+
+def icosphere(subdivisions: int, radius: float = 1.0, dtype=None, device=None):
+    """Unit icosphere scaled to ``radius``: (verts [V, 3], faces [F, 3] int64, counter-clockwise
+    seen from outside). Level n has 20 * 4^n faces, every vertex exactly on the sphere."""
+    t = (1.0 + 5.0**0.5) / 2.0
+    v = torch.tensor(
+        [[-1, t, 0], [1, t, 0], [-1, -t, 0], [1, -t, 0], [0, -1, t], [0, 1, t],
+         [0, -1, -t], [0, 1, -t], [t, 0, -1], [t, 0, 1], [-t, 0, -1], [-t, 0, 1]],
+        dtype=torch.float64,
+    )
+    f = torch.tensor(
+        [[0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11], [1, 5, 9], [5, 11, 4],
+         [11, 10, 2], [10, 7, 6], [7, 1, 8], [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8],
+         [3, 8, 9], [4, 9, 5], [2, 4, 11], [6, 2, 10], [8, 6, 7], [9, 8, 1]]
+    )
+    v = v / v.norm(dim=1, keepdim=True)
+    for _ in range(subdivisions):
+        edges = torch.cat([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]).sort(dim=1).values
+        uniq, inv = torch.unique(edges, dim=0, return_inverse=True)
+        mid = v[uniq[:, 0]] + v[uniq[:, 1]]
+        mid = mid / mid.norm(dim=1, keepdim=True)
+        m = inv.reshape(3, -1).T + v.shape[0]  # midpoint ids of edges 01, 12, 20 per face
+        v = torch.cat([v, mid])
+        a, b, c = f.T
+        ab, bc, ca = m.T
+        f = torch.cat([torch.stack(x, 1) for x in ((a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca))])
+    return (v * radius).to(dtype=dtype or torch.float32, device=device), f.to(device)

@@ -11,14 +11,17 @@ Three steps, mirroring nvdiffrast's rasterize / interpolate / antialias split:
    barycentrics are recomputed from the projected vertices, then made perspective-correct
    (b_i / w_i, renormalised). Interpolated attributes therefore carry gradients to both the
    attributes and the vertex positions ("interior" gradients).
-3. Anti-aliasing (differentiable), after nvdiffrast's analytic antialias: for every pair of
-   horizontally or vertically adjacent pixels that show different faces, if the nearer face has
-   a *silhouette* edge (mesh boundary, or front/back-facing neighbours in this view) that
-   separates the two pixel centres and runs mostly across the pair's direction, the crossing
-   point s in [0, 1] (0 = centre of the front pixel) is found from the edge functions and the
-   pixel on the far side of the crossing's midpoint is blended toward the other by |s - 1/2|.
-   Along a scanline this reproduces the exact covered length, so coverage sums match the
-   analytic area closely, and s depends on the edge's vertices: silhouette gradients.
+3. Anti-aliasing (differentiable), in the spirit of nvdiffrast's analytic antialias but driven by
+   the silhouette edges themselves rather than by the face seen in each pixel (so it still works
+   when faces are smaller than pixels, as on marching-tets meshes). Silhouette edges of a view
+   are mesh edges on the open boundary or between a front- and a back-facing face. Each one is
+   intersected with the lines joining adjacent pixel centres across it (pixel rows for mostly
+   vertical edges, columns for mostly horizontal ones). A crossing counts when the pixel on the
+   surface's side is covered and the pixel beyond shows nothing or something farther away than
+   the edge (else the edge is hidden). With s in [0, 1] the crossing's distance from the inside
+   pixel's centre, the pixel in whose half the crossing falls is blended toward its neighbour
+   by |s - 1/2|: along a scanline this reproduces the exact covered length, so mask sums match
+   the analytic area closely, and s depends on the edge's vertices: silhouette gradients.
 
 Conventions: pixel (row i, column j) has its centre at screen (x=j, y=i); row 0 is the top.
 Triangles with a vertex at or behind the camera plane (w <= 0) are dropped, not clipped;
@@ -31,11 +34,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .mesh_ops import MeshTopology, mesh_topology, silhouette_face_edges
+from .mesh_ops import MeshTopology, mesh_topology, silhouette_edges
 
 # Candidate (triangle, pixel) pairs processed at once in the visibility pass; bounds memory
-# to roughly 40 bytes x this number.
-CHUNK_CANDIDATES = 1 << 22
+# to roughly 100 bytes x this number.
+CHUNK_CANDIDATES = 1 << 21
 _DEPTH_LEVELS = float(1 << 30)
 _EMPTY = torch.iinfo(torch.int64).max
 
@@ -47,7 +50,8 @@ class Raster:
     face_id: [B, H, W] int64, -1 where no face. pix: [N] flat index (b*H*W + row*W + col) of the
     covered pixels; view: [N]; face: [N]; bary: [N, 3] perspective-correct barycentrics
     (differentiable); w: [N] clip w (= camera-space depth) at the pixel (differentiable).
-    screen: [B, V, 2] projected vertices in pixel units (differentiable); silhouette: [B, F, 3].
+    screen: [B, V, 2] projected vertices in pixel units, clip_w: [B, V] (differentiable);
+    silhouette: [B, E] silhouette flags of topology's edges.
     """
 
     face_id: torch.Tensor
@@ -57,7 +61,9 @@ class Raster:
     bary: torch.Tensor
     w: torch.Tensor
     screen: torch.Tensor
+    clip_w: torch.Tensor
     silhouette: torch.Tensor
+    topology: MeshTopology
     resolution: tuple[int, int]
 
     @property
@@ -100,20 +106,26 @@ def _visibility(scr: torch.Tensor, clip_w: torch.Tensor, faces: torch.Tensor, re
     if cand.numel() == 0:
         return torch.full((b, h, w), -1, dtype=torch.int64, device=dev)
 
-    inv_area = 1.0 / area.reshape(-1)[cand]
-
     def flat(t):
         return t.reshape(-1)[cand]
 
-    x0, x1, x2, y0, y1, y2 = (flat(t) for t in (x0, x1, x2, y0, y1, y2))
+    # Watertight edge functions: a shared edge is always evaluated from its lower-index vertex
+    # and negated for the other face, so neighbouring faces get exactly opposite values and no
+    # pixel centre falls through a crack between them. Orientation is folded in by the sign.
+    fv = faces[cand % f]  # [T, 3] vertex ids
+    orient = torch.sign(flat(area))
+    coefs = []
+    for k in range(3):
+        i, j = k, (k + 1) % 3
+        swap = fv[:, i] > fv[:, j]
+        xi, yi, xj, yj = flat(x[..., i]), flat(y[..., i]), flat(x[..., j]), flat(y[..., j])
+        xr, yr = torch.where(swap, xj, xi), torch.where(swap, yj, yi)
+        dx, dy = torch.where(swap, xi - xj, xj - xi), torch.where(swap, yi - yj, yj - yi)
+        sgn = torch.where(swap, -orient, orient)
+        coefs += [xr, yr, dx * sgn, dy * sgn]
     z0, z1, z2 = (flat(t) for t in z.unbind(-1))
-    # Barycentric b_k(x, y) = A_k x + B_k y + C_k (edge function opposite vertex k / area).
-    a0, b0, c0 = (y1 - y2) * inv_area, (x2 - x1) * inv_area, (x1 * y2 - x2 * y1) * inv_area
-    a1, b1, c1 = (y2 - y0) * inv_area, (x0 - x2) * inv_area, (x2 * y0 - x0 * y2) * inv_area
-    az = a0 * z0 + a1 * z1 - (a0 + a1) * z2
-    bz = b0 * z0 + b1 * z1 - (b0 + b1) * z2
-    cz = c0 * z0 + c1 * z1 + (1.0 - c0 - c1) * z2
-    coef = torch.stack([a0, b0, c0, a1, b1, c1, az, bz, cz], dim=1)
+    # e_k weights the vertex opposite edge k: e_0 -> v2, e_1 -> v0, e_2 -> v1.
+    coef = torch.stack(coefs + [z2, z0, z1], dim=1)
     bx0 = flat(xmin).long()
     by0 = flat(ymin).long()
     bw = flat(xmax).long() - bx0 + 1
@@ -122,7 +134,6 @@ def _visibility(scr: torch.Tensor, clip_w: torch.Tensor, faces: torch.Tensor, re
     face = cand % f
     ends = torch.cumsum(counts, 0)
     total = int(ends[-1].item())
-    eps = -1e-7  # inclusive edges: a pixel centre on a shared edge is covered by both faces
     start = 0
     tri_start = 0
     while start < total:
@@ -141,10 +152,10 @@ def _visibility(scr: torch.Tensor, clip_w: torch.Tensor, faces: torch.Tensor, re
         c = coef[t]
         pxf = px.to(c.dtype)
         pyf = py.to(c.dtype)
-        l0 = c[:, 0] * pxf + c[:, 1] * pyf + c[:, 2]
-        l1 = c[:, 3] * pxf + c[:, 4] * pyf + c[:, 5]
-        zz = c[:, 6] * pxf + c[:, 7] * pyf + c[:, 8]
-        inside = (l0 >= eps) & (l1 >= eps) & (1.0 - l0 - l1 >= eps) & (zz >= -1.0) & (zz <= 1.0)
+        e = [c[:, 4 * j + 2] * (pyf - c[:, 4 * j + 1]) - c[:, 4 * j + 3] * (pxf - c[:, 4 * j]) for j in range(3)]
+        tot = e[0] + e[1] + e[2]
+        zz = (e[0] * c[:, 12] + e[1] * c[:, 13] + e[2] * c[:, 14]) / tot
+        inside = (e[0] >= 0) & (e[1] >= 0) & (e[2] >= 0) & (tot > 0) & (zz >= -1.0) & (zz <= 1.0)
         idx = torch.nonzero(inside).squeeze(1)
         zq = ((zz[idx] + 1.0) * (0.5 * _DEPTH_LEVELS)).long().clamp_(0, int(_DEPTH_LEVELS) - 1)
         key = (zq << 32) | face[t[idx]]
@@ -198,7 +209,7 @@ def rasterize(
         d2 = tri[:, :, 2] - tri[:, :, 0]
         facing = (d1[..., 0] * d2[..., 1] - d1[..., 1] * d2[..., 0]) > 0
         topo = topology if topology is not None else mesh_topology(faces)
-        sil = silhouette_face_edges(topo, facing)
+        sil = silhouette_edges(topo, facing)
     return Raster(
         face_id=face_id,
         pix=pix,
@@ -207,7 +218,9 @@ def rasterize(
         bary=bary,
         w=depth_w,
         screen=scr[..., :2],
+        clip_w=clip[..., 3],
         silhouette=sil,
+        topology=topo,
         resolution=(h, w),
     )
 
@@ -235,95 +248,94 @@ def scatter_pixels(vals: torch.Tensor, raster: Raster, fill: float = 0.0) -> tor
     return out.reshape(raster.batch, h, w, vals.shape[1])
 
 
-def _pair_crossings(raster: Raster, faces: torch.Tensor, depth: torch.Tensor, horizontal: bool):
-    """Silhouette crossings between adjacent pixel pairs.
+def _edge_crossings(raster: Raster, depth: torch.Tensor, vertical: bool):
+    """Crossings of visible silhouette edges with the segments joining adjacent pixel centres.
 
-    Returns (front_pix, other_pix, s) for pairs whose nearer face has a silhouette edge between
-    the two pixel centres; s in [0, 1] is the crossing position from the front pixel's centre.
+    vertical=True takes edges running mostly vertically (|dy| >= |dx|) and intersects them with
+    pixel rows (horizontal pixel pairs); False takes the others with pixel columns. Returns
+    (inside_pix, outside_pix, s): flat pixel indices and the crossing's distance from the inside
+    pixel's centre in pixel units, in [0, 1], differentiable w.r.t. the edge's vertices.
     """
     h, w = raster.resolution
-    fid = raster.face_id
-    if horizontal:
-        a_id, b_id = fid[:, :, :-1], fid[:, :, 1:]
-    else:
-        a_id, b_id = fid[:, :-1, :], fid[:, 1:, :]
-    bi, yi, xi = torch.nonzero(a_id != b_id, as_tuple=True)
-    pa = bi * (h * w) + yi * w + xi
-    pb = pa + (1 if horizontal else w)
-    empty = pa.new_zeros(0)
-    if pa.numel() == 0:
-        return empty, empty, raster.screen.new_zeros(0)
-    flat_id = fid.reshape(-1)
-    flat_depth = depth.reshape(-1)
+    topo = raster.topology
+    scr = raster.screen
+    bi, ei = torch.nonzero(raster.silhouette, as_tuple=True)
+    va, vb = topo.edge_vertices[ei, 0], topo.edge_vertices[ei, 1]
+    vc = topo.edge_opposite[ei]
+    pa, pb, pc = scr[bi, va], scr[bi, vb], scr[bi, vc]  # [M, 2] differentiable
+    wa, wb = raster.clip_w[bi, va], raster.clip_w[bi, vb]
+    # Work in (u, v) = (x, y) for mostly vertical edges, (y, x) otherwise: always step along v.
+    u_ax, v_ax = (0, 1) if vertical else (1, 0)
+    n_v, n_u = (h, w) if vertical else (w, h)
+    d = (pb - pa).detach()
+    keep = (d[:, v_ax].abs() >= d[:, u_ax].abs()) if vertical else (d[:, u_ax].abs() < d[:, v_ax].abs())
+    keep &= d[:, v_ax].abs() > 1e-9
+    idx = torch.nonzero(keep).squeeze(1)
+    bi, pa, pb, pc, wa, wb = bi[idx], pa[idx], pb[idx], pc[idx], wa[idx], wb[idx]
+    empty = bi.new_zeros(0)
+    if bi.numel() == 0:
+        return empty, empty, scr.new_zeros(0)
+    with torch.no_grad():
+        lo = torch.minimum(pa[:, v_ax], pb[:, v_ax])
+        hi = torch.maximum(pa[:, v_ax], pb[:, v_ax])
+        # Half-open [lo, hi): a line through a vertex shared by two edges is counted once.
+        first = torch.ceil(lo).clamp_min(0).long()
+        last = (torch.ceil(hi) - 1).clamp_max(n_v - 1).long()
+        counts = (last - first + 1).clamp_min(0)
+        n = int(counts.sum().item())
+    if n == 0:
+        return empty, empty, scr.new_zeros(0)
+    m = torch.repeat_interleave(torch.arange(bi.numel(), device=bi.device), counts, output_size=n)
+    offs = torch.cumsum(counts, 0) - counts
+    line = first[m] + (torch.arange(n, device=bi.device) - offs[m])
+    a, b_, c = pa[m], pb[m], pc[m]
+    t = (line.to(a.dtype) - a[:, v_ax]) / (b_[:, v_ax] - a[:, v_ax])
+    u_cross = a[:, u_ax] + t * (b_[:, u_ax] - a[:, u_ax])
+    with torch.no_grad():
+        # Which side of the edge the surface lies on: that of the opposite vertex.
+        tc = (c[:, v_ax] - a[:, v_ax]) / (b_[:, v_ax] - a[:, v_ax])
+        inside_up = c[:, u_ax] > a[:, u_ax] + tc * (b_[:, u_ax] - a[:, u_ax])
+        lower = torch.floor(u_cross.detach()).long()
+        ok = (lower >= 0) & (lower <= n_u - 2)
+        inside_u = torch.where(inside_up, lower + 1, lower)
+        outside_u = torch.where(inside_up, lower, lower + 1)
+        view = bi[m]
 
-    def candidate(front, other):
-        f = flat_id[front]
-        valid = f >= 0
-        f_safe = f.clamp_min(0)
-        view = torch.div(front, h * w, rounding_mode="floor")
-        rem_f = front - view * (h * w)
-        rem_o = other - view * (h * w)
-        fx = (rem_f % w).to(raster.screen.dtype)
-        fy = torch.div(rem_f, w, rounding_mode="floor").to(raster.screen.dtype)
-        ox = (rem_o % w).to(raster.screen.dtype)
-        oy = torch.div(rem_o, w, rounding_mode="floor").to(raster.screen.dtype)
-        vidx = faces[f_safe]  # [N, 3]
-        p = raster.screen[view[:, None], vidx]  # [N, 3, 2]
-        pa_ = p
-        pb_ = p.roll(-1, dims=1)  # edge k: vertex k -> k+1
-        pc_ = p.roll(-2, dims=1)  # the opposite vertex
-        d = pb_ - pa_
+        def flat(uu):
+            row, col = (line, uu) if vertical else (uu, line)
+            return view * (h * w) + row.clamp(0, h - 1) * w + col.clamp(0, w - 1)
 
-        def edge(px, py):
-            return d[..., 0] * (py[:, None] - pa_[..., 1]) - d[..., 1] * (px[:, None] - pa_[..., 0])
-
-        sign = torch.sign(edge_at(d, pa_, pc_)).detach()
-        e_f = edge(fx, fy) * sign
-        e_o = edge(ox, oy) * sign
-        across = d[..., 1].abs() >= d[..., 0].abs() if horizontal else d[..., 0].abs() > d[..., 1].abs()
-        sil = raster.silhouette[view[:, None], f_safe[:, None], torch.arange(3, device=f.device)[None]]
-        ok = valid[:, None] & sil & across & (e_f.detach() >= 0) & (e_o.detach() < 0)
-        den = torch.where(ok, e_f - e_o, torch.ones_like(e_f))
-        s = torch.where(ok, e_f / den, torch.full_like(e_f, 2.0))
-        s_min, k = s.detach().min(dim=1)
-        s_sel = s.gather(1, k[:, None]).squeeze(1)
-        return ok.any(1), s_sel
-
-    ok_a, s_a = candidate(pa, pb)
-    ok_b, s_b = candidate(pb, pa)
-    # Both faces may show a silhouette toward each other: the nearer one occludes.
-    a_nearer = flat_depth[pa] <= flat_depth[pb]
-    use_a = ok_a & (~ok_b | a_nearer)
-    use_b = ok_b & ~use_a
-    front = torch.cat([pa[use_a], pb[use_b]])
-    other = torch.cat([pb[use_a], pa[use_b]])
-    s = torch.cat([s_a[use_a], s_b[use_b]])
-    return front, other, s
-
-
-def edge_at(d, pa, pc):
-    return d[..., 0] * (pc[..., 1] - pa[..., 1]) - d[..., 1] * (pc[..., 0] - pa[..., 0])
+        pin, pout = flat(inside_u), flat(outside_u)
+        inv_w = (1.0 - t.detach()) / wa[m].detach() + t.detach() / wb[m].detach()
+        edge_depth = 1.0 / inv_w
+        flat_depth = depth.reshape(-1)
+        # The edge is seen if its inside pixel is covered and the outside pixel shows nothing
+        # or something farther away (an occluder in front would cover the outside pixel too).
+        ok &= torch.isfinite(flat_depth[pin]) & (flat_depth[pout] > edge_depth * (1.0 + 1e-4))
+        ok &= raster.face_id.reshape(-1)[pin] != raster.face_id.reshape(-1)[pout]
+    sel = torch.nonzero(ok).squeeze(1)
+    s = (u_cross[sel] - inside_u[sel].to(u_cross.dtype)).abs()
+    return pin[sel], pout[sel], s
 
 
-def antialias(color: torch.Tensor, raster: Raster, faces: torch.Tensor) -> torch.Tensor:
-    """Blend ``color`` [B, H, W, C] across silhouette edges (see the module docstring)."""
+def antialias(color: torch.Tensor, raster: Raster, faces: torch.Tensor | None = None) -> torch.Tensor:
+    """Blend ``color`` [B, H, W, C] across visible silhouette edges (see the module docstring)."""
     b, h, w, c = color.shape
-    faces = faces.long()
     with torch.no_grad():
         depth = scatter_pixels(raster.w.detach()[:, None], raster, fill=float("inf"))
     flat = color.reshape(-1, c)
     delta = torch.zeros_like(flat)
-    for horizontal in (True, False):
-        front, other, s = _pair_crossings(raster, faces, depth, horizontal)
-        if front.numel() == 0:
+    for vertical in (True, False):
+        inside, outside, s = _edge_crossings(raster, depth, vertical)
+        if inside.numel() == 0:
             continue
         s = s.to(flat.dtype)
-        cf, co = flat[front], flat[other]
+        ci, co = flat[inside], flat[outside]
         near_side = s < 0.5
-        # Crossing inside the front pixel's half: the front pixel is partly background.
-        wf = torch.where(near_side, 0.5 - s, torch.zeros_like(s))[:, None]
-        # Crossing inside the other pixel's half: the other pixel is partly covered by the front face.
+        # Crossing in the inside pixel's half: that pixel is partly covered by what lies beyond.
+        wi = torch.where(near_side, 0.5 - s, torch.zeros_like(s))[:, None]
+        # Crossing in the outside pixel's half: that pixel is partly covered by the surface.
         wo = torch.where(near_side, torch.zeros_like(s), s - 0.5)[:, None]
-        delta = delta.index_add(0, front, (co - cf) * wf)
-        delta = delta.index_add(0, other, (cf - co) * wo)
+        delta = delta.index_add(0, inside, (co - ci) * wi)
+        delta = delta.index_add(0, outside, (ci - co) * wo)
     return (flat + delta).reshape(b, h, w, c)
