@@ -22,6 +22,8 @@ COMMANDS = (
     ("identity", ".identity.cli", "check photos, align the faces and write the ArcFace identity embedding"),
     ("fetch-models", ".model_store", "download the model folders (antelopev2, arc2face, sd15) and verify them"),
     # prior commands (issue 5) go here
+    ("train-prior", ".prior.train_cli", "train a task prior (normal or albedo LoRA) on a dataset folder"),
+    ("build-prior-dataset", ".prior.dataset_cli", "build a task-prior dataset from a folder of rendered heads"),
 )
 
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
+from ..errors import EngineError
 
-class PriorError(Exception):
-    """Base of the prior's errors. ``code`` is stable (protocol ``error`` messages), ``hint`` says what to do."""
+
+class PriorError(EngineError):
+    """Base of the prior's errors: ``code`` is stable (protocol ``error`` messages), ``hint`` says what to do."""
 
     code = "prior_error"
 
     def __init__(self, message: str, hint: str = "", code: str | None = None):
-        super().__init__(message if not hint else f"{message}\n  what to do: {hint}")
-        self.message = message
-        self.hint = hint
-        if code:
-            self.code = code
+        super().__init__(message, code=code, hint=hint or None)
 
 
 class MissingWeightsError(PriorError):

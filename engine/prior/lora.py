@@ -55,21 +55,17 @@ def add_task_adapter(unet, info: AdapterInfo, adapter_name: str):
 
 
 def save_task_adapter(unet, folder: Path | str, adapter_name: str, info: AdapterInfo) -> Path:
-    """Write the adapter folder atomically (a staging folder renamed into place)."""
+    """Write the adapter's two files into ``folder`` (other files there are kept, e.g. a trainer's
+    checkpoints). Each file is staged and renamed into place; the weights go first, so a folder
+    with ``prior_adapter.json`` always has matching weights."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".adapter-", dir=folder))
     try:
         unet.save_lora_adapter(staging, adapter_name=adapter_name, weight_name=WEIGHTS_FILE)
         (staging / INFO_FILE).write_text(json.dumps(asdict(info), indent=2), encoding="utf-8")
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(staging, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, folder)
+        os.replace(staging / WEIGHTS_FILE, folder / WEIGHTS_FILE)
+        os.replace(staging / INFO_FILE, folder / INFO_FILE)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
