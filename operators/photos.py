@@ -1,0 +1,194 @@
+"""Reference photos: add (multi-select file browser), remove, clear, and Check Photos.
+
+Check Photos runs ``python -m engine identity ... --json`` in the engine's Python (never in
+Blender's) and writes each photo's status and message back into ``scene.idto3d.photos``. It
+blocks for the few seconds the check takes (faces are detected on CPU); the generation itself
+runs in a background worker instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import bpy
+from bpy.props import BoolProperty, CollectionProperty, StringProperty
+
+from ..engine_runner import EngineNotFound, run_engine
+from ..preferences import addon_prefs, models_root
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
+CHECK_TIMEOUT_S = 600.0  # first run loads the face models; ten large photos on a slow CPU stay well below
+# Engine status codes -> the add-on's enum items (properties.PHOTO_STATUS_ITEMS).
+STATUS_FROM_ENGINE = {
+    "ok": "OK", "no_face": "NO_FACE", "several_faces": "SEVERAL_FACES", "outlier": "OUTLIER",
+    "unreadable": "UNREADABLE", "too_small": "TOO_SMALL",
+}
+DEVICE_FROM_PREFS = {"AUTO": "auto", "CUDA": "cuda", "CPU": "cpu"}
+
+
+def _normalised(path: str) -> str:
+    return os.path.normcase(os.path.abspath(bpy.path.abspath(path)))
+
+
+def add_photos(settings, paths) -> tuple[int, int]:
+    """Append ``paths`` not already in the list; returns (added, skipped as duplicates)."""
+    known = {_normalised(photo.path) for photo in settings.photos}
+    added = skipped = 0
+    for path in paths:
+        key = _normalised(path)
+        if key in known:
+            skipped += 1
+            continue
+        known.add(key)
+        item = settings.photos.add()
+        item.path = path
+        item.enabled = True
+        item.status = "UNCHECKED"
+        item.message = ""
+        added += 1
+    if added:
+        settings.photo_index = len(settings.photos) - 1
+    return added, skipped
+
+
+class IDTO3D_OT_photos_add(bpy.types.Operator):
+    bl_idname = "idto3d.photos_add"
+    bl_label = "Add Photos"
+    bl_description = "Add photos of the person (1-10, different angles and lighting help)"
+    bl_options = {"REGISTER", "UNDO"}
+
+    files: CollectionProperty(type=bpy.types.OperatorFileListElement, options={"HIDDEN", "SKIP_SAVE"})
+    directory: StringProperty(subtype="DIR_PATH", options={"HIDDEN", "SKIP_SAVE"})
+    filepath: StringProperty(subtype="FILE_PATH", options={"HIDDEN", "SKIP_SAVE"})
+    filter_image: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    filter_folder: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        names = [f.name for f in self.files if f.name]
+        if names:
+            paths = [os.path.join(self.directory, name) for name in names]
+        elif self.filepath:
+            paths = [self.filepath]
+        else:
+            self.report({"ERROR"}, "No photo selected")
+            return {"CANCELLED"}
+        not_images = [p for p in paths if not p.lower().endswith(IMAGE_EXTENSIONS)]
+        if not_images:
+            # Added anyway: the check reports what is wrong with each file, by name.
+            self.report({"WARNING"}, f"{len(not_images)} file(s) do not look like photos: "
+                        + ", ".join(os.path.basename(p) for p in not_images[:3]))
+        added, skipped = add_photos(context.scene.idto3d, paths)
+        text = f"Added {added} photo(s)" + (f", {skipped} already in the list" if skipped else "")
+        self.report({"INFO"}, text)
+        return {"FINISHED"}
+
+
+class IDTO3D_OT_photo_remove(bpy.types.Operator):
+    bl_idname = "idto3d.photo_remove"
+    bl_label = "Remove Photo"
+    bl_description = "Remove the selected photo from the list (the file is not touched)"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        settings = context.scene.idto3d
+        return 0 <= settings.photo_index < len(settings.photos)
+
+    def execute(self, context):
+        settings = context.scene.idto3d
+        index = settings.photo_index
+        settings.photos.remove(index)
+        settings.photo_index = max(0, min(index, len(settings.photos) - 1))
+        return {"FINISHED"}
+
+
+class IDTO3D_OT_photos_clear(bpy.types.Operator):
+    bl_idname = "idto3d.photos_clear"
+    bl_label = "Clear Photos"
+    bl_description = "Remove every photo from the list (the files are not touched)"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        return len(context.scene.idto3d.photos) > 0
+
+    def execute(self, context):
+        settings = context.scene.idto3d
+        settings.photos.clear()
+        settings.photo_index = 0
+        return {"FINISHED"}
+
+
+def _check_folder() -> str:
+    """A fresh folder for the check's crops and summary (the extension's user folder if possible)."""
+    base = None
+    try:
+        package = __package__.rsplit(".", 1)[0]
+        base = bpy.utils.extension_path_user(package, path="photo_checks", create=True)
+    except (ValueError, RuntimeError, AttributeError):
+        base = None  # not running as an extension (e.g. a legacy add-on folder)
+    return tempfile.mkdtemp(prefix="check-", dir=base)
+
+
+def apply_check_results(settings, checked_items, summary: dict) -> dict[str, int]:
+    """Write the engine's per-photo results onto the list items; returns a count per status."""
+    counts: dict[str, int] = {}
+    for item, result in zip(checked_items, summary.get("photos", [])):
+        status = STATUS_FROM_ENGINE.get(result.get("status"), "UNREADABLE")
+        item.status = status
+        lines = [result.get("message") or ""] + list(result.get("warnings") or [])
+        item.message = " | ".join(line for line in lines if line)
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+class IDTO3D_OT_photos_check(bpy.types.Operator):
+    bl_idname = "idto3d.photos_check"
+    bl_label = "Check Photos"
+    bl_description = ("Find the face in each photo and check that all photos show the same person "
+                      "(runs the engine's identity step)")
+
+    @classmethod
+    def poll(cls, context):
+        return any(photo.path for photo in context.scene.idto3d.photos)
+
+    def execute(self, context):
+        settings = context.scene.idto3d
+        items = [photo for photo in settings.photos if photo.path]
+        prefs = addon_prefs(context)
+        root = models_root(prefs)
+        args = ["identity", *[bpy.path.abspath(item.path) for item in items], "--json",
+                "--out", _check_folder(), "--models", root,
+                "--device", DEVICE_FROM_PREFS.get(prefs.device, "auto")]
+        try:
+            done = run_engine(prefs, args, timeout_s=CHECK_TIMEOUT_S, models_root=root)
+        except EngineNotFound as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        try:
+            summary = json.loads(done.stdout)
+        except json.JSONDecodeError:
+            tail = (done.stderr or done.stdout or "no output").strip().splitlines()[-1:]
+            self.report({"ERROR"}, f"The photo check failed (exit {done.returncode}): {tail[0] if tail else ''}")
+            return {"CANCELLED"}
+        if "error" in summary:
+            error = summary["error"]
+            self.report({"ERROR"}, f"{error.get('message')}" + (f" Fix: {error['hint']}" if error.get("hint") else ""))
+            return {"CANCELLED"}
+        counts = apply_check_results(settings, items, summary)
+        for warning in summary.get("warnings", []):
+            self.report({"WARNING"}, warning)
+        text = ", ".join(f"{n} {status.lower().replace('_', ' ')}" for status, n in sorted(counts.items()))
+        usable = counts.get("OK", 0) + counts.get("SEVERAL_FACES", 0)
+        self.report({"INFO"} if usable else {"WARNING"}, f"Checked {len(items)} photo(s): {text}")
+        return {"FINISHED"}
+
+
+CLASSES = (IDTO3D_OT_photos_add, IDTO3D_OT_photo_remove, IDTO3D_OT_photos_clear, IDTO3D_OT_photos_check)
