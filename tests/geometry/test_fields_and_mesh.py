@@ -1,0 +1,113 @@
+"""Mesh utilities, regularisers, SDF fields and the procedural head."""
+
+import math
+
+import pytest
+import torch
+
+from engine.geometry import mesh_utils, regularisers
+from engine.geometry.head_init import head_sdf, pretrain_field
+from engine.geometry.marching_tets import extract_surface
+from engine.geometry.sdf_field import HashGridEncoding, HashGridSDF, VertexSDF
+from engine.geometry.tetgrid import make_tet_grid
+
+
+def _sphere(resolution=24, radius=0.1):
+    grid = make_tet_grid(resolution)
+    m = extract_surface(grid, grid.vertices.norm(dim=-1) - radius)
+    return m.verts, m.faces
+
+
+def test_mesh_utilities_on_a_sphere():
+    verts, faces = _sphere()
+    vn = mesh_utils.vertex_normals(verts, faces)
+    radial = torch.nn.functional.normalize(verts, dim=-1)
+    assert (vn * radial).sum(-1).min() > 0.95
+    area = mesh_utils.surface_area(verts, faces).item()
+    assert area == pytest.approx(4 * math.pi * 0.1**2, rel=0.03)
+    # Laplacian vectors of a sphere point inward (toward the centre).
+    for lap in (mesh_utils.uniform_laplacian(verts, faces), mesh_utils.cotangent_laplacian(verts, faces)):
+        assert (lap * radial).sum(-1).mean() < 0
+    lengths = mesh_utils.edge_lengths(verts, mesh_utils.unique_edges(faces))
+    assert 0 < lengths.mean().item() < 0.32 / 24 * 1.8
+    pairs = mesh_utils.interior_edge_face_pairs(faces)
+    assert pairs.shape[0] == mesh_utils.unique_edges(faces).shape[0]  # closed: every edge has a pair
+
+
+def test_chamfer_distance_of_concentric_spheres():
+    va, fa = _sphere(32, 0.1)
+    vb, fb = _sphere(32, 0.11)
+    c = mesh_utils.chamfer_distance(va, fa, vb, fb, n_points=4000)
+    assert c["chamfer"] == pytest.approx(0.01, abs=0.0015)
+    same = mesh_utils.chamfer_distance(va, fa, va, fa, n_points=4000)
+    assert same["chamfer"] < 0.35 * c["chamfer"]  # only the sampling spacing remains
+
+
+def test_regularisers_prefer_smooth_surfaces():
+    verts, faces = _sphere()
+    noisy = verts + torch.randn(verts.shape, generator=torch.Generator().manual_seed(0)) * 0.002
+    assert regularisers.laplacian_smoothness(noisy, faces) > 2 * regularisers.laplacian_smoothness(verts, faces)
+    assert regularisers.normal_consistency(noisy, faces) > 2 * regularisers.normal_consistency(verts, faces)
+    assert regularisers.edge_length_variance(verts, faces) < 1.0
+    # The sign regulariser grows with how sharply the two ends of crossing edges disagree.
+    grid = make_tet_grid(16)
+    sdf = grid.vertices.norm(dim=-1) - 0.08
+    edges = extract_surface(grid, sdf).edges
+    assert regularisers.sdf_sign_regulariser(sdf * 100, edges) > regularisers.sdf_sign_regulariser(sdf * 0.01, edges)
+
+
+def test_hash_grid_encoding_is_continuous_and_trainable():
+    enc = HashGridEncoding(n_levels=4, n_features=2, log2_table_size=10, base_resolution=4, finest_resolution=64)
+    assert enc.resolutions[0] == 4 and enc.resolutions[-1] == 64
+    torch.nn.init.normal_(enc.table, std=1.0)
+    p = torch.tensor([[0.01, 0.02, -0.03]])
+    d = torch.tensor([[1e-5, 0.0, 0.0]])
+    assert (enc(p) - enc(p + d)).abs().max() < 1e-2  # trilinear: continuous across small moves
+    assert enc(p).shape == (1, 8)
+    enc(p).sum().backward()
+    touched = (enc.table.grad.abs() > 0).any(-1).sum(-1)  # table entries touched per level
+    for res, n in zip(enc.resolutions, touched.tolist()):
+        if (res + 1) ** 3 <= enc.table_size:
+            assert n == 8  # dense level: the 8 corners of one cell
+        else:
+            assert 1 <= n <= 8  # hashed level: 8 corners, possibly colliding
+
+
+def test_head_initialisation_is_head_sized_and_faces_minus_y():
+    grid = make_tet_grid(48)
+    mesh = extract_surface(grid, head_sdf(grid.vertices))
+    v = mesh.verts
+    lo, hi = v.min(0)[0], v.max(0)[0]
+    assert mesh_utils.is_closed_manifold(mesh.faces) and mesh_utils.euler_characteristic(v, mesh.faces) == 2
+    top = hi[2].item()
+    chin = v[(v[:, 1] < -0.03)][:, 2].min().item()  # lowest point of the face (front half)
+    assert 0.20 < top - chin < 0.26, "head ~0.23 m from chin to crown"
+    assert -lo[1].item() > hi[1].item(), "the nose sticks out toward -Y"
+    assert abs(lo[0].item() + hi[0].item()) < 1e-3, "left-right symmetric"
+    assert hi[2].item() < 0.16 and lo[2].item() > -0.16, "inside the grid box"
+
+
+@pytest.mark.parametrize("kind", ["hash", "vertex"])
+def test_fields_pretrain_to_the_head(kind):
+    torch.manual_seed(0)
+    grid = make_tet_grid(32)
+    if kind == "hash":
+        field = HashGridSDF(max_deformation=0.4 * grid.cell_size, n_levels=6, log2_table_size=14, finest_resolution=64)
+        err = pretrain_field(field, head_sdf, grid.vertices, steps=120, batch=8192)
+        assert err < 0.002
+    else:
+        field = VertexSDF(grid.vertices.shape[0], max_deformation=0.4 * grid.cell_size)
+        pretrain_field(field, head_sdf, grid.vertices)
+    sdf, deform = field.sdf_and_deformation(grid.vertices)
+    assert deform.abs().max() <= 0.4 * grid.cell_size + 1e-7
+    ref = extract_surface(grid, head_sdf(grid.vertices))
+    got = extract_surface(grid, sdf, deform)
+    c = mesh_utils.chamfer_distance(got.verts.detach(), got.faces, ref.verts, ref.faces, n_points=4000)
+    assert c["chamfer"] < 0.5 * grid.cell_size
+    (got.verts.sum()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in field.parameters())
+
+
+def test_vertex_sdf_refuses_other_points():
+    with pytest.raises(ValueError, match="tet-grid vertices"):
+        VertexSDF(10).sdf_and_deformation(torch.zeros(5, 3))
