@@ -58,7 +58,9 @@ class ExpressionAttnProcessor(nn.Module):
         active = (self.with_branch and encoder_hidden_states is not None and expression_embeds is not None
                   and expression_scale != 0.0)
         if not active:
-            return self.main(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+            extra = {} if temb is None else {"temb": temb}  # the sliced processor takes no temb
+            return self.main(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                             attention_mask=attention_mask, **extra)
         if hidden_states.ndim != 3 or attn.spatial_norm is not None or attn.group_norm is not None:
             raise NotImplementedError("the expression branch expects a transformer cross-attention layer")
         residual = hidden_states

@@ -90,7 +90,9 @@ def load_task_adapter(unet, folder: Path | str, adapter_name: str) -> AdapterInf
         raise MismatchedWeightsError(f"{folder / WEIGHTS_FILE} adapts the expression branch, which is not installed",
                                      "load the prior with expression_branch=True")
     try:
-        unet.load_lora_adapter(folder, prefix="unet", adapter_name=adapter_name, weight_name=WEIGHTS_FILE)
+        # save_lora_adapter writes bare module names; pipeline-level files prefix them with "unet."
+        prefix = "unet" if any(name.startswith("unet.") for name in tensors) else None
+        unet.load_lora_adapter(folder, prefix=prefix, adapter_name=adapter_name, weight_name=WEIGHTS_FILE)
     except (ValueError, RuntimeError, KeyError) as exc:
         raise MismatchedWeightsError(f"{folder / WEIGHTS_FILE} does not fit this UNet ({str(exc)[:300]})",
                                      "the LoRA was trained on another base model; retrain it on this one") from None

@@ -21,7 +21,7 @@ from .conditioning import (ID_PROMPT, ID_WORD, VIEW_LABELS, Conditioning, Condit
                            identity_prompt, view_label_weights)
 from .errors import CorruptWeightsError, MismatchedWeightsError, MissingWeightsError, PriorError
 from .expression_attention import has_expression_branch, install_expression_branch
-from .lora import TASKS, AdapterInfo, load_task_adapter
+from .lora import TASKS, AdapterInfo, add_task_adapter, load_task_adapter
 from .weights import check_files, check_safetensors, check_shapes_against, load_encoder_bin_safely, read_json
 
 log = logging.getLogger(__name__)
@@ -277,6 +277,13 @@ class Prior:
         info = load_task_adapter(self.unet, folder, adapter_name=task)
         self.adapters[task] = info
         return info
+
+    def create_task(self, info: AdapterInfo) -> list:
+        """Add a fresh trainable LoRA for ``info.domain`` and switch to it; returns its parameters."""
+        params = add_task_adapter(self.unet, info, adapter_name=info.domain)
+        self.adapters[info.domain] = info
+        self.set_task(info.domain)
+        return params
 
     def set_task(self, task: str | None, scale: float = 1.0) -> None:
         """Switch to a task prior (``"normal"``/``"albedo"``) at ``scale``, or to the base (``None``)."""

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .conditioning import ConditioningOptions
 from .dataset import load_image, read_dataset
 from .errors import PriorError
-from .lora import DEFAULT_TARGETS, AdapterInfo, add_task_adapter, save_task_adapter
+from .lora import DEFAULT_TARGETS, AdapterInfo, save_task_adapter
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
@@ -107,7 +107,7 @@ class PriorTrainer:
         self.prior = load_prior(c.models_root, device=c.device, dtype=c.dtype, options=options)
         self.info = AdapterInfo(domain=c.domain, rank=c.rank, alpha=float(c.alpha or c.rank),
                                 target_modules=list(c.target_modules), expression_scale=c.expression_scale)
-        self.params = add_task_adapter(self.prior.unet, self.info, adapter_name=c.domain)
+        self.params = self.prior.create_task(self.info)
         self.names = [n for n, p in self.prior.unet.named_parameters() if p.requires_grad]
         for p in self.params:
             p.data = p.data.float()  # adapters train in fp32 even on a half-precision base
