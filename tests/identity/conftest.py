@@ -49,3 +49,54 @@ def _no_user_models(monkeypatch, tmp_path):
     monkeypatch.setenv("INSIGHTFACE_HOME", str(tmp_path / "no-insightface"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-hf-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def _write_scrfd_stand_in(path: Path, box: tuple[float, float, float, float], points5: np.ndarray) -> None:
+    """TEST DOUBLE for SCRFD (real weights cannot be downloaded here): an ONNX with SCRFD's exact
+    interface (input [1,3,640,640]; scores, box distances and keypoint offsets for strides 8/16/32,
+    2 anchors each) whose outputs are constant: one stride-32 anchor reports a face at ``box``
+    with ``points5`` (in 640×640 detector-input pixels), every other anchor scores 0. insightface's
+    own SCRFD class decodes it, so routing, preprocessing, decoding and the scaling back to photo
+    pixels are the real code."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    stride, cell = 32, (int(box[1] + box[3]) // 64, int(box[0] + box[2]) // 64)  # (row, col) near the centre
+    centre = np.array([cell[1] * stride, cell[0] * stride], dtype=np.float32)
+    outputs, initializers, nodes = [], [], []
+    mean = helper.make_node("ReduceMean", ["input.1"], ["mean"], keepdims=0)
+    zero = helper.make_node("Mul", ["mean", "zero"], ["zero_from_input"])  # outputs depend on the input
+    nodes += [mean, zero]
+    initializers.append(numpy_helper.from_array(np.zeros((), np.float32), "zero"))
+    tensors = {}
+    for s in (8, 16, 32):
+        n = (640 // s) ** 2 * 2
+        scores = np.zeros((n, 1), np.float32)
+        boxes = np.ones((n, 4), np.float32)
+        kps = np.zeros((n, 10), np.float32)
+        if s == stride:
+            index = (cell[0] * (640 // s) + cell[1]) * 2
+            scores[index] = 0.9
+            boxes[index] = np.array([centre[0] - box[0], centre[1] - box[1], box[2] - centre[0],
+                                     box[3] - centre[1]]) / s
+            kps[index] = ((np.asarray(points5, np.float32) - centre) / s).reshape(-1)
+        tensors[f"score_{s}"], tensors[f"bbox_{s}"], tensors[f"kps_{s}"] = scores, boxes, kps
+    order = [f"{kind}_{s}" for kind in ("score", "bbox", "kps") for s in (8, 16, 32)]
+    for name in order:
+        initializers.append(numpy_helper.from_array(tensors[name], name + "_const"))
+        nodes.append(helper.make_node("Add", [name + "_const", "zero_from_input"], [name]))
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(tensors[name].shape)))
+    graph = helper.make_graph(nodes, "scrfd_stand_in",
+                              [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, 640, 640])],
+                              outputs, initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+@pytest.fixture(scope="session")
+def scrfd_stand_in():
+    """The SCRFD test double writer (see :func:`_write_scrfd_stand_in`)."""
+    return _write_scrfd_stand_in

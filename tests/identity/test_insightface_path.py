@@ -87,3 +87,50 @@ def test_offline_without_arcface_runs_detection_and_says_so(photos_dir, tmp_path
     assert report.photos[0].judge_descriptor.shape == (128,)
     assert "no identity embedding was made" in report.warnings[0] and "fetch-models" in report.warnings[0]
     assert not (tmp_path / "out" / "embedding.npy").exists() and (tmp_path / "out" / "identity.json").exists()
+
+
+@pytest.fixture(scope="module")
+def insightface_root(tmp_path_factory, dlib_detector, portraits, scrfd_stand_in):
+    """antelopev2 with the generated ArcFace and the SCRFD test double reporting the astronaut's
+    face where dlib finds it (the astronaut photo is 512² -> scale 1.25 to the 640² input)."""
+    from engine.tiny_models import write_arcface_onnx
+
+    root = tmp_path_factory.mktemp("antelope")
+    face = dlib_detector.detect(portraits["astronaut.png"])[0]
+    scrfd_stand_in(root / "antelopev2" / "scrfd_10g_bnkps.onnx", tuple(np.array(face.box) * 1.25),
+                         face.points5 * 1.25)
+    write_arcface_onnx(root / "antelopev2" / "arcface.onnx", seed=7)
+    return root, face
+
+
+def test_scrfd_decoding_maps_back_to_photo_pixels(insightface_root, portraits):
+    from engine.identity.detect_insightface import InsightfaceDetector
+
+    root, expected = insightface_root
+    detector = InsightfaceDetector(root / "antelopev2" / "scrfd_10g_bnkps.onnx", ["CPUExecutionProvider"])
+    faces = detector.detect(portraits["astronaut.png"])
+    assert len(faces) == 1 and faces[0].score == pytest.approx(0.9)
+    assert np.allclose(faces[0].box, expected.box, atol=0.01)
+    assert np.allclose(faces[0].points5, expected.points5, atol=0.01)
+
+
+def test_insightface_backend_end_to_end(insightface_root, photos_dir, tmp_path):
+    import warnings
+
+    from insightface.utils.face_align import norm_crop
+
+    from engine.identity import analyse_photos
+
+    root, expected = insightface_root
+    report = analyse_photos([photos_dir / "astronaut.png"], backend="insightface", models_root=root,
+                            out_dir=tmp_path)
+    photo = report.photos[0]
+    assert report.backend == "insightface" and photo.status == "ok"
+    assert report.detector_model == str(root / "antelopev2" / "scrfd_10g_bnkps.onnx")
+    assert np.linalg.norm(report.embedding) == pytest.approx(1.0, abs=1e-5)
+    # The crop is insightface's norm_crop of the same 5 points (OpenCV vs Pillow bilinear: tiny differences).
+    rgb = np.asarray(__import__("PIL.Image").Image.open(photos_dir / "astronaut.png").convert("RGB"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        theirs = norm_crop(rgb, expected.points5.astype(np.float32), 112)
+    assert np.abs(photo.crop.astype(int) - theirs.astype(int)).mean() < 2.0
