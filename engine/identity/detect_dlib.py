@@ -14,6 +14,7 @@ loaded image for precision.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -76,17 +77,21 @@ def _downscaled(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR)), factor
 
 
+@functools.lru_cache(maxsize=1)
+def _load_models():
+    """dlib's detector and 68-point predictor, loaded once per process (the .dat takes ~1 s)."""
+    dlib = import_dlib()
+    folder = dlib_models_folder()
+    return dlib, dlib.get_frontal_face_detector(), dlib.shape_predictor(str(folder / LANDMARKS_68))
+
+
 class DlibFaceDetector:
     """HOG face detector and 68-point shape predictor; also hands shapes to the judge."""
 
     name = "dlib"
 
     def __init__(self):
-        dlib = import_dlib()
-        folder = dlib_models_folder()
-        self._dlib = dlib
-        self._detector = dlib.get_frontal_face_detector()
-        self._predictor = dlib.shape_predictor(str(folder / LANDMARKS_68))
+        self._dlib, self._detector, self._predictor = _load_models()
 
     def _boxes(self, rgb: np.ndarray) -> list[tuple[tuple[float, float, float, float], float]]:
         small, factor = _downscaled(rgb, DETECT_MAX_SIDE)

@@ -103,7 +103,7 @@ def test_identity_is_made_from_the_agreeing_photos_and_saved(report):
     assert same.max() < 0.6
 
 
-def test_cli_json_and_table(photos_dir, arcface_root, tmp_path):
+def test_cli_json_and_table(photos_dir, arcface_root, tmp_path, capsys):
     env_args = dict(cwd=REPO, capture_output=True, text=True, timeout=120)
     photos = [str(photos_dir / "astronaut.png"), str(photos_dir / "group.jpg"), str(tmp_path / "gone.jpg")]
     done = subprocess.run([sys.executable, "-m", "engine", "identity", *photos, "--out", str(tmp_path / "o"),
@@ -112,11 +112,13 @@ def test_cli_json_and_table(photos_dir, arcface_root, tmp_path):
     summary = json.loads(done.stdout)  # stdout is exactly one JSON object
     assert [p["status"] for p in summary["photos"]] == ["ok", "several_faces", "unreadable"]
     assert summary["out_dir"] == str(tmp_path / "o") and (tmp_path / "o" / "embedding.npy").is_file()
-    table = subprocess.run([sys.executable, "-m", "engine", "identity", *photos[:2], "--out", str(tmp_path / "t"),
-                            "--models", str(arcface_root), "--backend", "dlib"], **env_args)
-    assert table.returncode == 0, table.stderr
-    assert "several_faces" in table.stdout and "6 faces found; used the largest" in table.stdout
-    missing = subprocess.run([sys.executable, "-m", "engine", "identity", photos[0], "--out", str(tmp_path / "m"),
-                              "--models", str(arcface_root), "--backend", "insightface", "--json"], **env_args)
-    assert missing.returncode == 2
-    assert json.loads(missing.stdout)["error"]["code"] == "models_missing"
+    # The table and the error exit, in-process (the subprocess above proved stdout is clean JSON).
+    from engine.cli import main
+
+    assert main([*map(str, ["identity", *photos[:2], "--out", tmp_path / "t", "--models", arcface_root,
+                            "--backend", "dlib"])]) == 0
+    table = capsys.readouterr().out
+    assert "several_faces" in table and "6 faces found; used the largest" in table
+    assert main([*map(str, ["identity", photos[0], "--out", tmp_path / "m", "--models", arcface_root,
+                            "--backend", "insightface", "--json"])]) == 2
+    assert json.loads(capsys.readouterr().out)["error"]["code"] == "models_missing"
