@@ -12,14 +12,20 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
 
     Faces are taken counter-clockwise seen from outside (the outward normal is (v1-v0)x(v2-v0)).
     """
+    from .rasterize_torch import gather_rows
+
     squeeze = verts.ndim == 2
     v = verts.unsqueeze(0) if squeeze else verts
+    b, nv = v.shape[:2]
     f = faces.long()
-    v0, v1, v2 = v[:, f[:, 0]], v[:, f[:, 1]], v[:, f[:, 2]]
-    face_n = torch.cross(v1 - v0, v2 - v0, dim=-1)  # length = 2 * area: area weighting for free
-    n = torch.zeros_like(v)
+    # Vertex-major [V, B, 3] layout: row gathers and index_add along dim 0 are the fast paths.
+    table = v.permute(1, 0, 2).reshape(nv, b * 3)
+    v0, v1, v2 = (gather_rows(table, f[:, k]).reshape(-1, b, 3) for k in range(3))
+    face_n = torch.cross(v1 - v0, v2 - v0, dim=-1).reshape(-1, b * 3)  # |n| = 2 area: area weights
+    n = torch.zeros_like(table)
     for k in range(3):
-        n = n.index_add(1, f[:, k], face_n)
+        n = n.index_add(0, f[:, k], face_n)
+    n = n.reshape(nv, b, 3).permute(1, 0, 2)
     n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-20)
     return n[0] if squeeze else n
 
@@ -32,6 +38,7 @@ class MeshTopology:
     edge_face_count: [E] number of faces using each edge (1 = open boundary).
     edge_vertices: [E, 2] its two vertices; edge_opposite: [E] the third vertex of one face
     using it (which side of the edge the surface lies on, in any view where it is a silhouette).
+    edge_faces: [E, 2] two faces using it (the same face twice on an open boundary).
     Build it once per topology with :func:`mesh_topology` and pass it to ``render`` to save the
     sort on every call.
     """
@@ -41,6 +48,7 @@ class MeshTopology:
     edge_face_count: torch.Tensor
     edge_vertices: torch.Tensor
     edge_opposite: torch.Tensor
+    edge_faces: torch.Tensor
 
     @property
     def num_edges(self) -> int:
@@ -48,7 +56,7 @@ class MeshTopology:
 
     def to(self, device) -> "MeshTopology":
         return MeshTopology(*(t.to(device) for t in (self.faces, self.face_edges, self.edge_face_count,
-                                                     self.edge_vertices, self.edge_opposite)))
+                                                     self.edge_vertices, self.edge_opposite, self.edge_faces)))
 
 
 def mesh_topology(faces: torch.Tensor) -> MeshTopology:
@@ -61,8 +69,14 @@ def mesh_topology(faces: torch.Tensor) -> MeshTopology:
     edge_vertices = torch.stack([uniq // n, uniq % n], dim=1)
     opposite = torch.zeros(uniq.shape[0], dtype=torch.long, device=f.device)
     opposite[inverse] = f.roll(-2, dims=1).reshape(-1)  # any face's third vertex will do
+    # The first and last face using each edge (sorting face-edges by edge id groups them).
+    face_of = torch.arange(f.shape[0], device=f.device).repeat_interleave(3)
+    order = torch.argsort(inverse, stable=True)
+    first = torch.cumsum(counts, 0) - counts
+    last = first + counts - 1
+    edge_faces = torch.stack([face_of[order[first]], face_of[order[last]]], dim=1)
     return MeshTopology(faces=f, face_edges=inverse.reshape(-1, 3), edge_face_count=counts,
-                        edge_vertices=edge_vertices, edge_opposite=opposite)
+                        edge_vertices=edge_vertices, edge_opposite=opposite, edge_faces=edge_faces)
 
 
 def silhouette_edges(topology: MeshTopology, facing: torch.Tensor) -> torch.Tensor:
@@ -72,14 +86,12 @@ def silhouette_edges(topology: MeshTopology, facing: torch.Tensor) -> torch.Tens
     An edge is a silhouette when it bounds the mesh (one face) or when its faces disagree on
     facing; only such edges may carry anti-aliasing (and their vertices silhouette gradients).
     """
-    b = facing.shape[0]
-    e = topology.num_edges
-    fe = topology.face_edges.reshape(-1)
-    front = facing.to(torch.int32).repeat_interleave(3, dim=1)  # [B, 3F]
-    n_front = torch.zeros(b, e, dtype=torch.int32, device=facing.device).index_add_(1, fe, front)
-    total = topology.edge_face_count.to(torch.int32)[None]
-    sil = (total == 1) | ((n_front != 0) & (n_front != total))
-    return sil
+    count = topology.edge_face_count[None]
+    f0 = facing.index_select(1, topology.edge_faces[:, 0])
+    f1 = facing.index_select(1, topology.edge_faces[:, 1])
+    # Edges shared by more than two faces (non-manifold) are always candidates; the visibility
+    # test in the anti-aliasing pass then keeps only those actually seen as outlines.
+    return (count == 1) | (count > 2) | (f0 != f1)
 
 
 def icosphere(subdivisions: int, radius: float = 1.0, dtype=None, device=None):

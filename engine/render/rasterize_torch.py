@@ -71,6 +71,33 @@ class Raster:
         return self.face_id.shape[0]
 
 
+class _GatherRows(torch.autograd.Function):
+    """table[index] with an index_add backward. On CPU, embedding's forward kernel is several
+    times faster than advanced indexing for row gathers, and index_add several times faster
+    than embedding's own backward."""
+
+    @staticmethod
+    def forward(ctx, table, index):
+        import torch.nn.functional as F
+
+        ctx.save_for_backward(index)
+        ctx.rows = table.shape[0]
+        return F.embedding(index, table)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (index,) = ctx.saved_tensors
+        out = grad.new_zeros(ctx.rows, grad.shape[-1])
+        return out.index_add_(0, index, grad.reshape(-1, grad.shape[-1])), None
+
+
+def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """table[index] for a 2-D table [M, C] and a 1-D index, differentiable w.r.t. table."""
+    if table.is_floating_point():
+        return _GatherRows.apply(table, index)
+    return table.index_select(0, index)
+
+
 def to_screen(clip: torch.Tensor, resolution) -> torch.Tensor:
     """[B,V,4] clip -> [B,V,3] (x pixel, y pixel, NDC z); pixel centres at integer coordinates."""
     h, w = resolution
@@ -81,19 +108,26 @@ def to_screen(clip: torch.Tensor, resolution) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _visibility(scr: torch.Tensor, clip_w: torch.Tensor, faces: torch.Tensor, resolution) -> torch.Tensor:
-    """[B, H, W] nearest face id (-1 none) via an exact bounding-box z-buffer."""
+def _visibility(scr: torch.Tensor, clip_w: torch.Tensor, faces: torch.Tensor, resolution):
+    """([B, H, W] nearest face id (-1 none), [B, F] facing) via an exact bounding-box z-buffer.
+
+    facing is the sign of the face's screen-space area (which way it turns in this view)."""
     h, w = resolution
     b, _ = scr.shape[:2]
     f = faces.shape[0]
     dev = scr.device
     scr = scr.to(torch.float64) if scr.dtype == torch.float64 else scr.float()
-    tri = scr[:, faces]  # [B, F, 3, 3]
-    x, y, z = tri[..., 0], tri[..., 1], tri[..., 2]
-    ok = (clip_w[:, faces] > 0).all(-1)
+    fidx = faces.reshape(-1)
+
+    def per_corner(a):  # [B, V] -> [B, F, 3]; column-wise index_select is much faster than a row gather
+        return a.contiguous().index_select(1, fidx).reshape(b, f, 3)
+
+    x, y, z = per_corner(scr[..., 0]), per_corner(scr[..., 1]), per_corner(scr[..., 2])
+    ok = (per_corner(clip_w) > 0).all(-1)
     x0, x1, x2 = x.unbind(-1)
     y0, y1, y2 = y.unbind(-1)
     area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+    facing = area > 0
     ok &= area.abs() > 1e-12
     xmin = torch.ceil(x.amin(-1)).clamp_min(0)
     xmax = torch.floor(x.amax(-1)).clamp_max(w - 1)
@@ -104,28 +138,29 @@ def _visibility(scr: torch.Tensor, clip_w: torch.Tensor, faces: torch.Tensor, re
     cand = torch.nonzero(ok.reshape(-1)).squeeze(1)  # flat (b*F + f)
     zbuf = torch.full((b * h * w,), _EMPTY, dtype=torch.int64, device=dev)
     if cand.numel() == 0:
-        return torch.full((b, h, w), -1, dtype=torch.int64, device=dev)
+        return torch.full((b, h, w), -1, dtype=torch.int64, device=dev), facing
 
     def flat(t):
-        return t.reshape(-1)[cand]
+        return t.reshape(-1).index_select(0, cand)
 
     # Watertight edge functions: a shared edge is always evaluated from its lower-index vertex
     # and negated for the other face, so neighbouring faces get exactly opposite values and no
     # pixel centre falls through a crack between them. Orientation is folded in by the sign.
-    fv = faces[cand % f]  # [T, 3] vertex ids
+    fv = faces.index_select(0, cand % f)  # [T, 3] vertex ids
     orient = torch.sign(flat(area))
     coefs = []
     for k in range(3):
         i, j = k, (k + 1) % 3
         swap = fv[:, i] > fv[:, j]
-        xi, yi, xj, yj = flat(x[..., i]), flat(y[..., i]), flat(x[..., j]), flat(y[..., j])
+        xi, yi, xj, yj = flat(x[..., i].contiguous()), flat(y[..., i].contiguous()), flat(x[..., j].contiguous()), flat(y[..., j].contiguous())
         xr, yr = torch.where(swap, xj, xi), torch.where(swap, yj, yi)
         dx, dy = torch.where(swap, xi - xj, xj - xi), torch.where(swap, yi - yj, yj - yi)
         sgn = torch.where(swap, -orient, orient)
         coefs += [xr, yr, dx * sgn, dy * sgn]
-    z0, z1, z2 = (flat(t) for t in z.unbind(-1))
+    z0, z1, z2 = (flat(t.contiguous()) for t in z.unbind(-1))
     # e_k weights the vertex opposite edge k: e_0 -> v2, e_1 -> v0, e_2 -> v1.
-    coef = torch.stack(coefs + [z2, z0, z1], dim=1)
+    # Kept as separate contiguous columns: 1-D index_select is far faster than gathering rows.
+    coef = [c.contiguous() for c in coefs + [z2, z0, z1]]
     bx0 = flat(xmin).long()
     by0 = flat(ymin).long()
     bw = flat(xmax).long() - bx0 + 1
@@ -144,27 +179,33 @@ def _visibility(scr: torch.Tensor, clip_w: torch.Tensor, faces: torch.Tensor, re
         n = int(cnt.sum().item())
         local_t = torch.repeat_interleave(torch.arange(tri_end - tri_start, device=dev), cnt, output_size=n)
         offs = torch.cumsum(cnt, 0) - cnt
-        k = torch.arange(n, device=dev) - offs[local_t]
+        k = torch.arange(n, device=dev) - offs.index_select(0, local_t)
         t = local_t + tri_start
-        bw_t = bw[t]
-        px = bx0[t] + k % bw_t
-        py = by0[t] + torch.div(k, bw_t, rounding_mode="floor")
-        c = coef[t]
-        pxf = px.to(c.dtype)
-        pyf = py.to(c.dtype)
-        e = [c[:, 4 * j + 2] * (pyf - c[:, 4 * j + 1]) - c[:, 4 * j + 3] * (pxf - c[:, 4 * j]) for j in range(3)]
+
+        def g(col):
+            return col.index_select(0, t)
+
+        bw_t = g(bw)
+        py_off = torch.div(k, bw_t, rounding_mode="floor")
+        px = g(bx0) + (k - py_off * bw_t)
+        py = g(by0) + py_off
+        pxf = px.to(coef[0].dtype)
+        pyf = py.to(coef[0].dtype)
+        e = [g(coef[4 * j + 2]) * (pyf - g(coef[4 * j + 1])) - g(coef[4 * j + 3]) * (pxf - g(coef[4 * j]))
+             for j in range(3)]
         tot = e[0] + e[1] + e[2]
-        zz = (e[0] * c[:, 12] + e[1] * c[:, 13] + e[2] * c[:, 14]) / tot
+        zz = (e[0] * g(coef[12]) + e[1] * g(coef[13]) + e[2] * g(coef[14])) / tot
         inside = (e[0] >= 0) & (e[1] >= 0) & (e[2] >= 0) & (tot > 0) & (zz >= -1.0) & (zz <= 1.0)
         idx = torch.nonzero(inside).squeeze(1)
-        zq = ((zz[idx] + 1.0) * (0.5 * _DEPTH_LEVELS)).long().clamp_(0, int(_DEPTH_LEVELS) - 1)
-        key = (zq << 32) | face[t[idx]]
-        pix = view[t[idx]] * (h * w) + py[idx] * w + px[idx]
+        zq = ((zz.index_select(0, idx) + 1.0) * (0.5 * _DEPTH_LEVELS)).long().clamp_(0, int(_DEPTH_LEVELS) - 1)
+        t_in = t.index_select(0, idx)
+        key = (zq << 32) | face.index_select(0, t_in)
+        pix = view.index_select(0, t_in) * (h * w) + py.index_select(0, idx) * w + px.index_select(0, idx)
         zbuf.scatter_reduce_(0, pix, key, reduce="amin")
         start = int(ends[tri_end - 1].item())
         tri_start = tri_end
     face_id = torch.where(zbuf == _EMPTY, torch.full_like(zbuf, -1), zbuf & 0xFFFFFFFF)
-    return face_id.reshape(b, h, w)
+    return face_id.reshape(b, h, w), facing
 
 
 def rasterize(
@@ -174,7 +215,7 @@ def rasterize(
     h, w = int(resolution[0]), int(resolution[1])
     faces = faces.long()
     scr = to_screen(clip, (h, w))
-    face_id = _visibility(scr.detach(), clip[..., 3].detach(), faces, (h, w))
+    face_id, facing = _visibility(scr.detach(), clip[..., 3].detach(), faces, (h, w))
     flat_id = face_id.reshape(-1)
     pix = torch.nonzero(flat_id >= 0).squeeze(1)
     face = flat_id[pix]
@@ -182,10 +223,11 @@ def rasterize(
     rem = pix - view * (h * w)
     py = torch.div(rem, w, rounding_mode="floor").to(scr.dtype)
     px = (rem % w).to(scr.dtype)
-    vidx = faces[face]  # [N, 3]
-    sx = scr[..., 0][view[:, None], vidx]
-    sy = scr[..., 1][view[:, None], vidx]
-    cw = clip[..., 3][view[:, None], vidx]
+    nv = clip.shape[1]
+    corner = faces.index_select(0, face) + (view * nv)[:, None]  # [N, 3] rows of the [B*V] table
+    table = torch.stack([scr[..., 0], scr[..., 1], clip[..., 3]], dim=-1).reshape(-1, 3)
+    g = gather_rows(table, corner.reshape(-1)).reshape(-1, 3, 3)
+    sx, sy, cw = g[..., 0], g[..., 1], g[..., 2]
     dx = sx - px[:, None]
     dy = sy - py[:, None]
     # Edge function opposite vertex k, evaluated at the pixel centre.
@@ -204,10 +246,6 @@ def rasterize(
     depth_w = 1.0 / qs.squeeze(1)
 
     with torch.no_grad():
-        tri = scr[:, faces, :2]  # [B, F, 3, 2]
-        d1 = tri[:, :, 1] - tri[:, :, 0]
-        d2 = tri[:, :, 2] - tri[:, :, 0]
-        facing = (d1[..., 0] * d2[..., 1] - d1[..., 1] * d2[..., 0]) > 0
         topo = topology if topology is not None else mesh_topology(faces)
         sil = silhouette_edges(topo, facing)
     return Raster(
@@ -231,11 +269,11 @@ def interpolate(attr: torch.Tensor, raster: Raster, faces: torch.Tensor) -> torc
     attr: [V, C] shared by all views or [B, V, C] per view.
     """
     faces = faces.long()
-    vidx = faces[raster.face]  # [N, 3]
-    if attr.ndim == 2:
-        a = attr[vidx]  # [N, 3, C]
-    else:
-        a = attr[raster.view[:, None], vidx]
+    vidx = faces.index_select(0, raster.face)  # [N, 3]
+    if attr.ndim == 3:
+        vidx = vidx + (raster.view * attr.shape[1])[:, None]
+        attr = attr.reshape(-1, attr.shape[-1])
+    a = gather_rows(attr, vidx.reshape(-1)).reshape(vidx.shape[0], 3, -1)  # [N, 3, C]
     vals = (a * raster.bary.unsqueeze(-1).to(a.dtype)).sum(1)
     return scatter_pixels(vals, raster)
 
@@ -262,8 +300,12 @@ def _edge_crossings(raster: Raster, depth: torch.Tensor, vertical: bool):
     bi, ei = torch.nonzero(raster.silhouette, as_tuple=True)
     va, vb = topo.edge_vertices[ei, 0], topo.edge_vertices[ei, 1]
     vc = topo.edge_opposite[ei]
-    pa, pb, pc = scr[bi, va], scr[bi, vb], scr[bi, vc]  # [M, 2] differentiable
-    wa, wb = raster.clip_w[bi, va], raster.clip_w[bi, vb]
+    nv = scr.shape[1]
+    base = bi * nv
+    table = scr.reshape(-1, 2)
+    pa, pb, pc = (gather_rows(table, base + v) for v in (va, vb, vc))  # [M, 2] differentiable
+    w_flat = raster.clip_w.detach().reshape(-1)
+    wa, wb = w_flat.index_select(0, base + va), w_flat.index_select(0, base + vb)
     # Work in (u, v) = (x, y) for mostly vertical edges, (y, x) otherwise: always step along v.
     u_ax, v_ax = (0, 1) if vertical else (1, 0)
     n_v, n_u = (h, w) if vertical else (w, h)
