@@ -136,6 +136,10 @@ FIX_HINT = ("run `python -m engine fetch-models --only antelopev2` while online,
             "(see docs/identity.md)")
 
 
+def _nonempty(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
 def resolve_identity_models(models_root: Path | str | None = None) -> IdentityModels:
     """Find the SCRFD detector and the ArcFace recogniser across all candidate folders.
 
@@ -147,17 +151,17 @@ def resolve_identity_models(models_root: Path | str | None = None) -> IdentityMo
     detector = recognition = None
     notes: list[str] = []
     for folder in searched:
-        if detector is None and (folder / DETECTOR_FILE).is_file() and (folder / DETECTOR_FILE).stat().st_size:
+        if detector is None and _nonempty(folder / DETECTOR_FILE):
             detector = folder / DETECTOR_FILE
-        if recognition is None and (folder / RECOGNITION_FILE).is_file() and (folder / RECOGNITION_FILE).stat().st_size:
+        if recognition is None and _nonempty(folder / RECOGNITION_FILE):
             recognition = folder / RECOGNITION_FILE
-        if (folder / INSIGHTFACE_ORIGINAL_RECOGNITION).is_file() and not (folder / RECOGNITION_FILE).is_file():
-            notes.append(f"{folder} has insightface's {INSIGHTFACE_ORIGINAL_RECOGNITION}; Arc2Face needs its own "
-                         f"{RECOGNITION_FILE} there instead.")
+        if (folder / INSIGHTFACE_ORIGINAL_RECOGNITION).is_file() and not _nonempty(folder / RECOGNITION_FILE):
+            notes.append(f"{folder} has insightface's {INSIGHTFACE_ORIGINAL_RECOGNITION}; Arc2Face needs "
+                         f"its own {RECOGNITION_FILE} there instead.")
     if recognition is None:
         for folder in candidate_folders("arc2face", models_root):
             searched.append(folder)
-            if (folder / RECOGNITION_FILE).is_file() and (folder / RECOGNITION_FILE).stat().st_size:
+            if _nonempty(folder / RECOGNITION_FILE):
                 recognition = folder / RECOGNITION_FILE
                 break
     return IdentityModels(detector=detector, recognition=recognition, searched=searched, notes=notes)
@@ -174,8 +178,12 @@ class Downloader:
         from huggingface_hub import hf_hub_download
 
         # hf_hub_download shows its own progress bar on stderr and resumes partial downloads.
-        cached = hf_hub_download(repo_id=repo, filename=filename)
-        _copy_atomic(Path(cached), target)
+        # Written straight into the models folder (no second multi-GB copy in the HF cache).
+        target_text = target.as_posix()
+        if target_text.endswith("/" + filename):
+            hf_hub_download(repo_id=repo, filename=filename, local_dir=target_text[: -len(filename) - 1])
+        else:
+            _copy_atomic(Path(hf_hub_download(repo_id=repo, filename=filename)), target)
 
     def url(self, url: str, target: Path) -> None:
         import urllib.request
@@ -189,7 +197,8 @@ class Downloader:
                 out.write(chunk)
                 done += len(chunk)
                 if total:
-                    print(f"\r  {target.name}: {done / 2**20:.0f}/{total / 2**20:.0f} MiB", end="", file=sys.stderr)
+                    print(f"\r  {target.name}: {done / 2**20:.0f}/{total / 2**20:.0f} MiB", end="",
+                          file=sys.stderr)
             print(file=sys.stderr)
         os.replace(tmp, target)
 

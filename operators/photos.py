@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from pathlib import Path
 
 import bpy
 from bpy.props import BoolProperty, CollectionProperty, StringProperty
@@ -176,11 +175,13 @@ class IDTO3D_OT_photos_check(bpy.types.Operator):
             summary = json.loads(done.stdout)
         except json.JSONDecodeError:
             tail = (done.stderr or done.stdout or "no output").strip().splitlines()[-1:]
-            self.report({"ERROR"}, f"The photo check failed (exit {done.returncode}): {tail[0] if tail else ''}")
+            last = tail[0] if tail else ""
+            self.report({"ERROR"}, f"The photo check failed (exit {done.returncode}): {last}")
             return {"CANCELLED"}
         if "error" in summary:
             error = summary["error"]
-            self.report({"ERROR"}, f"{error.get('message')}" + (f" Fix: {error['hint']}" if error.get("hint") else ""))
+            fix = f" Fix: {error['hint']}" if error.get("hint") else ""
+            self.report({"ERROR"}, f"{error.get('message')}{fix}")
             return {"CANCELLED"}
         counts = apply_check_results(settings, items, summary)
         for warning in summary.get("warnings", []):

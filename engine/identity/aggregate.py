@@ -36,7 +36,8 @@ def cosine_matrix(embeddings: list[np.ndarray]) -> np.ndarray:
     return stack @ stack.T
 
 
-def agreement(distances: np.ndarray | None, cosines: np.ndarray | None, judge_threshold: float) -> np.ndarray | None:
+def agreement(distances: np.ndarray | None, cosines: np.ndarray | None,
+              judge_threshold: float) -> np.ndarray | None:
     """Boolean [n, n]: do photos i and j look like the same person (judge first, ArcFace otherwise)."""
     if distances is not None and distances.size and not np.isnan(distances).all():
         return np.nan_to_num(distances, nan=np.inf) < judge_threshold

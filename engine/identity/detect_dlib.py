@@ -27,7 +27,8 @@ from .align import Face, five_points_from_68
 # real faces score 0.2-3 (the faintest real one in insightface's group photo: 0.21).
 MIN_SCORE = 0.18
 DETECT_MAX_SIDE = 1280
-UPSAMPLE_MAX_SIDE = 1280  # upsampling a larger image costs seconds on CPU for faces that large photos rarely have
+# Upsampling a larger image costs seconds on CPU, for faces that large photos rarely have.
+UPSAMPLE_MAX_SIDE = 1280
 
 # dlib's nose tip (point 30) and outer mouth corners sit a little differently from SCRFD's points,
 # which the ArcFace template was made from; its eye centres (means of 6 points) are the steadiest.
@@ -101,7 +102,8 @@ class DlibFaceDetector:
             rects, scores, _ = self._detector.run(small, 1, MIN_SCORE)
         found = []
         for rect, score in zip(rects, scores):
-            box = (rect.left() / factor, rect.top() / factor, (rect.right() + 1) / factor, (rect.bottom() + 1) / factor)
+            box = (rect.left() / factor, rect.top() / factor,
+                   (rect.right() + 1) / factor, (rect.bottom() + 1) / factor)
             found.append((box, float(score)))
         return found
 

@@ -39,9 +39,11 @@ class ArcFaceEmbedder:
 
     def embed(self, crop_rgb: np.ndarray) -> np.ndarray:
         """Unit-length float32 [512] embedding of one aligned 112×112 RGB crop."""
-        feature = self._model.get_feat(np.ascontiguousarray(crop_rgb[..., ::-1])).reshape(-1).astype(np.float32)
+        bgr = np.ascontiguousarray(crop_rgb[..., ::-1])  # insightface expects OpenCV's BGR order
+        feature = self._model.get_feat(bgr).reshape(-1).astype(np.float32)
         if feature.shape[0] != EMBEDDING_SIZE:
-            raise EngineError(f"{self.model_file} gives {feature.shape[0]}-d embeddings, expected {EMBEDDING_SIZE}",
+            raise EngineError(f"{self.model_file} gives {feature.shape[0]}-d embeddings, "
+                              f"expected {EMBEDDING_SIZE}",
                               code="bad_model")
         norm = float(np.linalg.norm(feature))
         if not np.isfinite(norm) or norm == 0:

@@ -72,7 +72,8 @@ class JudgeResult:
     def to_dict(self) -> dict:
         return {
             "threshold": self.threshold,
-            "distances": [[None if np.isnan(v) else round(float(v), 4) for v in row] for row in self.distances],
+            "distances": [[None if np.isnan(v) else round(float(v), 4) for v in row]
+                          for row in self.distances],
             "found_a": self.found_a, "found_b": self.found_b, "messages": self.messages,
         }
 

@@ -26,7 +26,7 @@ from ..model_store import FIX_HINT, ModelsMissing, resolve_identity_models
 from .aggregate import agreement, cosine_matrix, find_outliers, mean_embedding
 from .align import Face, align_face
 from .images import DEFAULT_MAX_SIDE, PhotoError, load_photo
-from .report import (NO_FACE, OK, OUTLIER, SEVERAL_FACES, TOO_SMALL, UNREADABLE, IdentityReport, PhotoResult,
+from .report import (NO_FACE, OUTLIER, SEVERAL_FACES, TOO_SMALL, UNREADABLE, IdentityReport, PhotoResult,
                      write_png_atomic)
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,8 @@ class _Engines:
         else:
             self.warnings.append(
                 "no ArcFace model (arcface.onnx) was found, so no identity embedding was made; faces were "
-                "detected, aligned and checked by the judge. " + self.models.missing_message(need_detector=False)
+                "detected, aligned and checked by the judge. "
+                + self.models.missing_message(need_detector=False)
                 + " Fix: " + FIX_HINT)
         self.judge = None
         if use_judge:
@@ -152,7 +153,8 @@ def _analyse_one(index: int, path, engines: _Engines, max_side: int, crops_dir: 
 
 
 def analyse_photos(paths: Sequence[str | Path], *, backend: str = "auto", models_root=None, out_dir=None,
-                   device: str = "cpu", judge: bool = True, max_side: int = DEFAULT_MAX_SIDE) -> IdentityReport:
+                   device: str = "cpu", judge: bool = True,
+                   max_side: int = DEFAULT_MAX_SIDE) -> IdentityReport:
     """Run the identity step on ``paths``; see :mod:`engine.identity` for the result."""
     if not paths:
         raise EngineError("no photos given", code="no_photos", hint="add 1-10 photos of the person")
@@ -169,7 +171,8 @@ def analyse_photos(paths: Sequence[str | Path], *, backend: str = "auto", models
         except Exception as exc:  # an unexpected failure on one photo must not cost the others
             log.exception("identity step failed on %s", path)
             results.append(PhotoResult(path=str(path), status=UNREADABLE, error_code="failed",
-                                       message=f"{Path(path).name}: processing failed ({type(exc).__name__}: {exc})"))
+                                       message=f"{Path(path).name}: processing failed "
+                                               f"({type(exc).__name__}: {exc})"))
     report = _aggregate(results, engines)
     if out_dir is not None:
         report.save(out_dir)
@@ -201,7 +204,8 @@ def _aggregate(results: list[PhotoResult], engines: _Engines) -> IdentityReport:
         detail = (f"judge distance {r.judge_distance_to_rest:.2f} to the others, same person < {threshold}"
                   if r.judge_distance_to_rest is not None else
                   f"ArcFace similarity {r.similarity_to_rest:.2f} to the others")
-        r.message = f"looks like a different person from the other photos ({detail}); left out of the identity"
+        r.message = (f"looks like a different person from the other photos ({detail}); "
+                     "left out of the identity")
     if mixed:
         warnings.append("the photos do not agree on one person and no majority stands out; check that they "
                         "all show the same person (see the judge distances)")
@@ -214,6 +218,7 @@ def _aggregate(results: list[PhotoResult], engines: _Engines) -> IdentityReport:
         photos=results, backend=engines.backend, embedding=embedding, used=used,
         similarity=cosines if cosines is not None else empty,
         judge_distances=distances if distances is not None else empty, compared=compared,
-        detector_model=str(engines.models.detector) if engines.backend == "insightface" else "dlib HOG + 68 landmarks",
+        detector_model=(str(engines.models.detector) if engines.backend == "insightface"
+                        else "dlib HOG + 68 landmarks"),
         recognition_model=str(engines.models.recognition) if engines.embedder else None,
         warnings=warnings)

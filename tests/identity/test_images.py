@@ -4,7 +4,6 @@ get an error naming the file and the problem."""
 from __future__ import annotations
 
 import io
-import struct
 
 import numpy as np
 import pytest
