@@ -134,3 +134,20 @@ def test_insightface_backend_end_to_end(insightface_root, photos_dir, tmp_path):
         warnings.simplefilter("ignore", FutureWarning)
         theirs = norm_crop(rgb, expected.points5.astype(np.float32), 112)
     assert np.abs(photo.crop.astype(int) - theirs.astype(int)).mean() < 2.0
+
+
+def test_tiny_face_found_by_scrfd_is_too_small(tmp_path, scrfd_stand_in, photos_dir):
+    from engine.identity import analyse_photos
+    from engine.tiny_models import write_arcface_onnx
+
+    # SCRFD finds faces far smaller than dlib can: a 25-px face (in the 512² photo) is refused.
+    box = np.array([200.0, 100.0, 225.0, 125.0])
+    points = np.array([[206, 110], [219, 110], [212.5, 115], [207, 120], [218, 120]], dtype=float)
+    scrfd_stand_in(tmp_path / "antelopev2" / "scrfd_10g_bnkps.onnx", tuple(box * 1.25), points * 1.25)
+    write_arcface_onnx(tmp_path / "antelopev2" / "arcface.onnx", seed=7)
+    report = analyse_photos([photos_dir / "astronaut.png"], backend="insightface", models_root=tmp_path,
+                            judge=False)
+    photo = report.photos[0]
+    assert photo.status == "too_small" and photo.face_size == 25
+    assert "the face is 25 px; at least 40 px are needed" in photo.message
+    assert report.embedding is None
