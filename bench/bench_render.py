@@ -76,8 +76,10 @@ def time_it(fn, repeats: int) -> tuple[float, float]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--views", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: per-core figures, the most repeatable on shared "
+                         "machines; 0 = torch's default)")
     ap.add_argument("--no-write", action="store_true", help="print only, do not write docs/")
     args = ap.parse_args(argv)
 
