@@ -115,8 +115,10 @@ def load_photo(path: Path | str, max_side: int = DEFAULT_MAX_SIDE) -> LoadedPhot
         fmt = img.format or "unknown"
         width, height = img.size
         if fmt in ("JPEG", "MPO") and max(width, height) > max_side:
-            # Decode at 1/2, 1/4 or 1/8 scale directly (never the full image), long side >= max_side.
-            ratio = max_side / max(width, height)
+            # Decode at 1/2, 1/4 or 1/8 scale directly (never the full image). Accepting a long side
+            # down to 3/4 of max_side lets a 4000-px phone photo decode at 1/2 scale (4× faster)
+            # with no resampling at all; faces stay far above the 112-px crop.
+            ratio = 0.75 * max_side / max(width, height)
             img.draft("RGB", (max(1, int(width * ratio)), max(1, int(height * ratio))))
         elif width * height > MAX_DECODE_PIXELS:
             raise PhotoError(path, f"image is {width}×{height} = {width * height / 1e6:.0f} megapixels, "
