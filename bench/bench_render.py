@@ -91,9 +91,13 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     passes = ("mask", "normal_camera", "depth")
     rows = []
+    topo_ms = {}
     for tris in (50_000, 200_000):
         verts, faces = head_mesh(tris)
-        topo = mesh_topology(faces)  # built once per topology, as a training loop would
+        # The edge table is built once per topology and passed in; it is timed on its own because
+        # a marching-tets loop changes topology every step and pays it once per render call.
+        topo_ms[faces.shape[0]] = time_it(lambda: mesh_topology(faces), args.repeats)[1] * 1000
+        topo = mesh_topology(faces)
         for res in (256, 512):
             cams = sample_orbit_cameras(args.views, seed=0, resolution=(res, res))
             weights = torch.rand(args.views, res, res, 5, generator=torch.Generator().manual_seed(0))
@@ -121,19 +125,21 @@ def main(argv=None) -> int:
     table = header + "".join(
         f"| {t:,} | {r}² | {fw:.1f} | {fc:.1f} | {bw:.1f} | {bc:.1f} |\n" for t, r, fw, fc, bw, bc in rows
     )
+    topo_line = "; ".join(f"{t:,} triangles {ms:.0f} ms" for t, ms in topo_ms.items())
+    table += f"\n`mesh_topology` (once per call when the topology changes, CPU): {topo_line}.\n"
     print()
     print(table)
     if not args.no_write:
         text = (
             "# Rasteriser benchmarks (CPU)\n\n"
             "Written by `bench/bench_render.py` (re-run it to refresh). Built-in torch rasteriser, "
-            f"passes {', '.join(passes)} (anti-aliased), batch of {args.views} head-centred views, "
+            f"passes {', '.join(passes)} (mask and normals anti-aliased), batch of {args.views} head-centred views, "
             f"best of {args.repeats} runs, milliseconds per view: wall clock, and process CPU time summed "
             "over all threads (the work itself; stable when other jobs share the cores). Mesh: closed bumpy ellipsoid "
             "0.23 m tall; the head fills ~70 % of the frame.\n\n"
             + table
             + f"\nMachine: {platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads; {datetime.date.today().isoformat()}. "
+            f"torch threads: {torch.get_num_threads()}; {datetime.date.today().isoformat()}. "
             "Other jobs may have shared the cores while this ran: wall figures are upper bounds.\n"
         )
         out = ROOT / "docs" / "benchmarks-render.md"
