@@ -133,9 +133,11 @@ def main(argv=None) -> int:
         text = (
             "# Rasteriser benchmarks (CPU)\n\n"
             "Written by `bench/bench_render.py` (re-run it to refresh). Built-in torch rasteriser, "
-            f"passes {', '.join(passes)} (mask and normals anti-aliased), batch of {args.views} head-centred views, "
+            f"passes {', '.join(passes)} (mask and normals anti-aliased), "
+            f"batch of {args.views} head-centred views, "
             f"best of {args.repeats} runs, milliseconds per view: wall clock, and process CPU time summed "
-            "over all threads (the work itself; stable when other jobs share the cores). Mesh: closed bumpy ellipsoid "
+            "over all threads (the work itself; stable when other jobs share the cores). "
+            "Mesh: closed bumpy ellipsoid "
             "0.23 m tall; the head fills ~70 % of the frame.\n\n"
             + table
             + f"\nMachine: {platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "

@@ -75,7 +75,8 @@ class Cameras:
             raise ValueError(f"world_to_cam must be [B, 4, 4], got {tuple(self.world_to_cam.shape)}")
         b = self.world_to_cam.shape[0]
         dev = self.world_to_cam.device
-        self.fov_y = torch.as_tensor(self.fov_y, dtype=torch.float32, device=dev).reshape(-1).expand(b).clone()
+        fov = torch.as_tensor(self.fov_y, dtype=torch.float32, device=dev)
+        self.fov_y = fov.reshape(-1).expand(b).clone()
         self.resolution = (int(self.resolution[0]), int(self.resolution[1]))
         if self.positions is None:
             # Camera centre = -R^T t of the rigid world->camera transform.

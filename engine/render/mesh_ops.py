@@ -55,8 +55,9 @@ class MeshTopology:
         return int(self.edge_face_count.shape[0])
 
     def to(self, device) -> "MeshTopology":
-        return MeshTopology(*(t.to(device) for t in (self.faces, self.face_edges, self.edge_face_count,
-                                                     self.edge_vertices, self.edge_opposite, self.edge_faces)))
+        parts = (self.faces, self.face_edges, self.edge_face_count, self.edge_vertices, self.edge_opposite,
+                 self.edge_faces)
+        return MeshTopology(*(t.to(device) for t in parts))
 
 
 def mesh_topology(faces: torch.Tensor) -> MeshTopology:

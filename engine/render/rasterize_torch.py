@@ -152,7 +152,8 @@ def _visibility(scr: torch.Tensor, clip_w: torch.Tensor, faces: torch.Tensor, re
     for k in range(3):
         i, j = k, (k + 1) % 3
         swap = fv[:, i] > fv[:, j]
-        xi, yi, xj, yj = flat(x[..., i].contiguous()), flat(y[..., i].contiguous()), flat(x[..., j].contiguous()), flat(y[..., j].contiguous())
+        xi, yi = flat(x[..., i].contiguous()), flat(y[..., i].contiguous())
+        xj, yj = flat(x[..., j].contiguous()), flat(y[..., j].contiguous())
         xr, yr = torch.where(swap, xj, xi), torch.where(swap, yj, yi)
         dx, dy = torch.where(swap, xi - xj, xj - xi), torch.where(swap, yi - yj, yj - yi)
         sgn = torch.where(swap, -orient, orient)
@@ -197,7 +198,8 @@ def _visibility(scr: torch.Tensor, clip_w: torch.Tensor, faces: torch.Tensor, re
         zz = (e[0] * g(coef[12]) + e[1] * g(coef[13]) + e[2] * g(coef[14])) / tot
         inside = (e[0] >= 0) & (e[1] >= 0) & (e[2] >= 0) & (tot > 0) & (zz >= -1.0) & (zz <= 1.0)
         idx = torch.nonzero(inside).squeeze(1)
-        zq = ((zz.index_select(0, idx) + 1.0) * (0.5 * _DEPTH_LEVELS)).long().clamp_(0, int(_DEPTH_LEVELS) - 1)
+        zq = ((zz.index_select(0, idx) + 1.0) * (0.5 * _DEPTH_LEVELS)).long()
+        zq.clamp_(0, int(_DEPTH_LEVELS) - 1)
         t_in = t.index_select(0, idx)
         key = (zq << 32) | face.index_select(0, t_in)
         pix = view.index_select(0, t_in) * (h * w) + py.index_select(0, idx) * w + px.index_select(0, idx)

@@ -138,7 +138,9 @@ def render(
     elif verts.ndim == 3 and verts.shape[0] == len(cameras):
         verts_b = verts
     else:
-        raise ValueError(f"verts must be [V,3] or [B,V,3] with B={len(cameras)} cameras, got {tuple(verts.shape)}")
+        raise ValueError(
+            f"verts must be [V,3] or [B,V,3] with B={len(cameras)} cameras, got {tuple(verts.shape)}"
+        )
     if faces.ndim != 2 or faces.shape[1] != 3:
         raise ValueError(f"faces must be [F, 3], got {tuple(faces.shape)}")
     dt, dev = verts.dtype, verts.device
