@@ -107,7 +107,10 @@ class PriorTrainer:
         self.prior = load_prior(c.models_root, device=c.device, dtype=c.dtype, options=options)
         self.info = AdapterInfo(domain=c.domain, rank=c.rank, alpha=float(c.alpha or c.rank),
                                 target_modules=list(c.target_modules), expression_scale=c.expression_scale)
-        self.params = self.prior.create_task(self.info)
+        devices = [self.prior.device] if self.prior.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # peft draws the LoRA init from the global RNG: seed it
+            torch.manual_seed(c.seed)
+            self.params = self.prior.create_task(self.info)
         self.names = [n for n, p in self.prior.unet.named_parameters() if p.requires_grad]
         for p in self.params:
             p.data = p.data.float()  # adapters train in fp32 even on a half-precision base
