@@ -34,6 +34,7 @@ def register():
 
 
 def unregister():
+    references.unregister_previews()  # thumbnails are loaded on first draw; free them
     properties.unregister_properties()
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from pathlib import Path
 
 import bpy
 from bpy.props import BoolProperty, CollectionProperty, StringProperty
@@ -125,14 +127,25 @@ class IDTO3D_OT_photos_clear(bpy.types.Operator):
         return {"FINISHED"}
 
 
+KEEP_CHECK_FOLDERS = 3
+
+
 def _check_folder() -> str:
-    """A fresh folder for the check's crops and summary (the extension's user folder if possible)."""
+    """A fresh folder for the check's crops and summary (the extension's user folder if possible).
+
+    Only the newest few check folders are kept: each holds crops of every photo, and nothing else
+    reads old ones.
+    """
     base = None
     try:
         package = __package__.rsplit(".", 1)[0]
         base = bpy.utils.extension_path_user(package, path="photo_checks", create=True)
     except (ValueError, RuntimeError, AttributeError):
         base = None  # not running as an extension (e.g. a legacy add-on folder)
+    if base:
+        old = sorted(Path(base).glob("check-*"), key=lambda p: p.stat().st_mtime)
+        for folder in old[: max(0, len(old) - (KEEP_CHECK_FOLDERS - 1))]:
+            shutil.rmtree(folder, ignore_errors=True)
     return tempfile.mkdtemp(prefix="check-", dir=base)
 
 
