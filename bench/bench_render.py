@@ -106,24 +106,27 @@ def main(argv=None) -> int:
                 with torch.no_grad():
                     render(verts, faces, cams, passes=passes, topology=topo)
 
-            def forward_backward():
+            def forward_backward(cull=False):
                 v = verts.clone().requires_grad_(True)
-                out = render(v, faces, cams, passes=passes, topology=topo)
+                out = render(v, faces, cams, passes=passes, topology=topo, cull_backfaces=cull)
                 loss = (torch.cat([out[p] for p in passes], -1) * weights).sum()
                 loss.backward()
 
             fw, fc = (x * 1000 / args.views for x in time_it(forward, args.repeats))
             bw, bc = (x * 1000 / args.views for x in time_it(forward_backward, args.repeats))
-            rows.append((faces.shape[0], res, fw, fc, bw, bc))
+            cc = time_it(lambda: forward_backward(True), args.repeats)[1] * 1000 / args.views
+            rows.append((faces.shape[0], res, fw, fc, bw, bc, cc))
             print(f"{faces.shape[0]:>8} tris {res:>4}^2  fwd {fw:7.1f} ms/view (cpu {fc:7.1f})  "
-                  f"fwd+bwd {bw:7.1f} ms/view (cpu {bc:7.1f})", flush=True)
+                  f"fwd+bwd {bw:7.1f} ms/view (cpu {bc:7.1f}; culled {cc:7.1f})", flush=True)
 
     header = (
-        "| triangles | resolution | forward wall | forward CPU | fwd+bwd wall | fwd+bwd CPU |\n"
-        "|---:|---:|---:|---:|---:|---:|\n"
+        "| triangles | resolution | forward wall | forward CPU | fwd+bwd wall | fwd+bwd CPU "
+        "| fwd+bwd CPU, `cull_backfaces` |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     table = header + "".join(
-        f"| {t:,} | {r}² | {fw:.1f} | {fc:.1f} | {bw:.1f} | {bc:.1f} |\n" for t, r, fw, fc, bw, bc in rows
+        f"| {t:,} | {r}² | {fw:.1f} | {fc:.1f} | {bw:.1f} | {bc:.1f} | {cc:.1f} |\n"
+        for t, r, fw, fc, bw, bc, cc in rows
     )
     topo_line = "; ".join(f"{t:,} triangles {ms:.0f} ms" for t, ms in topo_ms.items())
     table += f"\n`mesh_topology` (once per call when the topology changes, CPU): {topo_line}.\n"

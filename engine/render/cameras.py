@@ -20,6 +20,7 @@ when |azimuth| >= 135 deg, ``side`` otherwise (azimuth wrapped to (-180, 180]).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -117,8 +118,8 @@ class Cameras:
 
     def __getitem__(self, index) -> "Cameras":
         """A subset of views: an int, a slice, a list of ints or an index/bool tensor."""
-        if isinstance(index, int):
-            index = [index]
+        if isinstance(index, numbers.Integral) or (isinstance(index, torch.Tensor) and index.ndim == 0):
+            index = [int(index)]
         if isinstance(index, slice):
             idx = list(range(len(self)))[index]
         elif isinstance(index, torch.Tensor) and index.dtype == torch.bool:

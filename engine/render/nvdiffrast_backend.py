@@ -48,7 +48,7 @@ class NvdiffrastBackend:
             _CONTEXTS[key] = dr.RasterizeCudaContext(device=device)
         return cls(_CONTEXTS[key])
 
-    def rasterize(self, clip, faces, resolution, topology=None) -> NvRaster:
+    def rasterize(self, clip, faces, resolution, topology=None, cull_backfaces=False) -> NvRaster:
         flip = torch.tensor([1.0, -1.0, 1.0, 1.0], device=clip.device, dtype=torch.float32)
         pos = (clip.to(torch.float32) * flip).contiguous()
         tri = faces.to(device=clip.device, dtype=torch.int32).contiguous()

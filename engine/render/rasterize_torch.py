@@ -108,7 +108,7 @@ def to_screen(clip: torch.Tensor, resolution) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _visibility(scr: torch.Tensor, clip_w: torch.Tensor, faces: torch.Tensor, resolution):
+def _visibility(scr: torch.Tensor, clip_w: torch.Tensor, faces: torch.Tensor, resolution, cull_backfaces=False):
     """([B, H, W] nearest face id (-1 none), [B, F] facing) via an exact bounding-box z-buffer.
 
     facing is the sign of the face's screen-space area (which way it turns in this view)."""
@@ -129,6 +129,9 @@ def _visibility(scr: torch.Tensor, clip_w: torch.Tensor, faces: torch.Tensor, re
     area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
     facing = area > 0
     ok &= area.abs() > 1e-12
+    if cull_backfaces:
+        # Counter-clockwise (outward) faces turn clockwise on screen because image y points down.
+        ok &= ~facing
     xmin = torch.ceil(x.amin(-1)).clamp_min(0)
     xmax = torch.floor(x.amax(-1)).clamp_max(w - 1)
     ymin = torch.ceil(y.amin(-1)).clamp_min(0)
@@ -211,13 +214,20 @@ def _visibility(scr: torch.Tensor, clip_w: torch.Tensor, faces: torch.Tensor, re
 
 
 def rasterize(
-    clip: torch.Tensor, faces: torch.Tensor, resolution, topology: MeshTopology | None = None
+    clip: torch.Tensor,
+    faces: torch.Tensor,
+    resolution,
+    topology: MeshTopology | None = None,
+    cull_backfaces: bool = False,
 ) -> Raster:
-    """Rasterise [B, V, 4] clip-space vertices with [F, 3] faces at resolution (H, W)."""
+    """Rasterise [B, V, 4] clip-space vertices with [F, 3] faces at resolution (H, W).
+
+    cull_backfaces skips faces turned away from the camera (counter-clockwise seen from outside
+    is the front): about half the work on closed, consistently oriented meshes, same image."""
     h, w = int(resolution[0]), int(resolution[1])
     faces = faces.long()
     scr = to_screen(clip, (h, w))
-    face_id, facing = _visibility(scr.detach(), clip[..., 3].detach(), faces, (h, w))
+    face_id, facing = _visibility(scr.detach(), clip[..., 3].detach(), faces, (h, w), cull_backfaces)
     flat_id = face_id.reshape(-1)
     pix = torch.nonzero(flat_id >= 0).squeeze(1)
     face = flat_id[pix]

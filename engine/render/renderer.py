@@ -26,8 +26,8 @@ class TorchBackend:
 
     name = "torch"
 
-    def rasterize(self, clip, faces, resolution, topology=None):
-        return rt.rasterize(clip, faces, resolution, topology)
+    def rasterize(self, clip, faces, resolution, topology=None, cull_backfaces=False):
+        return rt.rasterize(clip, faces, resolution, topology, cull_backfaces)
 
     def face_id(self, rast) -> torch.Tensor:
         return rast.face_id
@@ -108,6 +108,7 @@ def render(
     antialias: bool = True,
     backend: str = "auto",
     topology: MeshTopology | None = None,
+    cull_backfaces: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Render a triangle mesh from a batch of cameras.
 
@@ -128,6 +129,10 @@ def render(
     ``background`` (scalar or per-channel) fills empty pixels of normal/albedo/shaded/color.
     ``antialias`` blends those passes and the mask across silhouette edges. ``backend``:
     'torch', 'nvdiffrast' (CUDA only) or 'auto' (nvdiffrast on CUDA when importable).
+    ``topology``: ``mesh_topology(faces)``, to reuse across calls with the same faces.
+    ``cull_backfaces``: skip faces turned away (counter-clockwise = front); about 2x faster
+    visibility on closed, consistently oriented meshes such as marching-tets output, same image
+    (torch backend; nvdiffrast rasterises everything and ignores it).
     """
     passes = tuple(passes)
     for p in passes:
@@ -151,7 +156,7 @@ def render(
     w2clip = cams.world_to_clip().to(dt)
     homog = torch.cat([verts_b, torch.ones_like(verts_b[..., :1])], dim=-1)
     clip = homog @ w2clip.transpose(1, 2)
-    rast = be.rasterize(clip, faces, cams.resolution, topology)
+    rast = be.rasterize(clip, faces, cams.resolution, topology, cull_backfaces)
     fid = be.face_id(rast)
     covered = (fid >= 0).unsqueeze(-1).to(dt)
     out: dict[str, torch.Tensor] = {}

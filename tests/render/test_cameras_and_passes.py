@@ -170,3 +170,15 @@ def test_bad_inputs_are_explained(ball):
     with pytest.raises(ValueError, match="uv"):
         render(verts, faces, cams, passes=("albedo",), texture=torch.zeros(4, 4, 3))
     assert math.isfinite(float(render(verts, faces, cams, passes=("albedo",))["albedo"].sum()))
+
+
+def test_backface_culling_gives_the_same_image_on_a_closed_mesh(ball):
+    verts, faces, cams = ball
+    passes = ("mask", "depth", "normal_camera", "triangle_id")
+    full = render(verts, faces, cams, passes=passes)
+    culled = render(verts, faces, cams, passes=passes, cull_backfaces=True)
+    for p in passes:
+        assert torch.equal(full[p], culled[p]), p
+    # Inside out, the near half is culled and the inside of the far half shows.
+    depth = render(verts, faces[:, [0, 2, 1]], cams, passes=("depth",), cull_backfaces=True)["depth"]
+    assert float(depth[0, 24, 32, 0]) == pytest.approx(0.6, abs=2e-3)
