@@ -101,7 +101,8 @@ def main() -> int:
                         help="torch CPU threads (1: stable timings on a shared machine; 0: torch default)")
     parser.add_argument("--flops", action="store_true", help="also count SD 1.5 FLOPs and estimate minutes per preset")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="GPU dense bf16/fp16 peak (H100 SXM: 989)")
-    parser.add_argument("--utilisation", type=float, default=0.4)
+    parser.add_argument("--utilisation", type=float, default=0.15,
+                        help="assumed share of the peak reached (see docs/benchmarks-prior.md)")
     parser.add_argument("--overhead", type=float, default=0.5, help="rendering/geometry/optimiser share on top")
     args = parser.parse_args()
 
@@ -147,6 +148,11 @@ def main() -> int:
                   f"{preset_minutes(preset, args.peak_tflops, args.utilisation):.1f} min prior compute, "
                   f"{preset_minutes(preset, args.peak_tflops, args.utilisation, args.overhead):.1f} min with "
                   f"{args.overhead:.0%} overhead")
+        print("  minutes per head (prior compute + overhead) at other utilisations:")
+        for utilisation in (0.07, 0.15, 0.3):
+            cells = ", ".join(f"{p.name} {preset_minutes(p, args.peak_tflops, utilisation, args.overhead):.1f}"
+                              for p in PRESETS.values())
+            print(f"    {utilisation:.0%}: {cells}")
     return 0
 
 

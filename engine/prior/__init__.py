@@ -24,19 +24,20 @@ from .errors import CorruptWeightsError, DatasetError, MismatchedWeightsError, M
 
 
 def load_prior(root, *, device=None, dtype=None, task=None, memory=None, options=None, expression_branch=True,
-               lora_dirs=None):
+               lora_dirs=None, allow_download=False):
     """Load the prior from the models folder ``root`` (``sd15/``, ``arc2face/``, optional ``loras/``).
 
     ``device``/``dtype``: default CUDA + fp16 when available, else CPU + fp32 ("bf16" allowed on
     CUDA). ``task``: None (base prior), "normal" or "albedo" (``ROOT/loras/<task>`` or
     ``lora_dirs[task]``). ``memory``: :class:`engine.prior.model.MemoryOptions`. ``options``:
-    :class:`engine.prior.conditioning.ConditioningOptions`. Raises :class:`MissingWeightsError`,
+    :class:`engine.prior.conditioning.ConditioningOptions`. ``allow_download``: fetch missing files
+    from Hugging Face at pinned revisions (only when the user agreed). Raises :class:`MissingWeightsError`,
     :class:`CorruptWeightsError` or :class:`MismatchedWeightsError` with the file and what to do.
     """
     from .model import load_prior as _load
 
     return _load(root, device=device, dtype=dtype, task=task, memory=memory, options=options,
-                 expression_branch=expression_branch, lora_dirs=lora_dirs)
+                 expression_branch=expression_branch, lora_dirs=lora_dirs, allow_download=allow_download)
 
 
 __all__ = ["load_prior", "PriorError", "MissingWeightsError", "CorruptWeightsError", "MismatchedWeightsError",

@@ -203,7 +203,7 @@ class Prior:
             expression_scale=scale if use_branch else 0.0, texts=texts)
 
     def _identity_with_text(self, padded, phrase: str) -> torch.Tensor:
-        key = (phrase, tuple(padded.flatten()[:8].tolist()))
+        key = (phrase, hash(padded.detach().cpu().numpy().tobytes()))
         cache = self.__dict__.setdefault("_id_cache", {})
         if key not in cache:
             cache.clear() if len(cache) > 64 else None
@@ -352,15 +352,24 @@ def _load_text_encoder(folder: Path, dtype):
 
 def load_prior(root, *, device=None, dtype=None, task: str | None = None, memory: MemoryOptions | None = None,
                options: ConditioningOptions | None = None, expression_branch: bool = True,
-               lora_dirs: dict[str, Path] | None = None) -> Prior:
-    """Load the prior from the models folder ``root`` (see :mod:`engine.prior`)."""
+               lora_dirs: dict[str, Path] | None = None, allow_download: bool = False) -> Prior:
+    """Load the prior from the models folder ``root`` (see :mod:`engine.prior`). With
+    ``allow_download``, missing files are first fetched from Hugging Face at pinned revisions."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTokenizer
 
     memory = memory or MemoryOptions()
     device, dtype = resolve_device_dtype(device, dtype)
     root = Path(root).expanduser()
-    paths = check_files(root)
+    try:
+        paths = check_files(root)
+    except MissingWeightsError:
+        if not allow_download:
+            raise
+        from .weights import download_prior_weights
+
+        download_prior_weights(root, allow_download=True)
+        paths = check_files(root)
     unet = _load_checked(UNet2DConditionModel, paths["unet"], "diffusion_pytorch_model.safetensors", "Arc2Face UNet",
                          dtype)
     vae = _load_checked(AutoencoderKL, paths["vae"], "diffusion_pytorch_model.safetensors", "SD 1.5 VAE", dtype)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 # Counted for SD 1.5 (bench/bench_sds_step.py --flops); per view.
 UNET_CFG_TFLOP = 1.607  # UNet forward, batch 2 (unconditional + conditional), 64x64 latents
 VAE_ENCODE_TFLOP = 1.117  # VAE encoder forward on a 512x512 render
-VAE_ENCODE_BACKWARD_TFLOP = 1.117  # backward to the render only (frozen VAE: no weight gradients)
+VAE_ENCODE_BACKWARD_TFLOP = 1.151  # backward to the render only (frozen VAE: no weight gradients)
 
 
 @dataclass(frozen=True)
