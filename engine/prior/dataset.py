@@ -115,7 +115,7 @@ def _identity_for(head: Path, models_root) -> np.ndarray:
                            "add identity.npy (512 floats) or a photos/ folder with photos of the person")
     from ..identity import analyse_photos
 
-    report = analyse_photos(photos, models_root=models_root)
+    report = analyse_photos(photos, models_root=models_root, judge=False)  # the embedding is all we need
     if report.embedding is None:
         raise DatasetError(f"no usable face in {head / 'photos'}", "add clearer photos or an identity.npy")
     return np.asarray(report.embedding, dtype=np.float32)

@@ -112,3 +112,22 @@ def test_command_lines(prior_dataset, tiny_models_root, tmp_path, make_heads, ca
     assert kinds[0] == "stage" and kinds[-1] == "result" and "progress" in kinds
     assert json.loads((tmp_path / "lora" / "prior_adapter.json").read_text())["target_modules"] == ["to_q", "to_v"]
     assert sorted(p.name for p in (tmp_path / "lora" / "checkpoints").iterdir()) == ["step_0000001", "step_0000002"]
+
+
+def test_builder_embeds_photos_with_the_identity_stage(photos_dir, tiny_models_root, tmp_path, make_heads):
+    """The photo route: a head with photos/ instead of identity.npy is embedded by engine.identity
+    (dlib detection + the tiny ArcFace ONNX here; the real ArcFace with real models)."""
+    import shutil
+
+    from engine.identity import analyse_photos
+    from engine.prior.dataset import build_dataset
+
+    heads = make_heads(tmp_path / "heads", n_heads=1, views=1, size=32)
+    head = next(heads.iterdir())
+    (head / "identity.npy").unlink()
+    (head / "photos").mkdir()
+    shutil.copy(photos_dir / "grace_hopper.jpg", head / "photos" / "grace_hopper.jpg")
+    build_dataset(heads, tmp_path / "ds", "normal", resolution=32, models_root=tiny_models_root)
+    [sample] = read_dataset(tmp_path / "ds")
+    expected = analyse_photos([head / "photos" / "grace_hopper.jpg"], models_root=tiny_models_root, judge=False)
+    np.testing.assert_allclose(sample.embedding, expected.embedding, rtol=1e-6)
