@@ -82,3 +82,28 @@ def test_missing_task_prior_is_a_clear_error(tiny_models_root):
     prior = load_prior(tiny_models_root, device="cpu")
     with pytest.raises(PriorError, match="not loaded"):
         prior.set_task("normal")
+
+
+def test_corrupt_and_mismatched_adapters(models_copy):
+    from safetensors.torch import load_file, save_file
+
+    from engine.prior import CorruptWeightsError, MismatchedWeightsError, load_prior
+    from engine.prior.lora import WEIGHTS_FILE
+
+    prior = load_prior(models_copy, device="cpu")
+    prior.create_task(AdapterInfo(domain="normal", rank=2))
+    folder = save_task_adapter(prior.unet, models_copy / "loras" / "normal", "normal", AdapterInfo(domain="normal", rank=2))
+    weights = folder / WEIGHTS_FILE
+    good = weights.read_bytes()
+
+    weights.write_bytes(good[:-100])
+    with pytest.raises(CorruptWeightsError, match="truncated"):
+        load_prior(models_copy, device="cpu", task="normal")
+
+    weights.write_bytes(good)
+    state = load_file(weights)
+    key = next(k for k in state if k.endswith("lora_A.weight"))
+    state[key] = torch.zeros(state[key].shape[0], state[key].shape[1] + 3)  # trained on another base
+    save_file(state, weights)
+    with pytest.raises(MismatchedWeightsError, match="does not fit this UNet"):
+        load_prior(models_copy, device="cpu", task="normal")
