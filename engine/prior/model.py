@@ -81,6 +81,7 @@ class Prior:
         self.image_size = int(vae.config.sample_size)
         self.id_token_id = self._placeholder_token_id()
         self._text_cache: dict[str, torch.Tensor] = {}
+        self._identity_cache: dict[tuple, torch.Tensor] = {}
 
     # ---- text and identity -------------------------------------------------------------------
 
@@ -203,12 +204,13 @@ class Prior:
             expression_scale=scale if use_branch else 0.0, texts=texts)
 
     def _identity_with_text(self, padded, phrase: str) -> torch.Tensor:
+        # cached: a run asks for the same identity with a few expression/view phrases every step
         key = (phrase, hash(padded.detach().cpu().numpy().tobytes()))
-        cache = self.__dict__.setdefault("_id_cache", {})
-        if key not in cache:
-            cache.clear() if len(cache) > 64 else None
-            cache[key] = self._encode_ids_with_identity(self._tokens([identity_prompt(phrase)]), padded)
-        return cache[key]
+        if key not in self._identity_cache:
+            if len(self._identity_cache) > 64:
+                self._identity_cache.clear()
+            self._identity_cache[key] = self._encode_ids_with_identity(self._tokens([identity_prompt(phrase)]), padded)
+        return self._identity_cache[key]
 
     def unconditional(self) -> torch.Tensor:
         """[1, 77, 768]: the negative text if set, else the empty prompt or the zero-identity prompt."""
