@@ -174,16 +174,17 @@ def resolve_identity_models(models_root: Path | str | None = None) -> IdentityMo
 class Downloader:
     """Downloads over the network: Hugging Face files and plain URLs, with progress on stderr."""
 
-    def hf_file(self, repo: str, filename: str, target: Path) -> None:
+    def hf_file(self, repo: str, filename: str, target: Path, revision: str | None = None) -> None:
         from huggingface_hub import hf_hub_download
 
         # hf_hub_download shows its own progress bar on stderr and resumes partial downloads.
         # Written straight into the models folder (no second multi-GB copy in the HF cache).
         target_text = target.as_posix()
         if target_text.endswith("/" + filename):
-            hf_hub_download(repo_id=repo, filename=filename, local_dir=target_text[: -len(filename) - 1])
+            hf_hub_download(repo_id=repo, filename=filename, revision=revision,
+                            local_dir=target_text[: -len(filename) - 1])
         else:
-            _copy_atomic(Path(hf_hub_download(repo_id=repo, filename=filename)), target)
+            _copy_atomic(Path(hf_hub_download(repo_id=repo, filename=filename, revision=revision)), target)
 
     def url(self, url: str, target: Path) -> None:
         import urllib.request
@@ -229,6 +230,21 @@ def _fetch_antelopev2_pack(folder: Path, downloader) -> None:
         _copy_atomic(Path(tmp) / DETECTOR_FILE, folder / DETECTOR_FILE)
 
 
+def _pinned_revision(repo: str) -> str | None:
+    """The commit the prior's loader is pinned to for ``repo`` (None: not pinned yet)."""
+    from .prior.weights import HF_SOURCES
+
+    return next((source["revision"] for source in HF_SOURCES.values() if source["repo_id"] == repo), None)
+
+
+def _convert_pickled_encoder(folder: Path) -> None:
+    """Arc2Face ships its encoder as a pickle: convert it once (weights-only) to safetensors."""
+    if (folder / "encoder" / "pytorch_model.bin").is_file() and not (folder / "encoder" / "model.safetensors").is_file():
+        from .prior.weights import convert_encoder_to_safetensors
+
+        convert_encoder_to_safetensors(folder / "encoder")
+
+
 def verify_folder(key: str, folder: Path) -> list[str]:
     """Problems with a model folder: missing files, and ONNX files that do not parse."""
     problems = [f"{folder / name} is missing" for name in _missing(spec(key), folder)]
@@ -270,7 +286,8 @@ def fetch_models(models_root: Path | str, keys: list[str] | None = None, *, down
                     _fetch_antelopev2_pack(folder, downloader)
                 for repo, filename, relative in HF_FILES.get(key, ()):
                     if not (folder / relative).is_file():
-                        downloader.hf_file(repo, filename, folder / relative)
+                        downloader.hf_file(repo, filename, folder / relative, revision=_pinned_revision(repo))
+                _convert_pickled_encoder(folder)
             except Exception as exc:  # network errors come in many classes; the message says which
                 failures.append(f"{key}: {', '.join(str(folder / m) for m in _missing(item, folder))} "
                                 f"({type(exc).__name__}: {exc})")

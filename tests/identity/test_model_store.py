@@ -61,7 +61,7 @@ class OfflineDownloader:
     def __init__(self):
         self.calls = []
 
-    def hf_file(self, repo, filename, target):
+    def hf_file(self, repo, filename, target, revision=None):
         self.calls.append(filename)
         raise ConnectionError(f"cannot reach huggingface.co for {repo}/{filename}")
 
@@ -96,3 +96,46 @@ def test_verify_flags_broken_onnx(tmp_path):
     _touch(tmp_path / "antelopev2" / RECOGNITION_FILE, b"\x00\x01garbage")
     problems = model_store.verify_folder("antelopev2", tmp_path / "antelopev2")
     assert len(problems) == 2 and all("not a valid ONNX file" in p for p in problems)
+
+
+class LocalMirrorDownloader:
+    """Test double for the Hub: serves files from a local folder laid out as ``mirror/<repo>/<file>``."""
+
+    def __init__(self, mirror):
+        self.mirror, self.calls = mirror, []
+
+    def hf_file(self, repo, filename, target, revision=None):
+        self.calls.append((repo, filename, revision))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((self.mirror / repo / filename).read_bytes())
+
+    def url(self, url, target):
+        raise AssertionError("not used for sd15/arc2face")
+
+
+def test_fetch_pins_revisions_and_converts_the_pickled_encoder(tmp_path, tiny_models_root):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from engine.prior.weights import HF_SOURCES
+
+    mirror = tmp_path / "mirror"
+    shutil.copytree(tiny_models_root / "sd15", mirror / model_store.SD15_REPO)
+    arc = mirror / model_store.ARC2FACE_REPO
+    shutil.copytree(tiny_models_root / "arc2face", arc)
+    weights = load_file(arc / "encoder" / "model.safetensors")
+    (arc / "encoder" / "model.safetensors").unlink()
+    torch.save(weights, arc / "encoder" / "pytorch_model.bin")  # published as a pickle, like Arc2Face
+    for name in ("special_tokens_map.json",):  # the tiny tokenizer does not write every SD file
+        (mirror / model_store.SD15_REPO / "tokenizer" / name).write_text("{}")
+
+    downloader = LocalMirrorDownloader(mirror)
+    results = fetch_models(tmp_path / "models", ["sd15", "arc2face"], downloader=downloader, log=lambda t: None)
+    assert results == {"sd15": [], "arc2face": []}
+    sd15_revisions = {rev for repo, _, rev in downloader.calls if repo == model_store.SD15_REPO}
+    assert sd15_revisions == {HF_SOURCES["sd15"]["revision"]}
+    converted = load_file(tmp_path / "models" / "arc2face" / "encoder" / "model.safetensors")
+    assert converted.keys() == weights.keys()
+    assert all(torch.equal(converted[k], weights[k]) for k in weights)
