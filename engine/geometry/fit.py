@@ -43,6 +43,7 @@ class RegulariserWeights:
     laplacian: float = 0.0
     normal_consistency: float = 0.0
     sdf_sign: float = 0.0
+    sdf_smoothness: float = 0.0
 
 
 @dataclass
@@ -63,7 +64,9 @@ class FitReport:
     losses: list[float]
 
 
-def geometry_regularisers(result: MarchingTetsResult, sdf: torch.Tensor, weights: RegulariserWeights) -> torch.Tensor:
+def geometry_regularisers(
+    result: MarchingTetsResult, sdf: torch.Tensor, weights: RegulariserWeights, resolution: int
+) -> torch.Tensor:
     """Weighted sum of the mesh and SDF regularisers on one extraction."""
     total = sdf.new_zeros(())
     if weights.laplacian:
@@ -72,6 +75,8 @@ def geometry_regularisers(result: MarchingTetsResult, sdf: torch.Tensor, weights
         total = total + weights.normal_consistency * regularisers.normal_consistency(result.verts, result.faces)
     if weights.sdf_sign:
         total = total + weights.sdf_sign * regularisers.sdf_sign_regulariser(sdf, result.edges)
+    if weights.sdf_smoothness:
+        total = total + weights.sdf_smoothness * regularisers.sdf_grid_smoothness(sdf, resolution)
     return total
 
 
@@ -114,7 +119,7 @@ def fit_sdf_to_views(
         out = render(result.verts, result.faces, cameras[views], passes=("mask", "normal_world"))
         loss = cfg.mask_weight * (out["mask"] - target_mask[views]).abs().mean()
         loss = loss + cfg.normal_weight * (out["normal_world"] - target_normal[views]).abs().mean()
-        loss = loss + geometry_regularisers(result, sdf, cfg.regularisers)
+        loss = loss + geometry_regularisers(result, sdf, cfg.regularisers, dmtet.grid.resolution)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

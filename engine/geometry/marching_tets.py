@@ -78,11 +78,15 @@ class MarchingTetsResult:
 def extract_surface(grid, sdf: torch.Tensor, deformation: torch.Tensor | None = None) -> MarchingTetsResult:
     """Marching tetrahedra on a :class:`~engine.geometry.tetgrid.TetGrid`, visiting only crossing cubes.
 
-    ``deformation`` [V,3] (metres) is added to the grid vertices (DMTet); keep it under half a
-    cell so no tet inverts. Same result as ``marching_tetrahedra(grid.vertices, grid.tets, sdf)``.
+    ``deformation`` [V,3] (metres) is added to the grid vertices (DMTet); keep it under 0.35 of a
+    cell so no tet can invert (see ``sdf_field``). Vertices on the box faces are always treated as
+    outside (their SDF is clamped to >= 0), so the surface is closed even where the field
+    reaches the edge of the grid. Otherwise the same as ``marching_tetrahedra(grid.vertices,
+    grid.tets, sdf)``.
     """
     if sdf.dim() == 2 and sdf.shape[1] == 1:
         sdf = sdf[:, 0]
+    sdf = torch.where(grid.boundary, sdf.clamp_min(0.0), sdf)
     verts = grid.vertices if deformation is None else grid.vertices + deformation
     with torch.no_grad():
         candidates = grid.crossing_tets(sdf < 0)

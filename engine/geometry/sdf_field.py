@@ -7,8 +7,10 @@
 * :class:`VertexSDF` - one SDF value and one deformation per tet-grid vertex (the original DMTet
   parameterisation). Fastest on CPU, but only vertices next to the surface get gradients.
 
-Deformations are bounded with ``tanh`` to ``max_deformation`` metres: keep it below half a grid
-cell so tets never invert (marching tets relies on positive tets for outward winding).
+Deformations are bounded with ``tanh`` to ``max_deformation`` metres. Keep it at most
+``MAX_SAFE_DEFORMATION`` grid cells: the smallest altitude of the grid's tets is cell/sqrt(2), so
+if no vertex moves more than 0.35 cell no tet can invert, and marching tets' outward winding
+(which needs positive tets) is guaranteed.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import nn
 
 # Large primes for the spatial hash (the usual choice: 1 for x keeps the finest level coherent in x).
 _PRIMES = (1, 2654435761, 805459861)
+MAX_SAFE_DEFORMATION = 0.35  # in grid cells, see the module docstring
 
 
 class HashGridEncoding(nn.Module):

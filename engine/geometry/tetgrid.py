@@ -24,20 +24,33 @@ DEFAULT_SIZE = 0.32
 
 @dataclass
 class TetGrid:
-    """Vertices [V,3] float32 (metres), tets [T,4] int32, the box, and the resolution."""
+    """Vertices [V,3] float32 (metres), tets [T,4] int32, the box, and the resolution.
+
+    ``boundary`` [V] bool marks the vertices on the faces of the box (computed when omitted).
+    """
 
     vertices: torch.Tensor
     tets: torch.Tensor
     resolution: int
     center: tuple[float, float, float]
     size: float
+    boundary: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.boundary is None:
+            m = self.resolution + 1
+            idx = torch.arange(m, device=self.vertices.device)
+            edge = (idx == 0) | (idx == m - 1)
+            self.boundary = (edge[:, None, None] | edge[None, :, None] | edge[None, None, :]).reshape(-1)
 
     @property
     def cell_size(self) -> float:
         return self.size / self.resolution
 
     def to(self, device) -> "TetGrid":
-        return TetGrid(self.vertices.to(device), self.tets.to(device), self.resolution, self.center, self.size)
+        return TetGrid(
+            self.vertices.to(device), self.tets.to(device), self.resolution, self.center, self.size, self.boundary.to(device)
+        )
 
     def crossing_tets(self, inside: torch.Tensor) -> torch.Tensor:
         """The tets [K,4] of the cubes whose 8 corners are not all on one side (``inside`` [V] bool).

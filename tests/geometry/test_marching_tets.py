@@ -88,3 +88,11 @@ def test_empty_field_gives_empty_mesh():
 def test_bad_resolution_is_explained():
     with pytest.raises(ValueError, match="resolution"):
         make_tet_grid(0)
+
+
+def test_surface_reaching_the_box_is_closed_at_the_boundary():
+    grid = make_tet_grid(16)
+    sdf = grid.vertices[:, 2] - 0.05  # a half-space: everything below z = 0.05 is inside
+    mesh = extract_surface(grid, sdf)
+    assert mesh_utils.is_closed_manifold(mesh.faces)
+    assert mesh_utils.signed_volume(mesh.verts, mesh.faces).item() > 0
