@@ -1,0 +1,246 @@
+"""Benchmark: marching tetrahedra at grid 64 and 128, ours beside threestudio's pure-torch one.
+
+    .venv/bin/python bench/bench_marching_tets.py [--peer PATH/isosurface.py] [--grids 64 128]
+                                                 [--repeats 5] [--threads 2] [--write docs/benchmarks-geometry.md]
+
+The field is the procedural head SDF on our tet grid (6 tets per cube). Timed: extraction
+forward, and forward + backward (gradient of a scalar of the vertices w.r.t. the SDF and the
+grid deformation). Ours is timed twice: the generic ``marching_tetrahedra(verts, tets, sdf)``
+(visits every tet, like the peer) and ``extract_surface(grid, ...)`` (visits crossing cubes only).
+
+The peer is threestudio's ``MarchingTetrahedraHelper`` (threestudio/models/isosurface.py, Apache-2.0),
+loaded at run time from ``--peer`` (or $THREESTUDIO_ISOSURFACE) and never committed here; its
+imports of threestudio, jaxtyping and friends are satisfied by throw-away shim modules. It is fed
+the same grid (written to a temporary .npz, the format it reads) and the same SDF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _load_peer(path: str):
+    """Import the peer's isosurface module with shims for the packages it imports."""
+    import typing
+
+    import torch
+
+    class _Subscriptable:  # stands in for jaxtyping's Float[Tensor, "..."] etc.
+        def __class_getitem__(cls, item):
+            return typing.Any
+
+    shim_typing = types.ModuleType("threestudio.utils.typing")
+    names = [n for n in dir(typing) if not n.startswith("_")]
+    for n in names:
+        setattr(shim_typing, n, getattr(typing, n))
+    for n in ("Bool", "Complex", "Float", "Inexact", "Int", "Integer", "Num", "Shaped", "UInt"):
+        setattr(shim_typing, n, _Subscriptable)
+    shim_typing.Tensor = torch.Tensor
+    shim_typing.DictConfig = dict
+    shim_typing.__all__ = names + ["Bool", "Complex", "Float", "Inexact", "Int", "Integer", "Num",
+                                   "Shaped", "UInt", "Tensor", "DictConfig"]
+    root = types.ModuleType("threestudio")
+    root.warn = root.info = root.debug = lambda *a, **k: None
+    mesh_mod = types.ModuleType("threestudio.models.mesh")
+
+    class Mesh:  # the peer only stores its outputs in it
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    mesh_mod.Mesh = Mesh
+    mods = {
+        "threestudio": root,
+        "threestudio.models": types.ModuleType("threestudio.models"),
+        "threestudio.models.mesh": mesh_mod,
+        "threestudio.utils": types.ModuleType("threestudio.utils"),
+        "threestudio.utils.typing": shim_typing,
+    }
+    saved = {k: sys.modules.get(k) for k in mods}
+    sys.modules.update(mods)
+    try:
+        module = types.ModuleType("peer_isosurface")
+        code = compile(Path(path).read_text(), path, "exec")
+        exec(code, module.__dict__)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    return module
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up (allocator, caches)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bench_grid(resolution: int, repeats: int, peer_module) -> dict:
+    import numpy as np
+    import torch
+
+    from engine.geometry.head_init import head_sdf
+    from engine.geometry.marching_tets import extract_surface, marching_tetrahedra
+    from engine.geometry.tetgrid import make_tet_grid
+
+    t = time.perf_counter()
+    grid = make_tet_grid(resolution)
+    make_s = time.perf_counter() - t
+    sdf0 = head_sdf(grid.vertices)
+    row = {"grid": resolution, "tets": grid.tets.shape[0], "grid_make_s": make_s, "grid_mb": grid.nbytes() / 2**20}
+
+    def ours(kind: str, backward: bool):
+        sdf = sdf0.clone().requires_grad_(backward)
+        deform = torch.zeros_like(grid.vertices, requires_grad=backward)
+        if kind == "generic":
+            out = marching_tetrahedra(grid.vertices + deform, grid.tets, sdf)
+        else:
+            out = extract_surface(grid, sdf, deform)
+        if backward:
+            out.verts.square().sum().backward()
+        return out.faces.shape[0]
+
+    row["faces_ours"] = ours("generic", False)
+    for kind in ("generic", "grid"):
+        row[f"ours_{kind}_fwd"] = _time(lambda: ours(kind, False), repeats)
+        row[f"ours_{kind}_fwdbwd"] = _time(lambda: ours(kind, True), repeats)
+
+    if peer_module is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            npz = os.path.join(tmp, "tets.npz")
+            np.savez(npz, vertices=grid.vertices.numpy(), indices=grid.tets.long().numpy())
+            helper = peer_module.MarchingTetrahedraHelper(resolution, npz)
+        tets_long = helper.indices
+
+        def peer(backward: bool):
+            sdf = sdf0.clone().requires_grad_(backward)
+            deform = torch.zeros_like(grid.vertices, requires_grad=backward)
+            # The peer counts sdf > 0 as occupied; ours sdf < 0: negate so both extract the same set.
+            verts, faces = helper._forward(helper.grid_vertices + deform, -sdf, tets_long)
+            if backward:
+                verts.square().sum().backward()
+            return faces.shape[0]
+
+        row["faces_peer"] = peer(False)
+        row["peer_fwd"] = _time(lambda: peer(False), repeats)
+        row["peer_fwdbwd"] = _time(lambda: peer(True), repeats)
+        del helper, tets_long
+    return row
+
+
+def grid_memory_256() -> dict:
+    import gc
+
+    import torch
+
+    from engine.geometry.tetgrid import make_tet_grid
+
+    t = time.perf_counter()
+    grid = make_tet_grid(256)
+    seconds = time.perf_counter() - t
+    info = {"vertices": grid.vertices.shape[0], "tets": grid.tets.shape[0], "mb": grid.nbytes() / 2**20, "s": seconds}
+    del grid
+    gc.collect()
+    return info
+
+
+def format_report(rows: list[dict], mem256: dict | None, args) -> str:
+    import torch
+
+    ms = lambda s: f"{s * 1000:.1f}"  # noqa: E731
+    lines = [
+        "| grid | tets | faces | ours generic fwd (ms) | ours generic fwd+bwd (ms) | ours grid-aware fwd (ms) "
+        "| ours grid-aware fwd+bwd (ms) | threestudio fwd (ms) | threestudio fwd+bwd (ms) "
+        "| ratio fwd (peer / ours generic) | ratio fwd+bwd | ratio fwd (peer / ours grid-aware) |",
+        "|" + "---|" * 13,
+    ]
+    for r in rows:
+        peer = "peer_fwd" in r
+        cells = [
+            str(r["grid"]), f"{r['tets']:,}", f"{r['faces_ours']:,}" + (f" (peer {r['faces_peer']:,})" if peer else ""),
+            ms(r["ours_generic_fwd"]), ms(r["ours_generic_fwdbwd"]), ms(r["ours_grid_fwd"]), ms(r["ours_grid_fwdbwd"]),
+            ms(r["peer_fwd"]) if peer else "-", ms(r["peer_fwdbwd"]) if peer else "-",
+            f"{r['peer_fwd'] / r['ours_generic_fwd']:.2f}x" if peer else "-",
+            f"{r['peer_fwdbwd'] / r['ours_generic_fwdbwd']:.2f}x" if peer else "-",
+            f"{r['peer_fwd'] / r['ours_grid_fwd']:.1f}x" if peer else "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    head = [
+        f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{args.threads} threads, CPU; median of {args.repeats} runs after a warm-up. "
+        "Field: the procedural head SDF.",
+        "",
+    ]
+    tail = ["", "Grid generation and memory (vertices float32, tets int32):", ""]
+    for r in rows:
+        tail.append(f"- grid {r['grid']}: {r['grid_mb']:.0f} MiB, generated in {r['grid_make_s']:.2f} s")
+    if mem256:
+        tail.append(
+            f"- grid 256: {mem256['vertices']:,} vertices, {mem256['tets']:,} tets, {mem256['mb']:.0f} MiB, "
+            f"generated in {mem256['s']:.1f} s"
+        )
+    return "\n".join(head + lines + tail)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--peer", default=os.environ.get("THREESTUDIO_ISOSURFACE"),
+                        help="path to threestudio/models/isosurface.py (not part of this repository)")
+    parser.add_argument("--grids", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-256", action="store_true", help="skip building the 256 grid (1.8 GB)")
+    parser.add_argument("--write", help="write the markdown table into this file (between markers)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    peer = _load_peer(args.peer) if args.peer else None
+    if peer is None:
+        print("no --peer given: timing ours only", file=sys.stderr)
+    rows = []
+    for g in args.grids:
+        row = bench_grid(g, args.repeats, peer)
+        rows.append(row)
+        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+    mem256 = None if args.no_256 else grid_memory_256()
+    report = format_report(rows, mem256, args)
+    print(report)
+    if args.write:
+        _write_section(Path(args.write), report)
+    return 0
+
+
+def _write_section(path: Path, report: str) -> None:
+    """Replace the text between the benchmark markers (or append), writing atomically."""
+    begin, end = "<!-- bench_marching_tets:begin -->", "<!-- bench_marching_tets:end -->"
+    text = path.read_text() if path.exists() else ""
+    block = f"{begin}\n{report}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + ("\n\n" if text else "") + block + "\n"
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
