@@ -167,6 +167,12 @@ def write_tiny_models(root: Path | str) -> Path:
     smoke run uses the dlib backend for faces instead.
     """
     root = Path(root)
+    existing = [name for name in ("sd15", "arc2face") if (root / name).exists()]
+    if existing and not is_tiny(root):
+        # Never replace real (multi-GB) weights with random ones.
+        raise FileExistsError(
+            f"{root} already holds {', '.join(existing)} that are not tiny test models; "
+            "choose an empty folder for the tiny models")
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
     try:

@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 DEFAULT_EXPRESSIONS = ["smiling", "angry", "surprised"]
+MARKER = ".idto3d-main-job"
 
 
 def say(message: str) -> None:
@@ -75,9 +76,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     out = args.out.resolve()
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            say(f"{out} is not empty and was not written by this job: choose another --out (nothing changed)")
+            return 2
+        shutil.rmtree(out)  # a previous run of this job: replace it
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by scripts/main_job.py; replaced on the next run\n", encoding="utf-8")
 
     # 1. Build and validate the extension with Blender's tool.
     from extension_tools import build_extension, install_and_enable, validate_extension

@@ -115,7 +115,7 @@ def _run_stages(args, send) -> None:
         images = normals_to_image(passes["normal_camera"], passes["mask"], background=1.0)
         cond = prior.conditioning(embedding, "neutral", view=list(cameras.labels))
         loss, _ = sds.step(images, cond, step, args.steps)
-        loss = loss + geometry_regularisers(surface, sdf, regularise)
+        loss = loss + geometry_regularisers(surface, sdf, regularise, args.grid)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

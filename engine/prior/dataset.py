@@ -121,6 +121,31 @@ def _identity_for(head: Path, models_root) -> np.ndarray:
     return np.asarray(report.embedding, dtype=np.float32)
 
 
+def _check_output_folder(heads: Path, out: Path) -> None:
+    """Refuse to replace anything but an empty folder or a dataset this command wrote earlier."""
+    a, b = heads.resolve(), out.resolve()
+    if a == b or a in b.parents or b in a.parents:
+        raise DatasetError(f"the output {out} overlaps the renders folder {heads}",
+                           "write the dataset to a separate folder")
+    if out.exists() and any(out.iterdir()) and not (out / "dataset.json").is_file():
+        raise DatasetError(f"{out} is not empty and is not a dataset written by this command",
+                           "choose an empty or new output folder (nothing was changed)")
+
+
+def _read_meta(head: Path) -> dict:
+    path = head / "meta.json"
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{path} is not valid JSON ({exc})", "fix or delete that meta.json") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("views", {}), dict):
+        raise DatasetError(f"{path} must be an object with an optional 'views' object",
+                           'e.g. {"expression": "smiling", "views": {"normal_000.png": "front"}}')
+    return meta
+
+
 def build_dataset(heads: Path | str, out: Path | str, domain: str, *, resolution: int = 512,
                   models_root=None) -> int:
     """Build a dataset from a folder of rendered heads; returns the number of images.
@@ -135,6 +160,7 @@ def build_dataset(heads: Path | str, out: Path | str, domain: str, *, resolution
     from PIL import Image
 
     heads, out = Path(heads), Path(out)
+    _check_output_folder(heads, out)
     folders = sorted(p for p in heads.iterdir() if p.is_dir()) if heads.is_dir() else []
     if not folders:
         raise DatasetError(f"{heads} holds no head folders", "one sub-folder per rendered head")
@@ -150,15 +176,19 @@ def build_dataset(heads: Path | str, out: Path | str, domain: str, *, resolution
             if not renders:
                 log.warning("%s has no %s_*.png renders: skipped", head, domain)
                 continue
-            meta = json.loads((head / "meta.json").read_text(encoding="utf-8")) if (head / "meta.json").is_file() else {}
+            meta = _read_meta(head)
             np.save(staging / "embeddings" / f"{head.name}.npy", _identity_for(head, models_root))
             for render in renders:
                 name = f"{head.name}_{render.stem}.png"
-                with Image.open(render) as img:
-                    img = img.convert("RGB")
-                    if img.size != (resolution, resolution):
-                        img = img.resize((resolution, resolution), Image.BICUBIC)
-                    img.save(staging / "images" / name)
+                try:
+                    with Image.open(render) as img:
+                        img = img.convert("RGB")
+                        if img.size != (resolution, resolution):
+                            img = img.resize((resolution, resolution), Image.BICUBIC)
+                        img.save(staging / "images" / name)
+                except (OSError, ValueError) as exc:  # PIL raises these for corrupt/truncated files
+                    raise DatasetError(f"{render} is not a readable image ({exc})",
+                                       "re-render or delete that file") from exc
                 lines.append(json.dumps({"file": f"images/{name}", "embedding": f"embeddings/{head.name}.npy",
                                          "expression": meta.get("expression", ""),
                                          "view": meta.get("views", {}).get(render.name)}))
@@ -169,7 +199,7 @@ def build_dataset(heads: Path | str, out: Path | str, domain: str, *, resolution
         (staging / "dataset.json").write_text(json.dumps({"format": FORMAT, "version": 1, "domain": domain,
                                                           "resolution": resolution}, indent=2), encoding="utf-8")
         if out.exists():
-            shutil.rmtree(out)
+            shutil.rmtree(out)  # checked above: empty, or a dataset this command wrote
         os.replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

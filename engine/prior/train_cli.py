@@ -40,9 +40,13 @@ def run(args: argparse.Namespace) -> int:
     from . import PriorError
     from .train import TrainConfig, train_prior
 
+    import os
+
+    from .. import __version__, protocol
+
     report = None
     if args.json:
-        from .. import protocol
+        sys.stdout.write(protocol.encode(protocol.hello(__version__, os.getpid())))
 
         def report(event: dict) -> None:
             if event["kind"] == "progress":
@@ -66,12 +70,13 @@ def run(args: argparse.Namespace) -> int:
         result = train_prior(config, report)
     except (PriorError, ValueError) as exc:
         if args.json:
-            from .. import protocol
-
             protocol.send(sys.stdout, "error", code=getattr(exc, "code", "bad_input"), message=str(exc),
                           hint=getattr(exc, "hint", "") or "")
+            protocol.send(sys.stdout, "done", ok=False)
         print(f"train-prior: {exc}", file=sys.stderr)
         return 2
+    if args.json:
+        protocol.send(sys.stdout, "done", ok=True)
     print(f"train-prior: {result.steps} steps, eval loss {result.eval_loss_start:.4f} -> {result.eval_loss_end:.4f}; "
           f"adapter in {result.adapter_dir}", file=sys.stderr)
     return 0

@@ -34,3 +34,14 @@ def test_main_job_builds_installs_checks_photos_and_brings_a_head_with_shape_key
     assert result["smoke_run"] is True and result["expressions"][0] == "neutral"
     # The photos went through the add-on's Check Photos: all three derived photos are usable.
     assert done.stdout.count(": OK") + done.stdout.count(": SEVERAL_FACES") == 3
+
+
+def test_main_job_refuses_an_output_folder_it_did_not_write(tmp_path):
+    out = tmp_path / "Documents"
+    out.mkdir()
+    (out / "thesis.txt").write_text("irreplaceable")
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "main_job.py"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "not empty and was not written by this job" in done.stdout
+    assert (out / "thesis.txt").read_text() == "irreplaceable"

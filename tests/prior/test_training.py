@@ -109,7 +109,8 @@ def test_command_lines(prior_dataset, tiny_models_root, tmp_path, make_heads, ca
     assert code == 0
     messages = [protocol.decode(line) for line in capsys.readouterr().out.splitlines()]
     kinds = [m["type"] for m in messages]
-    assert kinds[0] == "stage" and kinds[-1] == "result" and "progress" in kinds
+    assert kinds[:2] == ["hello", "stage"] and kinds[-2:] == ["result", "done"] and "progress" in kinds
+    assert messages[-1]["ok"] is True
     assert json.loads((tmp_path / "lora" / "prior_adapter.json").read_text())["target_modules"] == ["to_q", "to_v"]
     assert sorted(p.name for p in (tmp_path / "lora" / "checkpoints").iterdir()) == ["step_0000001", "step_0000002"]
 
@@ -131,3 +132,34 @@ def test_builder_embeds_photos_with_the_identity_stage(photos_dir, tiny_models_r
     [sample] = read_dataset(tmp_path / "ds")
     expected = analyse_photos([head / "photos" / "grace_hopper.jpg"], models_root=tiny_models_root, judge=False)
     np.testing.assert_allclose(sample.embedding, expected.embedding, rtol=1e-6)
+
+
+def test_builder_refuses_to_replace_a_folder_it_did_not_write(tmp_path, make_heads):
+    from engine.prior import DatasetError
+    from engine.prior.dataset import build_dataset
+
+    heads = make_heads(tmp_path / "heads", n_heads=1, views=1, size=32)
+    precious = tmp_path / "my-renders-and-notes"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(DatasetError, match="not empty"):
+        build_dataset(heads, precious, "normal", resolution=32)
+    with pytest.raises(DatasetError, match="overlaps"):
+        build_dataset(heads, heads, "normal", resolution=32)
+    assert (precious / "notes.txt").read_text() == "keep me"
+    assert len(list((heads / "head_00").iterdir())) == 3  # renders untouched
+    build_dataset(heads, tmp_path / "ds", "normal", resolution=32)
+    build_dataset(heads, tmp_path / "ds", "normal", resolution=32)  # its own output: replaced
+
+
+@pytest.mark.parametrize("damage", ["meta", "png"])
+def test_builder_names_a_bad_file(tmp_path, make_heads, damage):
+    from engine.prior import DatasetError
+    from engine.prior.dataset import build_dataset
+
+    heads = make_heads(tmp_path / "heads", n_heads=1, views=1, size=32)
+    bad = heads / "head_00" / ("meta.json" if damage == "meta" else "normal_000.png")
+    bad.write_bytes(b"{not json" if damage == "meta" else b"\x89PNG\r\n\x1a\ntruncated")
+    with pytest.raises(DatasetError, match=bad.name):
+        build_dataset(heads, tmp_path / "ds", "normal", resolution=32)
+    assert not (tmp_path / "ds").exists()
