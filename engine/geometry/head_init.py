@@ -87,9 +87,10 @@ def pretrain_field(
     opt = torch.optim.Adam(field.parameters(), lr=lr)
     err = float("nan")
     for step in range(steps):
-        i = torch.randint(0, grid_points.shape[0], (batch // 2,), generator=gen)
-        j = torch.randint(0, max(near.shape[0], 1), (batch // 2,), generator=gen)
-        jitter = (torch.rand(batch // 2, 3, generator=gen) - 0.5) * 0.01
+        dev = grid_points.device  # draws on the CPU generator (reproducible anywhere), then moved
+        i = torch.randint(0, grid_points.shape[0], (batch // 2,), generator=gen).to(dev)
+        j = torch.randint(0, max(near.shape[0], 1), (batch // 2,), generator=gen).to(dev)
+        jitter = ((torch.rand(batch // 2, 3, generator=gen) - 0.5) * 0.01).to(dev)
         pts = torch.cat([grid_points[i], near[j] + jitter]) if near.shape[0] else grid_points[i]
         with torch.no_grad():
             tgt = target_sdf(pts).clamp(-truncation, truncation)

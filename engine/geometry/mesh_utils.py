@@ -161,3 +161,29 @@ def chamfer_distance(
 
 def bbox_diagonal(verts: torch.Tensor) -> float:
     return float((verts.max(0)[0] - verts.min(0)[0]).norm())
+
+
+def keep_largest_component(verts: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The connected component with the most faces, vertices re-indexed (drops floaters, bubbles).
+
+    For export and reports; the optimisation itself keeps the full extraction so gradients
+    can remove small parts on their own.
+    """
+    import numpy as np
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if faces.shape[0] == 0:
+        return verts, faces
+    f = faces.detach().cpu().numpy()
+    n = verts.shape[0]
+    rows = np.concatenate([f[:, 0], f[:, 1], f[:, 2]])
+    cols = np.concatenate([f[:, 1], f[:, 2], f[:, 0]])
+    _, labels = connected_components(coo_matrix((np.ones(rows.size), (rows, cols)), shape=(n, n)), directed=False)
+    face_label = labels[f[:, 0]]
+    keep_faces = face_label == np.bincount(face_label).argmax()
+    used = np.unique(f[keep_faces])
+    remap = np.full(n, -1, np.int64)
+    remap[used] = np.arange(used.size)
+    new_faces = torch.from_numpy(remap[f[keep_faces]]).to(faces.device)
+    return verts[torch.from_numpy(used).to(verts.device)], new_faces

@@ -111,3 +111,28 @@ def test_fields_pretrain_to_the_head(kind):
 def test_vertex_sdf_refuses_other_points():
     with pytest.raises(ValueError, match="tet-grid vertices"):
         VertexSDF(10).sdf_and_deformation(torch.zeros(5, 3))
+
+
+def test_keep_largest_component_drops_a_floater():
+    grid = make_tet_grid(32)
+    p = grid.vertices
+    sdf = torch.minimum(p.norm(dim=-1) - 0.1, (p - torch.tensor([0.13, 0.0, 0.0])).norm(dim=-1) - 0.015)
+    mesh = extract_surface(grid, sdf)
+    verts, faces = mesh_utils.keep_largest_component(mesh.verts, mesh.faces)
+    assert faces.shape[0] < mesh.faces.shape[0]
+    assert mesh_utils.is_closed_manifold(faces) and mesh_utils.euler_characteristic(verts, faces) == 2
+    assert verts.norm(dim=-1).max() < 0.1 + grid.cell_size  # only the big sphere remains
+    assert torch.unique(faces).numel() == verts.shape[0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_extraction_and_fields_run_on_cuda():
+    grid = make_tet_grid(64).to("cuda")
+    field = HashGridSDF(max_deformation=0.3 * grid.cell_size).to("cuda")
+    pretrain_field(field, head_sdf, grid.vertices, steps=50)
+    sdf, deform = field.sdf_and_deformation(grid.vertices)
+    mesh = extract_surface(grid, sdf, deform)
+    assert mesh.verts.is_cuda and mesh_utils.is_closed_manifold(mesh.faces)
+    mesh.verts.sum().backward()
+    assert field.encoding.table.grad is not None
