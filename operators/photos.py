@@ -152,12 +152,16 @@ def _check_folder() -> str:
 def apply_check_results(settings, checked_items, summary: dict) -> dict[str, int]:
     """Write the engine's per-photo results onto the list items; returns a count per status."""
     counts: dict[str, int] = {}
-    for item, result in zip(checked_items, summary.get("photos", [])):
-        status = STATUS_FROM_ENGINE.get(result.get("status"), "UNREADABLE")
-        item.status = status
-        lines = [result.get("message") or ""] + list(result.get("warnings") or [])
-        item.message = " | ".join(line for line in lines if line)
-        counts[status] = counts.get(status, 0) + 1
+    by_path = {os.path.normpath(result.get("path", "")): result for result in summary.get("photos", [])}
+    for item in checked_items:
+        result = by_path.get(os.path.normpath(bpy.path.abspath(item.path)))
+        if result is None:  # matched by path, never by position: a missing row is said so
+            item.status, item.message = "UNREADABLE", "the engine returned no result for this photo"
+        else:
+            item.status = STATUS_FROM_ENGINE.get(result.get("status"), "UNREADABLE")
+            lines = [result.get("message") or ""] + list(result.get("warnings") or [])
+            item.message = " | ".join(line for line in lines if line)
+        counts[item.status] = counts.get(item.status, 0) + 1
     return counts
 
 
@@ -173,7 +177,13 @@ class IDTO3D_OT_photos_check(bpy.types.Operator):
 
     def execute(self, context):
         settings = context.scene.idto3d
-        items = [photo for photo in settings.photos if photo.path]
+        items = [photo for photo in settings.photos if photo.path and photo.enabled]
+        if not items:
+            self.report({"ERROR"}, "No photo is in use: tick the photos to check")
+            return {"CANCELLED"}
+        for photo in settings.photos:
+            if photo.path and not photo.enabled:
+                photo.status, photo.message = "UNCHECKED", "not in use (untick to leave it out, tick to use it)"
         prefs = addon_prefs(context)
         root = models_root(prefs)
         args = ["identity", *[bpy.path.abspath(item.path) for item in items], "--json",

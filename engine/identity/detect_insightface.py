@@ -25,7 +25,13 @@ class InsightfaceDetector:
         from insightface.model_zoo import get_model
         from insightface.model_zoo.scrfd import SCRFD
 
-        model = get_model(str(model_file), providers=providers)
+        try:
+            model = get_model(str(model_file), providers=providers)
+        except Exception as exc:  # onnxruntime raises its own classes for truncated/corrupt files
+            raise EngineError(f"{model_file} could not be loaded as an ONNX model ({type(exc).__name__}: {exc})",
+                              code="bad_model",
+                              hint="delete it and run `python -m engine fetch-models` (or copy antelopev2's "
+                                   "scrfd_10g_bnkps.onnx there again)") from exc
         if not isinstance(model, SCRFD):
             raise EngineError(f"{model_file} is not an SCRFD face detector (insightface routed it to "
                               f"{type(model).__name__})", code="bad_model",

@@ -161,6 +161,9 @@ def analyse_photos(paths: Sequence[str | Path], *, backend: str = "auto", models
     engines = _Engines(backend, models_root, device, judge)
     crops_dir = Path(out_dir) / "crops" if out_dir is not None else None
     if crops_dir is not None:
+        # Crops of an earlier run into the same folder would sit beside the new identity.json.
+        for old in crops_dir.glob("*.png") if crops_dir.is_dir() else []:
+            old.unlink()
         crops_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for index, path in enumerate(paths):
@@ -206,10 +209,13 @@ def _aggregate(results: list[PhotoResult], engines: _Engines) -> IdentityReport:
                   f"ArcFace similarity {r.similarity_to_rest:.2f} to the others")
         r.message = (f"looks like a different person from the other photos ({detail}); "
                      "left out of the identity")
-    if mixed:
-        warnings.append("the photos do not agree on one person and no majority stands out; check that they "
-                        "all show the same person (see the judge distances)")
     used = [i for i in compared if results[i].status != OUTLIER]
+    if mixed:
+        # Averaging two people gives a face that is neither: refuse rather than guess.
+        warnings.append("the photos do not agree on one person and no majority stands out, so no identity "
+                        "embedding was made; keep only photos of one person (disable the others) and check again "
+                        "(see the judge distances)")
+        used = []
     embedding = mean_embedding([results[i].embedding for i in used if results[i].embedding is not None])
     if not used:
         warnings.append("no photo gave a usable face, so there is no identity; see each photo's message")

@@ -108,15 +108,17 @@ def test_cli_json_and_table(photos_dir, arcface_root, tmp_path, capsys):
     photos = [str(photos_dir / "astronaut.png"), str(photos_dir / "group.jpg"), str(tmp_path / "gone.jpg")]
     done = subprocess.run([sys.executable, "-m", "engine", "identity", *photos, "--out", str(tmp_path / "o"),
                            "--models", str(arcface_root), "--backend", "dlib", "--json"], **env_args)
-    assert done.returncode == 0, done.stderr
+    # The astronaut and the group photo's largest face are different people: no identity, exit 1.
+    assert done.returncode == 1, done.stderr
     summary = json.loads(done.stdout)  # stdout is exactly one JSON object
     assert [p["status"] for p in summary["photos"]] == ["ok", "several_faces", "unreadable"]
-    assert summary["out_dir"] == str(tmp_path / "o") and (tmp_path / "o" / "embedding.npy").is_file()
+    assert summary["out_dir"] == str(tmp_path / "o") and not (tmp_path / "o" / "embedding.npy").exists()
+    assert any("do not agree on one person" in w for w in summary["warnings"])
     # The table and the error exit, in-process (the subprocess above proved stdout is clean JSON).
     from engine.cli import main
 
     assert main([*map(str, ["identity", *photos[:2], "--out", tmp_path / "t", "--models", arcface_root,
-                            "--backend", "dlib"])]) == 0
+                            "--backend", "dlib"])]) == 1
     table = capsys.readouterr().out
     assert "several_faces" in table and "6 faces found; used the largest" in table
     assert main([*map(str, ["identity", photos[0], "--out", tmp_path / "m", "--models", arcface_root,

@@ -13,9 +13,12 @@ bpy = pytest.importorskip("bpy")
 @pytest.fixture
 def settings(blender_addon):
     settings = bpy.context.scene.idto3d
+    prefs = bpy.context.preferences.addons[blender_addon].preferences
+    saved = (prefs.python_executable, prefs.models_root, prefs.device)
     settings.photos.clear()
     yield settings
     settings.photos.clear()
+    prefs.python_executable, prefs.models_root, prefs.device = saved  # no state leaks into other tests
 
 
 def _add(folder, *names):
@@ -73,3 +76,8 @@ def test_check_flags_outlier(settings, blender_addon, photos_dir, arcface_root, 
     assert bpy.ops.idto3d.photos_check() == {"FINISHED"}
     assert [p.status for p in settings.photos] == ["OK", "OUTLIER", "OK", "OK"]
     assert "different person" in settings.photos[1].message
+    # Leaving the outlier out: it is not checked any more and says why; the rest stay OK.
+    settings.photos[1].enabled = False
+    assert bpy.ops.idto3d.photos_check() == {"FINISHED"}
+    assert [p.status for p in settings.photos] == ["OK", "UNCHECKED", "OK", "OK"]
+    assert "not in use" in settings.photos[1].message

@@ -62,19 +62,32 @@ def test_pack_without_detector_gives_clear_missing_model_error(arcface_root, pho
 
 
 def test_auto_backend_falls_back_to_dlib_and_embeds_with_arcface(arcface_root, photos_dir, tmp_path):
+    from PIL import Image, ImageOps
+
     from engine.identity import analyse_photos
 
-    report = analyse_photos([photos_dir / "astronaut.png", photos_dir / "grace_hopper.jpg"],
-                            models_root=arcface_root, out_dir=tmp_path)
+    mirrored = tmp_path / "grace mirrored.png"
+    ImageOps.mirror(Image.open(photos_dir / "grace_hopper.jpg")).save(mirrored)
+    report = analyse_photos([photos_dir / "grace_hopper.jpg", mirrored], models_root=arcface_root,
+                            out_dir=tmp_path / "out")
     assert report.backend == "dlib"
     assert report.recognition_model == str(arcface_root / "antelopev2" / "arcface.onnx")
     assert report.embedding.shape == (512,) and np.linalg.norm(report.embedding) == pytest.approx(1, abs=1e-5)
     mean = report.photos[0].embedding + report.photos[1].embedding
     assert np.allclose(report.embedding, mean / np.linalg.norm(mean), atol=1e-6)
-    assert np.array_equal(np.load(tmp_path / "embedding.npy"), report.embedding)
-    # Two different people: the judge sees it; with two photos nobody can say which is right.
+    assert np.array_equal(np.load(tmp_path / "out" / "embedding.npy"), report.embedding)
+
+
+def test_two_different_people_give_no_identity(arcface_root, photos_dir, tmp_path):
+    from engine.identity import analyse_photos
+
+    report = analyse_photos([photos_dir / "astronaut.png", photos_dir / "grace_hopper.jpg"],
+                            models_root=arcface_root, out_dir=tmp_path)
+    # The judge sees two people; with two photos nobody can say which is right, so nothing is averaged.
     assert report.judge_distances[0, 1] > 0.6
-    assert any("do not agree on one person" in w for w in report.warnings)
+    assert report.embedding is None and report.used == []
+    assert any("do not agree on one person" in w and "no identity embedding" in w for w in report.warnings)
+    assert not (tmp_path / "embedding.npy").exists()
 
 
 def test_offline_without_arcface_runs_detection_and_says_so(photos_dir, tmp_path):
