@@ -33,8 +33,8 @@ PACKAGES = (
     ("safetensors", "safetensors", True, "safe weight files"),
     ("huggingface-hub", "huggingface_hub", True, "model folders and downloads"),
     ("pillow", "PIL", True, "reading photos, writing textures"),
-    ("insightface", "insightface", False, "production face detection and ArcFace"),
-    ("onnxruntime", "onnxruntime", False, "runs the insightface ONNX models"),
+    ("insightface", "insightface", True, "production face detection and ArcFace"),
+    ("onnxruntime", "onnxruntime", True, "runs the ArcFace and detector ONNX models"),
     ("dlib-bin", "dlib", False, "offline face detection and the independent identity judge"),
     ("face-recognition-models", "face_recognition_models", False, "dlib's face model files"),
     ("xatlas", "xatlas", False, "UV unwrapping for the texture stage"),
@@ -67,9 +67,15 @@ def _package_check(dist: str, module: str, required: bool, why: str) -> Check:
         version = importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         version = None
-    found = importlib.util.find_spec(module) is not None
-    if not found:
+    if importlib.util.find_spec(module) is None:
         return Check(dist, False, required, f"not installed ({why})")
+    if required:
+        # Installed is not enough: a version clash shows up only when the package is imported.
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            return Check(dist, False, required, f"{version or '?'} installed but does not import: "
+                                                f"{type(exc).__name__}: {exc}")
     return Check(dist, True, required, f"{version or 'unknown version'} ({why})")
 
 
@@ -123,8 +129,17 @@ def collect(models_root: Path | None, count_models: bool = True) -> dict[str, An
     checks += [_package_check(*row) for row in PACKAGES if row[0] != "nvdiffrast"]
     cuda_check, cuda_info = _torch_check()
     checks += [cuda_check, _nvdiffrast_check(), _dlib_models_check()]
+    from .model_store import resolve_model_folder
+    from .tiny_models import is_tiny
+
     models = []
     for report in check_models(root):
+        if report.spec.key == "antelopev2" and not report.complete:
+            # The identity step also finds the pack in insightface's own folder: report it there.
+            elsewhere = resolve_model_folder("antelopev2", root)
+            if elsewhere is not None:
+                report = next(r for r in check_models(elsewhere.parent) if r.spec.key == "antelopev2")
+                report.path = elsewhere
         models.append({
             "key": report.spec.key,
             "title": report.spec.title,
@@ -136,8 +151,11 @@ def collect(models_root: Path | None, count_models: bool = True) -> dict[str, An
             "source": report.spec.source,
         })
     failed = [c.name for c in checks if c.required and not c.ok]
+    tiny = is_tiny(root)
     if count_models:
         failed += [f"models/{m['key']}" for m in models if m["required"] and not m["complete"]]
+        if tiny:
+            failed.append("models (tiny random test models, not real weights)")
     return {
         "engine_version": __version__,
         "platform": platform.platform(),
@@ -145,6 +163,7 @@ def collect(models_root: Path | None, count_models: bool = True) -> dict[str, An
         "checks": [c.__dict__ for c in checks],
         "cuda": cuda_info,
         "models": models,
+        "tiny_models": tiny,
         "failed": failed,
         "ok": not failed,
     }
@@ -156,6 +175,8 @@ def format_text(report: dict[str, Any]) -> str:
         mark = "ok " if check["ok"] else ("MISSING" if check["required"] else "-- ")
         lines.append(f"  [{mark:^7}] {check['name']:<24} {check['detail']}")
     lines += ["", f"Models root: {report['models_root']}"]
+    if report["tiny_models"]:
+        lines.append("  TINY RANDOM-WEIGHT TEST MODELS: fine for tests and smoke runs, useless for real heads")
     for model in report["models"]:
         if model["complete"]:
             state = "ok"

@@ -39,8 +39,7 @@ ANTELOPEV2_URL = "https://github.com/deepinsight/insightface/releases/download/v
 HF_REPOS = {
     "sd15": (SD15_REPO,),
     "arc2face": (ARC2FACE_REPO,),
-    # antelopev2 mirrors on the Hub; their snapshots are used when the user already has one.
-    "antelopev2": ("DIAMONIK7777/antelopev2", "LPDoctor/insightface"),
+    # antelopev2 is not published on the Hub by its authors; unofficial mirrors are never used.
 }
 # Files fetch-models downloads per model: (repo, filename in repo, path under ROOT/key).
 HF_FILES = {

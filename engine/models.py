@@ -58,7 +58,7 @@ MODEL_SPECS: tuple[ModelSpec, ...] = (
         required=True,
         files=_files(
             "vae/config.json",
-            "vae/diffusion_pytorch_model.safetensors|vae/diffusion_pytorch_model.fp16.safetensors",
+            "vae/diffusion_pytorch_model.safetensors",  # the loader reads the fp32 file (cast as needed)
             "tokenizer/vocab.json",
             "tokenizer/merges.txt",
             "scheduler/scheduler_config.json",

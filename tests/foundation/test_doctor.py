@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -11,9 +12,14 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _doctor(*args: str) -> subprocess.CompletedProcess:
+def _doctor(*args: str, home: Path | None = None) -> subprocess.CompletedProcess:
+    # Hermetic: the user's own default models folder and insightface folder must not be found.
+    env = {**os.environ, "IDTO3D_MODELS": str(REPO_ROOT / "no-such-models"),
+           "INSIGHTFACE_HOME": str(REPO_ROOT / "no-such-insightface")}
+    if home is not None:
+        env["INSIGHTFACE_HOME"] = str(home)
     return subprocess.run([sys.executable, "-m", "engine", "doctor", *args], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=180)
+                          capture_output=True, text=True, timeout=180, env=env)
 
 
 def test_doctor_names_every_missing_model_file_and_fails(tiny_models_root, tmp_path):
@@ -61,3 +67,23 @@ def test_doctor_passes_with_complete_model_folders(tiny_models_root, tmp_path):
     done = _doctor("--models", str(root), "--json")
     report = json.loads(done.stdout)
     assert report["failed"] == [] and done.returncode == 0
+
+
+def test_doctor_refuses_tiny_random_models_as_real_ones(tiny_models_root):
+    done = _doctor("--models", str(tiny_models_root), "--json")
+    report = json.loads(done.stdout)
+    assert done.returncode == 1 and report["tiny_models"] is True
+    assert any("tiny random" in name for name in report["failed"])
+    text = _doctor("--models", str(tiny_models_root))
+    assert "TINY RANDOM-WEIGHT TEST MODELS" in text.stdout
+
+
+def test_doctor_finds_antelopev2_where_the_identity_step_finds_it(tiny_models_root, tmp_path):
+    pack = tmp_path / "insightface" / "models" / "antelopev2"
+    pack.mkdir(parents=True)
+    for name in ("scrfd_10g_bnkps.onnx", "arcface.onnx"):
+        shutil.copy(tiny_models_root / "arc2face" / "arcface.onnx", pack / name)
+    report = json.loads(_doctor("--models", str(tmp_path / "models"), "--json", home=tmp_path / "insightface").stdout)
+    antelope = next(m for m in report["models"] if m["key"] == "antelopev2")
+    assert antelope["complete"] and antelope["path"] == str(pack)
+    assert "models/antelopev2" not in report["failed"]
