@@ -9,7 +9,7 @@ from __future__ import annotations
 import bpy
 
 from . import preferences, properties
-from .operators import engine_check, expressions as expression_operators, photos as photo_operators
+from .operators import engine_check, expressions as expression_operators, fetch_models, photos as photo_operators
 from .panels import expressions as expression_panels, generate, references, settings
 
 # Registration order: property groups before the pointers that use them; panels in the order
@@ -20,6 +20,7 @@ CLASSES = (
     *photo_operators.CLASSES,
     *expression_operators.CLASSES,
     *engine_check.CLASSES,
+    *fetch_models.CLASSES,
     *references.CLASSES,
     *expression_panels.CLASSES,
     *settings.CLASSES,
@@ -34,6 +35,9 @@ def register():
 
 
 def unregister():
+    if bpy.app.timers.is_registered(fetch_models._timer_tick):
+        bpy.app.timers.unregister(fetch_models._timer_tick)
+    fetch_models.stop_download()
     references.unregister_previews()  # thumbnails are loaded on first draw; free them
     properties.unregister_properties()
     for cls in reversed(CLASSES):

@@ -59,7 +59,9 @@ class IDTO3D_AP_preferences(bpy.types.AddonPreferences):
         row.prop(self, "allow_downloads")
         if self.allow_downloads and not bpy.app.online_access:
             layout.label(text="Blender's online access is off: downloads stay disabled", icon="ERROR")
-        layout.operator("idto3d.check_engine", icon="CHECKMARK")
+        row = layout.row(align=True)
+        row.operator("idto3d.check_engine", icon="CHECKMARK")
+        row.operator("idto3d.fetch_models", icon="IMPORT")
 
 
 def addon_prefs(context) -> IDTO3D_AP_preferences:

@@ -76,6 +76,8 @@ class IDTO3D_PG_runtime(bpy.types.PropertyGroup):
     engine_checked: BoolProperty(default=False)
     engine_ok: BoolProperty(default=False)
     engine_summary: StringProperty(default="")
+    download_running: BoolProperty(default=False)
+    download_status: StringProperty(default="")
 
 
 def ensure_default_expressions(settings) -> bool:

@@ -13,9 +13,13 @@ class IDTO3D_UL_expressions(bpy.types.UIList):
 
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
         row = layout.row(align=True)
+        if item.text.strip().lower() == BASIS_EXPRESSION:
+            # The Basis shape key: always generated, never renamed (editing it here would bypass that).
+            row.label(text="", icon="CHECKBOX_HLT")
+            row.label(text=f"{item.text} (Basis)", icon="PINNED")
+            return
         row.prop(item, "enabled", text="")
-        is_basis = item.text.strip().lower() == BASIS_EXPRESSION
-        row.prop(item, "text", text="", emboss=False, icon="PINNED" if is_basis else "SHAPEKEY_DATA")
+        row.prop(item, "text", text="", emboss=False, icon="SHAPEKEY_DATA")
 
 
 class IDTO3D_PT_expressions(bpy.types.Panel):
@@ -28,6 +32,9 @@ class IDTO3D_PT_expressions(bpy.types.Panel):
     def draw(self, context):
         settings = context.scene.idto3d
         layout = self.layout
+        if len(settings.expressions) == 0:
+            # A scene made after the add-on was enabled: offer the defaults (draw() may not edit data).
+            layout.operator("idto3d.expressions_reset", text="Load Default Expressions", icon="ADD")
         row = layout.row()
         row.template_list("IDTO3D_UL_expressions", "", settings, "expressions", settings,
                           "expression_index", rows=5)

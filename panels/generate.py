@@ -28,6 +28,12 @@ class IDTO3D_PT_generate(bpy.types.Panel):
         else:
             column.label(text="Engine not checked yet", icon="QUESTION")
         layout.operator("idto3d.check_engine", icon="CHECKMARK")
+        if runtime.download_running or runtime.download_status:
+            layout.label(text=runtime.download_status, icon="IMPORT")
+        if runtime.engine_checked and not runtime.engine_ok and "models/" in runtime.engine_summary:
+            row = layout.row()
+            row.enabled = not runtime.download_running
+            row.operator("idto3d.fetch_models", icon="IMPORT")
 
 
 CLASSES = (IDTO3D_PT_generate,)

@@ -70,3 +70,45 @@ def test_check_engine_reports_a_python_that_does_not_exist(blender_addon, tmp_pa
     finally:
         prefs.python_executable = ""
     assert not bpy.context.window_manager.idto3d_runtime.engine_ok
+
+
+def test_downloads_need_both_permissions(blender_addon):
+    import bpy
+
+    prefs = bpy.context.preferences.addons[blender_addon].preferences
+    system = bpy.context.preferences.system
+    assert prefs.allow_downloads is False
+    with pytest.raises(RuntimeError, match="Allow Model Downloads"):
+        bpy.ops.idto3d.fetch_models()
+    prefs.allow_downloads = True
+    system.use_online_access = False
+    try:
+        with pytest.raises(RuntimeError, match="online access is off"):
+            bpy.ops.idto3d.fetch_models()
+    finally:
+        prefs.allow_downloads = False
+    assert not bpy.context.window_manager.idto3d_runtime.download_running
+
+
+def test_a_failed_download_is_followed_to_its_end_with_the_reason(blender_addon, tmp_path, monkeypatch):
+    import importlib
+
+    import bpy
+
+    fetch = importlib.import_module(f"{blender_addon}.operators.fetch_models")
+    prefs = bpy.context.preferences.addons[blender_addon].preferences
+    runtime = bpy.context.window_manager.idto3d_runtime
+    prefs.models_root = str(tmp_path / "models")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the machine is offline anyway; fail fast and deterministically
+    try:
+        download = fetch.start_download(prefs, runtime)
+        assert runtime.download_running
+        download.process.wait(timeout=180)
+        assert fetch.pump(runtime) is False  # what the timer would call
+    finally:
+        prefs.models_root = ""
+        fetch.stop_download()
+    assert not runtime.download_running
+    assert runtime.download_status.startswith("Download failed (exit")
+    assert "fetch-models.log" in runtime.download_status
+    assert "could not download the models" in (tmp_path / "models" / "fetch-models.log").read_text()
