@@ -62,7 +62,7 @@ def run_engine(prefs, args: list[str], timeout_s: float = 120.0, models_root: st
             command, cwd=str(ADDON_DIR), env=engine_environment(models_root), capture_output=True,
             text=True, encoding="utf-8", errors="replace", timeout=timeout_s, stdin=subprocess.DEVNULL,
         )
-    except FileNotFoundError as exc:
+    except OSError as exc:  # not found, not executable, wrong architecture...
         raise EngineNotFound(f"could not start the engine's Python {command[0]!r}: {exc}") from exc
     except subprocess.TimeoutExpired as exc:
         raise EngineNotFound(

@@ -39,10 +39,10 @@ def blender_ext_tool() -> Path:
 
 
 def _source_files() -> list[Path]:
-    """Files of the working tree that git tracks or would track (ignored ones are left out)."""
+    """Files git tracks, as they are in the working tree (untracked scratch files never ship)."""
     try:
         listed = subprocess.run(
-            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            ["git", "ls-files", "--cached", "-z"],
             cwd=REPO_ROOT, capture_output=True, check=True,
         ).stdout.decode("utf-8").split("\0")
         return [REPO_ROOT / name for name in listed if name and (REPO_ROOT / name).is_file()]

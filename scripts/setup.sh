@@ -17,13 +17,15 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 want="$(cat requirements.txt constraints.txt | sha256sum | cut -d' ' -f1)"
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -c "import torch, bpy" 2>/dev/null; then
     echo "setup: $VENV is up to date" >&2
     exit 0
 fi
 echo "setup: installing pinned packages into $VENV (first time: ~2 minutes)" >&2
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
     -r requirements.txt -c constraints.txt 2> >(grep -v "^WARNING: Location" >&2)
-"$VENV/bin/python" -m pip check >&2 || true
+"$VENV/bin/python" -m pip check >&2
+# Installed is not the same as working: the key packages must import before the stamp is written.
+"$VENV/bin/python" -c "import torch, bpy, diffusers, transformers, peft, insightface, onnxruntime, dlib" >&2
 echo "$want" > "$STAMP"
 echo "setup: done" >&2

@@ -53,6 +53,13 @@ report["wm_property_after_disable"] = hasattr(bpy.types.WindowManager, "idto3d_r
 report["load_post_handlers_left"] = [
     f"{h.__module__}.{h.__name__}" for h in bpy.app.handlers.load_post if "id_to_3d" in h.__module__
 ]
+# Enabling again after a disable must work and register everything exactly once.
+addon_utils.enable(module, default_set=True)
+reloaded = list(sys.modules[module].CLASSES)  # a re-enable may reload the module: fresh classes
+report["registered_after_re_enable"] = sorted(c.__name__ for c in reloaded if c.is_registered)
+report["load_post_after_re_enable"] = sum(1 for h in bpy.app.handlers.load_post if "id_to_3d" in h.__module__)
+addon_utils.disable(module, default_set=True)
+report["registered_after_second_disable"] = sorted(c.__name__ for c in reloaded if c.is_registered)
 repo_index = next(i for i, repo in enumerate(bpy.context.preferences.extensions.repos) if repo.module == "user_default")
 result = bpy.ops.extensions.package_uninstall(repo_index=repo_index, pkg_id=manifest()["id"])
 report["uninstall_result"] = sorted(result)

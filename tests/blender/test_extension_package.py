@@ -79,6 +79,10 @@ def test_install_enable_disable_uninstall_leaves_nothing_registered(extension_zi
     assert report["scene_property_after_disable"] is False
     assert report["wm_property_after_disable"] is False
     assert report["load_post_handlers_left"] == []
+    # Enabling again works (everything registered once, one load_post handler) and disabling again cleans up.
+    assert report["registered_after_re_enable"] == report["class_names"]
+    assert report["load_post_after_re_enable"] == 1
+    assert report["registered_after_second_disable"] == []
     # Uninstalled: its files are gone from the user folder.
     assert report["uninstall_result"] == ["FINISHED"]
     assert report["installed_dir_exists_after_uninstall"] is False

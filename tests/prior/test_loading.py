@@ -86,22 +86,24 @@ def test_arc2face_pickled_encoder_loads_weights_only(models_copy, tiny_models_ro
 
 
 class _Evil:
-    def __reduce__(self):  # a pickle that would run code if unpickled normally
-        return (open, ("/tmp/prior-test-pwned", "w"))
+    """A pickle that would create ``marker`` if it were unpickled normally."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
 
 
 def test_malicious_pickle_is_refused_without_running_it(models_copy, tmp_path):
     encoder = models_copy / "arc2face" / "encoder"
     (encoder / "model.safetensors").unlink()
+    marker = tmp_path / "pwned"
     with open(encoder / "pytorch_model.bin", "wb") as handle:
-        pickle.dump({"weight": _Evil()}, handle)
-    import os
-
-    if os.path.exists("/tmp/prior-test-pwned"):
-        os.unlink("/tmp/prior-test-pwned")
+        pickle.dump({"weight": _Evil(marker)}, handle)
     with pytest.raises(CorruptWeightsError, match="weights-only"):
         load_prior(models_copy, device="cpu")
-    assert not os.path.exists("/tmp/prior-test-pwned")
+    assert not marker.exists()
 
 
 def test_device_and_dtype_defaults():
