@@ -27,8 +27,23 @@ class DMTet(torch.nn.Module):
         self.field = sdf_field
 
     def forward(self) -> tuple[MarchingTetsResult, torch.Tensor]:
-        """(marching-tets result, SDF at every grid vertex [V])."""
-        sdf, deform = self.field.sdf_and_deformation(self.grid.vertices)
+        """(marching-tets result, SDF at every grid vertex [V]).
+
+        A per-vertex field is simply read. A neural field is evaluated without gradients at all
+        grid vertices (to find the surface), then again, with gradients, only at the ends of the
+        crossing edges: the mesh depends on nothing else, and the autograd graph (and memory)
+        shrinks from the whole grid (2 M points at 128) to the surface band.
+        """
+        points = self.grid.vertices
+        if getattr(self.field, "per_vertex", False):
+            sdf, deform = self.field.sdf_and_deformation(points)
+            return extract_surface(self.grid, sdf, deform), sdf
+        with torch.no_grad():
+            sdf_all, deform_all = self.field.sdf_and_deformation(points)
+            need = torch.unique(extract_surface(self.grid, sdf_all).edges.reshape(-1))
+        sdf_need, deform_need = self.field.sdf_and_deformation(points[need])
+        sdf = sdf_all.index_put((need,), sdf_need)
+        deform = deform_all.index_put((need,), deform_need)
         return extract_surface(self.grid, sdf, deform), sdf
 
     @torch.no_grad()

@@ -116,6 +116,8 @@ class HashGridSDF(nn.Module):
 class VertexSDF(nn.Module):
     """One SDF value and one deformation per tet-grid vertex (DMTet's own parameterisation)."""
 
+    per_vertex = True  # evaluated only at the grid vertices, all at once
+
     def __init__(self, n_vertices: int, *, max_deformation: float = 0.0, init_sdf: torch.Tensor | None = None):
         super().__init__()
         self.sdf = nn.Parameter(init_sdf.clone().float() if init_sdf is not None else torch.zeros(n_vertices))

@@ -136,3 +136,22 @@ def test_extraction_and_fields_run_on_cuda():
     assert mesh.verts.is_cuda and mesh_utils.is_closed_manifold(mesh.faces)
     mesh.verts.sum().backward()
     assert field.encoding.table.grad is not None
+
+
+def test_dmtet_evaluates_a_neural_field_only_on_the_surface_band_with_the_same_result():
+    from engine.geometry.fit import DMTet
+
+    torch.manual_seed(0)
+    grid = make_tet_grid(24)
+    field = HashGridSDF(max_deformation=0.3 * grid.cell_size, n_levels=4, log2_table_size=12, finest_resolution=24)
+    pretrain_field(field, head_sdf, grid.vertices, steps=40, batch=4096)
+    result, _ = DMTet(grid, field)()
+    result.verts.square().sum().backward()
+    sparse_grad = field.encoding.table.grad.clone()
+    field.zero_grad()
+    sdf, deform = field.sdf_and_deformation(grid.vertices)  # the plain, whole-grid way
+    full = extract_surface(grid, sdf, deform)
+    full.verts.square().sum().backward()
+    assert torch.equal(result.faces, full.faces)
+    assert torch.allclose(result.verts, full.verts, atol=1e-6)
+    assert torch.allclose(sparse_grad, field.encoding.table.grad, atol=1e-6, rtol=1e-4)
