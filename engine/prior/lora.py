@@ -8,6 +8,7 @@ that already needs torch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -33,6 +34,15 @@ class AdapterInfo:
     expression_scale: float = 1.0
     steps: int = 0
     extra: dict = field(default_factory=dict)
+    weights_sha256: str = ""  # of the weights file written with this info: a mismatched pair is detected
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def add_task_adapter(unet, info: AdapterInfo, adapter_name: str):
@@ -63,6 +73,7 @@ def save_task_adapter(unet, folder: Path | str, adapter_name: str, info: Adapter
     staging = Path(tempfile.mkdtemp(prefix=".adapter-", dir=folder))
     try:
         unet.save_lora_adapter(staging, adapter_name=adapter_name, weight_name=WEIGHTS_FILE)
+        info.weights_sha256 = _sha256(staging / WEIGHTS_FILE)
         (staging / INFO_FILE).write_text(json.dumps(asdict(info), indent=2), encoding="utf-8")
         os.replace(staging / WEIGHTS_FILE, folder / WEIGHTS_FILE)
         os.replace(staging / INFO_FILE, folder / INFO_FILE)
@@ -76,13 +87,28 @@ def read_adapter_info(folder: Path) -> AdapterInfo:
         raise MissingWeightsError(f"{folder / WEIGHTS_FILE} does not exist",
                                   "point to a folder written by `python -m engine train-prior` (or its final/ folder)")
     data = read_json(folder / INFO_FILE) if (folder / INFO_FILE).is_file() else {"domain": folder.name}
+    fix = "train it again with `python -m engine train-prior`, or delete prior_adapter.json to load the weights alone"
+    if not isinstance(data, dict) or not isinstance(data.get("domain"), str):
+        raise CorruptWeightsError(f"{folder / INFO_FILE} has no 'domain' (normal or albedo)", fix)
     known = set(AdapterInfo.__dataclass_fields__)
-    return AdapterInfo(**{k: v for k, v in data.items() if k in known})
+    try:
+        info = AdapterInfo(**{k: v for k, v in data.items() if k in known})
+        info.rank, info.alpha, info.expression_scale = int(info.rank), float(info.alpha), float(info.expression_scale)
+    except (TypeError, ValueError) as exc:
+        raise CorruptWeightsError(f"{folder / INFO_FILE} has a field of the wrong type ({exc})", fix) from None
+    if info.weights_sha256 and info.weights_sha256 != _sha256(folder / WEIGHTS_FILE):
+        raise MismatchedWeightsError(f"{folder / WEIGHTS_FILE} is not the file {folder / INFO_FILE} was written with "
+                                     "(an interrupted copy or save?)", fix)
+    return info
 
 
 def load_task_adapter(unet, folder: Path | str, adapter_name: str) -> AdapterInfo:
     """Load an adapter folder into ``unet`` under ``adapter_name``, with clear errors."""
     folder = Path(folder)
+    if adapter_name in (getattr(unet, "peft_config", None) or {}):
+        raise ValueError(f"a task prior named {adapter_name!r} is already loaded; switch to it with set_task()")
+    if (folder / WEIGHTS_FILE).is_file():
+        check_safetensors(folder / WEIGHTS_FILE)  # a truncated file is named as such before anything else
     info = read_adapter_info(folder)
     tensors = check_safetensors(folder / WEIGHTS_FILE)
     if any("_exp." in name for name in tensors) and not any(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -105,5 +107,25 @@ def test_corrupt_and_mismatched_adapters(models_copy):
     key = next(k for k in state if k.endswith("lora_A.weight"))
     state[key] = torch.zeros(state[key].shape[0], state[key].shape[1] + 3)  # trained on another base
     save_file(state, weights)
+    with pytest.raises(MismatchedWeightsError, match="not the file"):  # weights swapped under the JSON
+        load_prior(models_copy, device="cpu", task="normal")
+    info_file = folder / "prior_adapter.json"
+    info = json.loads(info_file.read_text())
+    info["weights_sha256"] = ""  # a consistent pair, trained on another base model
+    info_file.write_text(json.dumps(info))
     with pytest.raises(MismatchedWeightsError, match="does not fit this UNet"):
         load_prior(models_copy, device="cpu", task="normal")
+    info_file.write_text(json.dumps({"rank": 2}))
+    with pytest.raises(CorruptWeightsError, match="no 'domain'"):
+        load_prior(models_copy, device="cpu", task="normal")
+
+
+def test_loading_the_same_task_twice_is_refused_clearly(models_copy):
+    from engine.prior import load_prior
+
+    prior = load_prior(models_copy, device="cpu")
+    prior.create_task(AdapterInfo(domain="normal", rank=2))
+    folder = save_task_adapter(prior.unet, models_copy / "loras" / "normal", "normal", AdapterInfo(domain="normal", rank=2))
+    fresh = load_prior(models_copy, device="cpu", task="normal")
+    with pytest.raises(ValueError, match="already loaded"):
+        fresh.load_task("normal", folder)
