@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -48,8 +47,19 @@ def _load_peer(path: str):
         setattr(shim_typing, n, _Subscriptable)
     shim_typing.Tensor = torch.Tensor
     shim_typing.DictConfig = dict
-    shim_typing.__all__ = names + ["Bool", "Complex", "Float", "Inexact", "Int", "Integer", "Num",
-                                   "Shaped", "UInt", "Tensor", "DictConfig"]
+    shim_typing.__all__ = names + [
+        "Bool",
+        "Complex",
+        "Float",
+        "Inexact",
+        "Int",
+        "Integer",
+        "Num",
+        "Shaped",
+        "UInt",
+        "Tensor",
+        "DictConfig",
+    ]
     root = types.ModuleType("threestudio")
     root.warn = root.info = root.debug = lambda *a, **k: None
     mesh_mod = types.ModuleType("threestudio.models.mesh")
@@ -88,7 +98,7 @@ def _time(fn, repeats: int) -> float:
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return min(times)  # the least disturbed run: the cores are shared with other jobs
 
 
 def bench_grid(resolution: int, repeats: int, peer_module) -> dict:
@@ -103,7 +113,12 @@ def bench_grid(resolution: int, repeats: int, peer_module) -> dict:
     grid = make_tet_grid(resolution)
     make_s = time.perf_counter() - t
     sdf0 = head_sdf(grid.vertices)
-    row = {"grid": resolution, "tets": grid.tets.shape[0], "grid_make_s": make_s, "grid_mb": grid.nbytes() / 2**20}
+    row = {
+        "grid": resolution,
+        "tets": grid.tets.shape[0],
+        "grid_make_s": make_s,
+        "grid_mb": grid.nbytes() / 2**20,
+    }
 
     def ours(kind: str, backward: bool):
         sdf = sdf0.clone().requires_grad_(backward)
@@ -146,15 +161,20 @@ def bench_grid(resolution: int, repeats: int, peer_module) -> dict:
 
 def grid_memory_256() -> dict:
     import gc
-
-    import torch
+    import resource
 
     from engine.geometry.tetgrid import make_tet_grid
 
     t = time.perf_counter()
     grid = make_tet_grid(256)
     seconds = time.perf_counter() - t
-    info = {"vertices": grid.vertices.shape[0], "tets": grid.tets.shape[0], "mb": grid.nbytes() / 2**20, "s": seconds}
+    info = {
+        "vertices": grid.vertices.shape[0],
+        "tets": grid.tets.shape[0],
+        "mb": grid.nbytes() / 2**20,
+        "s": seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
     del grid
     gc.collect()
     return info
@@ -173,9 +193,15 @@ def format_report(rows: list[dict], mem256: dict | None, args) -> str:
     for r in rows:
         peer = "peer_fwd" in r
         cells = [
-            str(r["grid"]), f"{r['tets']:,}", f"{r['faces_ours']:,}" + (f" (peer {r['faces_peer']:,})" if peer else ""),
-            ms(r["ours_generic_fwd"]), ms(r["ours_generic_fwdbwd"]), ms(r["ours_grid_fwd"]), ms(r["ours_grid_fwdbwd"]),
-            ms(r["peer_fwd"]) if peer else "-", ms(r["peer_fwdbwd"]) if peer else "-",
+            str(r["grid"]),
+            f"{r['tets']:,}",
+            f"{r['faces_ours']:,}" + (f" (peer {r['faces_peer']:,})" if peer else ""),
+            ms(r["ours_generic_fwd"]),
+            ms(r["ours_generic_fwdbwd"]),
+            ms(r["ours_grid_fwd"]),
+            ms(r["ours_grid_fwdbwd"]),
+            ms(r["peer_fwd"]) if peer else "-",
+            ms(r["peer_fwdbwd"]) if peer else "-",
             f"{r['peer_fwd'] / r['ours_generic_fwd']:.2f}x" if peer else "-",
             f"{r['peer_fwdbwd'] / r['ours_generic_fwdbwd']:.2f}x" if peer else "-",
             f"{r['peer_fwd'] / r['ours_grid_fwd']:.1f}x" if peer else "-",
@@ -183,7 +209,7 @@ def format_report(rows: list[dict], mem256: dict | None, args) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     head = [
         f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{args.threads} threads, CPU; median of {args.repeats} runs after a warm-up. "
+        f"{args.threads} threads, CPU; best of {args.repeats} runs after a warm-up. "
         "Field: the procedural head SDF.",
         "",
     ]
@@ -193,15 +219,18 @@ def format_report(rows: list[dict], mem256: dict | None, args) -> str:
     if mem256:
         tail.append(
             f"- grid 256: {mem256['vertices']:,} vertices, {mem256['tets']:,} tets, {mem256['mb']:.0f} MiB, "
-            f"generated in {mem256['s']:.1f} s"
+            f"generated in {mem256['s']:.1f} s (process peak RSS {mem256['peak_rss_mb']:.0f} MiB)"
         )
     return "\n".join(head + lines + tail)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--peer", default=os.environ.get("THREESTUDIO_ISOSURFACE"),
-                        help="path to threestudio/models/isosurface.py (not part of this repository)")
+    parser.add_argument(
+        "--peer",
+        default=os.environ.get("THREESTUDIO_ISOSURFACE"),
+        help="path to threestudio/models/isosurface.py (not part of this repository)",
+    )
     parser.add_argument("--grids", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
@@ -234,7 +263,7 @@ def _write_section(path: Path, report: str) -> None:
     text = path.read_text() if path.exists() else ""
     block = f"{begin}\n{report}\n{end}"
     if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + ("\n\n" if text else "") + block + "\n"
     tmp = path.with_suffix(path.suffix + ".tmp")

@@ -53,7 +53,12 @@ class ExpressionModel(nn.Module):
             if not n or not isinstance(n, str):
                 raise ValueError(f"expression names must be non-empty strings, got {n!r}")
         self.names = [NEUTRAL, *names]
-        self.code_dim, self.n_frequencies, self.scale, self.max_offset = code_dim, n_frequencies, scale, max_offset
+        self.code_dim, self.n_frequencies, self.scale, self.max_offset = (
+            code_dim,
+            n_frequencies,
+            scale,
+            max_offset,
+        )
         gen = torch.Generator().manual_seed(seed)
         # Small random codes so expressions start distinct; neutral is a zero buffer (never trained).
         self.codes = nn.Parameter(torch.randn(len(names), code_dim, generator=gen) * 0.1)
@@ -91,4 +96,6 @@ class ExpressionModel(nn.Module):
     @torch.no_grad()
     def export(self, canonical_verts: torch.Tensor) -> dict[str, np.ndarray]:
         """{name: offsets float32 [V,3]} for every expression, neutral included (all zeros)."""
-        return {n: self.offsets(canonical_verts, n).detach().cpu().numpy().astype(np.float32) for n in self.names}
+        return {
+            n: self.offsets(canonical_verts, n).detach().cpu().numpy().astype(np.float32) for n in self.names
+        }

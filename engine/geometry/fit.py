@@ -87,7 +87,9 @@ def geometry_regularisers(
     if weights.laplacian:
         total = total + weights.laplacian * regularisers.laplacian_smoothness(result.verts, result.faces)
     if weights.normal_consistency:
-        total = total + weights.normal_consistency * regularisers.normal_consistency(result.verts, result.faces)
+        total = total + weights.normal_consistency * regularisers.normal_consistency(
+            result.verts, result.faces
+        )
     if weights.sdf_sign:
         total = total + weights.sdf_sign * regularisers.sdf_sign_regulariser(sdf, result.edges)
     if weights.sdf_smoothness:

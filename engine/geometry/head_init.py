@@ -23,7 +23,7 @@ BLEND = 0.018  # smooth-union radius (m)
 
 def ellipsoid_sdf(p: torch.Tensor, center, radii) -> torch.Tensor:
     """Approximate SDF of an ellipsoid (exact on the surface, good near it; Quilez' bound)."""
-    q = (p - torch.tensor(center, dtype=p.dtype, device=p.device))
+    q = p - torch.tensor(center, dtype=p.dtype, device=p.device)
     r = torch.tensor(radii, dtype=p.dtype, device=p.device)
     k0 = (q / r).norm(dim=-1)
     k1 = (q / (r * r)).norm(dim=-1).clamp_min(1e-12)

@@ -93,7 +93,9 @@ def extract_surface(grid, sdf: torch.Tensor, deformation: torch.Tensor | None = 
     return marching_tetrahedra(verts, candidates, sdf)
 
 
-def marching_tetrahedra(grid_verts: torch.Tensor, tets: torch.Tensor, sdf: torch.Tensor) -> MarchingTetsResult:
+def marching_tetrahedra(
+    grid_verts: torch.Tensor, tets: torch.Tensor, sdf: torch.Tensor
+) -> MarchingTetsResult:
     """Extract the zero level set of ``sdf`` [V] on the tet mesh (``grid_verts`` [V,3], ``tets`` [T,4]).
 
     ``grid_verts`` may include a deformation; gradients flow to it and to ``sdf``.

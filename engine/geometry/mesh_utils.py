@@ -87,7 +87,11 @@ def cotangent_laplacian(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tenso
     acc = torch.zeros_like(verts)
     wsum = torch.zeros(n, dtype=verts.dtype, device=verts.device)
     # The angle at one corner weighs the opposite edge.
-    for (ia, ib, ic), (a, b, c) in (((0, 1, 2), (v0, v1, v2)), ((1, 2, 0), (v1, v2, v0)), ((2, 0, 1), (v2, v0, v1))):
+    for (ia, ib, ic), (a, b, c) in (
+        ((0, 1, 2), (v0, v1, v2)),
+        ((1, 2, 0), (v1, v2, v0)),
+        ((2, 0, 1), (v2, v0, v1)),
+    ):
         w = cot(a, b, c).clamp_min(0.0) * 0.5
         fb, fc = faces[:, ib], faces[:, ic]
         acc = acc.index_add(0, fb, w[:, None] * c).index_add(0, fc, w[:, None] * b)
@@ -143,8 +147,13 @@ def nearest_distances(a: torch.Tensor, b: torch.Tensor, *, chunk: int = 4096) ->
 
 
 def chamfer_distance(
-    verts_a: torch.Tensor, faces_a: torch.Tensor, verts_b: torch.Tensor, faces_b: torch.Tensor,
-    *, n_points: int = 20000, seed: int = 0,
+    verts_a: torch.Tensor,
+    faces_a: torch.Tensor,
+    verts_b: torch.Tensor,
+    faces_b: torch.Tensor,
+    *,
+    n_points: int = 20000,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Symmetric Chamfer distance between two surfaces, from area-uniform samples (not squared).
 
@@ -179,7 +188,9 @@ def keep_largest_component(verts: torch.Tensor, faces: torch.Tensor) -> tuple[to
     n = verts.shape[0]
     rows = np.concatenate([f[:, 0], f[:, 1], f[:, 2]])
     cols = np.concatenate([f[:, 1], f[:, 2], f[:, 0]])
-    _, labels = connected_components(coo_matrix((np.ones(rows.size), (rows, cols)), shape=(n, n)), directed=False)
+    _, labels = connected_components(
+        coo_matrix((np.ones(rows.size), (rows, cols)), shape=(n, n)), directed=False
+    )
     face_label = labels[f[:, 0]]
     keep_faces = face_label == np.bincount(face_label).argmax()
     used = np.unique(f[keep_faces])

@@ -13,11 +13,17 @@ import torch
 from . import mesh_utils
 
 
-def laplacian_smoothness(verts: torch.Tensor, faces: torch.Tensor, *, cotangent: bool = False) -> torch.Tensor:
+def laplacian_smoothness(
+    verts: torch.Tensor, faces: torch.Tensor, *, cotangent: bool = False
+) -> torch.Tensor:
     """Mean squared length of the Laplacian vectors (uniform by default)."""
     if faces.shape[0] == 0:
         return verts.sum() * 0.0
-    lap = mesh_utils.cotangent_laplacian(verts, faces) if cotangent else mesh_utils.uniform_laplacian(verts, faces)
+    lap = (
+        mesh_utils.cotangent_laplacian(verts, faces)
+        if cotangent
+        else mesh_utils.uniform_laplacian(verts, faces)
+    )
     return (lap * lap).sum(-1).mean()
 
 
@@ -60,8 +66,13 @@ def sdf_grid_smoothness(sdf: torch.Tensor, resolution: int) -> torch.Tensor:
     g = sdf.reshape(m, m, m)
     c = g[1:-1, 1:-1, 1:-1]
     lap = (
-        g[2:, 1:-1, 1:-1] + g[:-2, 1:-1, 1:-1] + g[1:-1, 2:, 1:-1] + g[1:-1, :-2, 1:-1]
-        + g[1:-1, 1:-1, 2:] + g[1:-1, 1:-1, :-2] - 6.0 * c
+        g[2:, 1:-1, 1:-1]
+        + g[:-2, 1:-1, 1:-1]
+        + g[1:-1, 2:, 1:-1]
+        + g[1:-1, :-2, 1:-1]
+        + g[1:-1, 1:-1, 2:]
+        + g[1:-1, 1:-1, :-2]
+        - 6.0 * c
     )
     return (lap * lap).mean()
 

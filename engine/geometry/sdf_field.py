@@ -52,7 +52,9 @@ class HashGridEncoding(nn.Module):
         growth = math.exp((math.log(finest_resolution) - math.log(base_resolution)) / max(n_levels - 1, 1))
         self.resolutions = [int(math.floor(base_resolution * growth**lvl + 1e-6)) for lvl in range(n_levels)]
         self.table = nn.Parameter(torch.empty(n_levels, self.table_size, n_features).uniform_(-1e-4, 1e-4))
-        corners = torch.tensor([[(c >> 0) & 1, (c >> 1) & 1, (c >> 2) & 1] for c in range(8)], dtype=torch.long)
+        corners = torch.tensor(
+            [[(c >> 0) & 1, (c >> 1) & 1, (c >> 2) & 1] for c in range(8)], dtype=torch.long
+        )
         self.register_buffer("corners", corners, persistent=False)
 
     @property
@@ -72,7 +74,9 @@ class HashGridEncoding(nn.Module):
             else:
                 idx = (c[..., 0] * _PRIMES[0]) ^ (c[..., 1] * _PRIMES[1]) ^ (c[..., 2] * _PRIMES[2])
                 idx = idx & (self.table_size - 1)
-            w = torch.where(self.corners[None].bool(), frac[:, None, :], 1.0 - frac[:, None, :]).prod(-1)  # [N,8]
+            w = torch.where(self.corners[None].bool(), frac[:, None, :], 1.0 - frac[:, None, :]).prod(
+                -1
+            )  # [N,8]
             feats.append((self.table[lvl][idx] * w[..., None]).sum(1))
         return torch.cat(feats, dim=-1)
 
@@ -118,7 +122,9 @@ class VertexSDF(nn.Module):
 
     per_vertex = True  # evaluated only at the grid vertices, all at once
 
-    def __init__(self, n_vertices: int, *, max_deformation: float = 0.0, init_sdf: torch.Tensor | None = None):
+    def __init__(
+        self, n_vertices: int, *, max_deformation: float = 0.0, init_sdf: torch.Tensor | None = None
+    ):
         super().__init__()
         self.sdf = nn.Parameter(init_sdf.clone().float() if init_sdf is not None else torch.zeros(n_vertices))
         self.raw_deformation = nn.Parameter(torch.zeros(n_vertices, 3))

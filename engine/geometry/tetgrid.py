@@ -49,7 +49,12 @@ class TetGrid:
 
     def to(self, device) -> "TetGrid":
         return TetGrid(
-            self.vertices.to(device), self.tets.to(device), self.resolution, self.center, self.size, self.boundary.to(device)
+            self.vertices.to(device),
+            self.tets.to(device),
+            self.resolution,
+            self.center,
+            self.size,
+            self.boundary.to(device),
         )
 
     def crossing_tets(self, inside: torch.Tensor) -> torch.Tensor:
@@ -72,7 +77,10 @@ class TetGrid:
         return self.tets[ids]
 
     def nbytes(self) -> int:
-        return self.vertices.numel() * self.vertices.element_size() + self.tets.numel() * self.tets.element_size()
+        return (
+            self.vertices.numel() * self.vertices.element_size()
+            + self.tets.numel() * self.tets.element_size()
+        )
 
 
 def _kuhn_cube_tets() -> list[tuple[int, int, int, int]]:
@@ -86,8 +94,12 @@ def _kuhn_cube_tets() -> list[tuple[int, int, int, int]]:
         for axis in perm:
             code |= 1 << axis
             path.append(code)
-        corners = [torch.tensor([(c >> 0) & 1, (c >> 1) & 1, (c >> 2) & 1], dtype=torch.float64) for c in path]
-        det = torch.linalg.det(torch.stack([corners[1] - corners[0], corners[2] - corners[0], corners[3] - corners[0]]))
+        corners = [
+            torch.tensor([(c >> 0) & 1, (c >> 1) & 1, (c >> 2) & 1], dtype=torch.float64) for c in path
+        ]
+        det = torch.linalg.det(
+            torch.stack([corners[1] - corners[0], corners[2] - corners[0], corners[3] - corners[0]])
+        )
         if det < 0:  # odd permutation: swap two vertices to make the orientation positive
             path[1], path[2] = path[2], path[1]
         tets.append(tuple(path))

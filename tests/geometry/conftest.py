@@ -34,7 +34,9 @@ def _blender_mesh(kind: str) -> tuple[np.ndarray, np.ndarray]:
     totals = np.empty(len(mesh.polygons), np.int64)
     mesh.polygons.foreach_get("loop_total", totals)
     evaluated.to_mesh_clear()
-    tris = [(loops[s], loops[s + k], loops[s + k + 1]) for s, n in zip(starts, totals) for k in range(1, n - 1)]
+    tris = [
+        (loops[s], loops[s + k], loops[s + k + 1]) for s, n in zip(starts, totals) for k in range(1, n - 1)
+    ]
     verts = co.reshape(-1, 3)
     lo, hi = verts.min(0), verts.max(0)
     verts = (verts - (lo + hi) / 2) * (0.25 / (hi - lo).max())

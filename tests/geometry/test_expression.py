@@ -28,12 +28,21 @@ def jaw_open(v: torch.Tensor, angle=math.radians(8)) -> torch.Tensor:
     hinge_y, hinge_z = 0.0, -0.02
     w = torch.sigmoid((hinge_z - 0.01 - v[:, 2]) / 0.008) * torch.sigmoid(-v[:, 1] / 0.01)
     y, z, a = v[:, 1] - hinge_y, v[:, 2] - hinge_z, angle * w
-    return torch.stack([v[:, 0], y * torch.cos(a) - z * torch.sin(a) + hinge_y, y * torch.sin(a) + z * torch.cos(a) + hinge_z], -1)
+    return torch.stack(
+        [
+            v[:, 0],
+            y * torch.cos(a) - z * torch.sin(a) + hinge_y,
+            y * torch.sin(a) + z * torch.cos(a) + hinge_z,
+        ],
+        -1,
+    )
 
 
 def smile(v: torch.Tensor) -> torch.Tensor:
     """Lift and widen two blobs at the mouth corners."""
-    r = torch.exp(-(((v[:, 0].abs() - 0.03) / 0.02) ** 2 + ((v[:, 2] + 0.045) / 0.02) ** 2)) * torch.sigmoid(-v[:, 1] / 0.01)
+    r = torch.exp(-(((v[:, 0].abs() - 0.03) / 0.02) ** 2 + ((v[:, 2] + 0.045) / 0.02) ** 2)) * torch.sigmoid(
+        -v[:, 1] / 0.01
+    )
     return v + torch.stack([torch.sign(v[:, 0]) * 0.006 * r, 0.004 * r, 0.008 * r], -1)
 
 
@@ -100,8 +109,11 @@ def test_jaw_opening_recovered_through_rendering_alone():
     target_v = jaw_open(v)
     diagonal = mesh_utils.bbox_diagonal(v)
     cameras = orbit_cameras(
-        [0, 30, -30, 60, -60, 90, -90, 0], [0, 10, 10, -20, -20, 0, 0, -40],
-        radius=0.75, fov_deg=30.0, resolution=(128, 128),
+        [0, 30, -30, 60, -60, 90, -90, 0],
+        [0, 10, 10, -20, -20, 0, 0, -40],
+        radius=0.75,
+        fov_deg=30.0,
+        resolution=(128, 128),
     )
     with torch.no_grad():
         target = render(target_v, faces, cameras, passes=("mask", "normal_world"))

@@ -46,18 +46,24 @@ def test_chamfer_distance_of_concentric_spheres():
 def test_regularisers_prefer_smooth_surfaces():
     verts, faces = _sphere()
     noisy = verts + torch.randn(verts.shape, generator=torch.Generator().manual_seed(0)) * 0.002
-    assert regularisers.laplacian_smoothness(noisy, faces) > 2 * regularisers.laplacian_smoothness(verts, faces)
+    assert regularisers.laplacian_smoothness(noisy, faces) > 2 * regularisers.laplacian_smoothness(
+        verts, faces
+    )
     assert regularisers.normal_consistency(noisy, faces) > 2 * regularisers.normal_consistency(verts, faces)
     assert regularisers.edge_length_variance(verts, faces) < 1.0
     # The sign regulariser grows with how sharply the two ends of crossing edges disagree.
     grid = make_tet_grid(16)
     sdf = grid.vertices.norm(dim=-1) - 0.08
     edges = extract_surface(grid, sdf).edges
-    assert regularisers.sdf_sign_regulariser(sdf * 100, edges) > regularisers.sdf_sign_regulariser(sdf * 0.01, edges)
+    assert regularisers.sdf_sign_regulariser(sdf * 100, edges) > regularisers.sdf_sign_regulariser(
+        sdf * 0.01, edges
+    )
 
 
 def test_hash_grid_encoding_is_continuous_and_trainable():
-    enc = HashGridEncoding(n_levels=4, n_features=2, log2_table_size=10, base_resolution=4, finest_resolution=64)
+    enc = HashGridEncoding(
+        n_levels=4, n_features=2, log2_table_size=10, base_resolution=4, finest_resolution=64
+    )
     assert enc.resolutions[0] == 4 and enc.resolutions[-1] == 64
     torch.nn.init.normal_(enc.table, std=1.0)
     p = torch.tensor([[0.01, 0.02, -0.03]])
@@ -92,7 +98,9 @@ def test_fields_pretrain_to_the_head(kind):
     torch.manual_seed(0)
     grid = make_tet_grid(32)
     if kind == "hash":
-        field = HashGridSDF(max_deformation=0.4 * grid.cell_size, n_levels=6, log2_table_size=14, finest_resolution=64)
+        field = HashGridSDF(
+            max_deformation=0.4 * grid.cell_size, n_levels=6, log2_table_size=14, finest_resolution=64
+        )
         err = pretrain_field(field, head_sdf, grid.vertices, steps=120, batch=8192)
         assert err < 0.002
     else:
@@ -143,7 +151,9 @@ def test_dmtet_evaluates_a_neural_field_only_on_the_surface_band_with_the_same_r
 
     torch.manual_seed(0)
     grid = make_tet_grid(24)
-    field = HashGridSDF(max_deformation=0.3 * grid.cell_size, n_levels=4, log2_table_size=12, finest_resolution=24)
+    field = HashGridSDF(
+        max_deformation=0.3 * grid.cell_size, n_levels=4, log2_table_size=12, finest_resolution=24
+    )
     pretrain_field(field, head_sdf, grid.vertices, steps=40, batch=4096)
     result, _ = DMTet(grid, field)()
     result.verts.square().sum().backward()

@@ -13,14 +13,20 @@ def test_tet_grid_is_positive_and_conforming():
     assert grid.vertices.shape == (125, 3) and grid.tets.shape == (6 * 64, 4)
     v = grid.vertices[grid.tets.long()]
     det = torch.linalg.det(torch.stack([v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], v[:, 3] - v[:, 0]], dim=1))
-    assert torch.allclose(det, torch.full_like(det, grid.cell_size**3), rtol=1e-3)  # all positive, same volume
+    assert torch.allclose(
+        det, torch.full_like(det, grid.cell_size**3), rtol=1e-3
+    )  # all positive, same volume
     # Conforming: every interior triangle is shared by exactly two tets, boundary ones by one,
     # and the boundary triangles are exactly 2 per boundary square (6 faces x 16 squares x 2).
-    tris = torch.cat([grid.tets[:, [1, 2, 3]], grid.tets[:, [0, 2, 3]], grid.tets[:, [0, 1, 3]], grid.tets[:, [0, 1, 2]]])
+    tris = torch.cat(
+        [grid.tets[:, [1, 2, 3]], grid.tets[:, [0, 2, 3]], grid.tets[:, [0, 1, 3]], grid.tets[:, [0, 1, 2]]]
+    )
     _, counts = torch.unique(torch.sort(tris.long(), dim=1)[0], dim=0, return_counts=True)
     assert set(counts.tolist()) == {1, 2}
     assert int((counts == 1).sum()) == 6 * 16 * 2
-    assert grid.vertices.min().item() == pytest.approx(-0.16) and grid.vertices.max().item() == pytest.approx(0.16)
+    assert grid.vertices.min().item() == pytest.approx(-0.16) and grid.vertices.max().item() == pytest.approx(
+        0.16
+    )
 
 
 @pytest.mark.parametrize("resolution", [32, 64])
@@ -55,7 +61,7 @@ def test_grid_shortcut_matches_generic_extraction():
 
 def test_gradients_reach_sdf_and_deformation():
     grid = make_tet_grid(16)
-    sdf = ((grid.vertices.norm(dim=-1) - 0.08)).requires_grad_(True)
+    sdf = (grid.vertices.norm(dim=-1) - 0.08).requires_grad_(True)
     deform = torch.zeros_like(grid.vertices, requires_grad=True)
     mesh = extract_surface(grid, sdf, deform)
     # Growing the sphere: pushing the surface outward must lower the SDF values around it.
@@ -67,10 +73,13 @@ def test_gradients_reach_sdf_and_deformation():
     e = mesh.edges[0]
     s = sdf.detach().clone()
     p = grid.vertices
+
     def vert(sv):
         return (p[e[0]] * sv[e[1]] - p[e[1]] * sv[e[0]]) / (sv[e[1]] - sv[e[0]])
+
     h = 1e-4
-    s2 = s.clone(); s2[e[0]] += h
+    s2 = s.clone()
+    s2[e[0]] += h
     fd = (vert(s2) - vert(s)) / h
     s_req = s.clone().requires_grad_(True)
     out = marching_tetrahedra(p, grid.tets, s_req)
