@@ -11,7 +11,25 @@ import pytest
 def _blender_mesh(kind: str) -> tuple[np.ndarray, np.ndarray]:
     import bpy
 
-    bpy.ops.wm.read_factory_settings(use_empty=True)
+    # Not read_factory_settings(): that would also reset the preferences and so disable the add-on
+    # other tests in this session enabled. The target goes into a scene of its own, removed after.
+    scene = bpy.data.scenes.new("fit-target")
+    window_scene = bpy.context.window.scene if bpy.context.window else None
+    if bpy.context.window:
+        bpy.context.window.scene = scene
+    try:
+        return _make_target(kind)
+    finally:
+        for obj in list(scene.objects):
+            bpy.data.objects.remove(obj)
+        if bpy.context.window and window_scene is not None:
+            bpy.context.window.scene = window_scene
+        bpy.data.scenes.remove(scene)
+
+
+def _make_target(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    import bpy
+
     if kind == "suzanne":
         bpy.ops.mesh.primitive_monkey_add(size=2.0)
         obj = bpy.context.active_object

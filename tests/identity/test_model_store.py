@@ -21,11 +21,15 @@ def test_candidate_order_user_default_insightface_hf(tmp_path, monkeypatch):
     monkeypatch.setenv("IDTO3D_MODELS", str(tmp_path / "default"))
     monkeypatch.setenv("INSIGHTFACE_HOME", str(tmp_path / "if"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    snapshot = tmp_path / "hf" / "models--DIAMONIK7777--antelopev2" / "snapshots" / "abc"
-    snapshot.mkdir(parents=True)
+    mirror = tmp_path / "hf" / "models--DIAMONIK7777--antelopev2" / "snapshots" / "abc"
+    mirror.mkdir(parents=True)  # an unofficial Hub mirror in the cache: never used
+    arc2face = tmp_path / "hf" / "models--FoivosPar--Arc2Face" / "snapshots" / "def"
+    arc2face.mkdir(parents=True)
     folders = candidate_folders("antelopev2", tmp_path / "user")
     assert folders == [tmp_path / "user" / "antelopev2", tmp_path / "default" / "antelopev2",
-                       tmp_path / "if" / "models" / "antelopev2", snapshot]
+                       tmp_path / "if" / "models" / "antelopev2"]
+    assert candidate_folders("arc2face", tmp_path / "user") == [
+        tmp_path / "user" / "arc2face", tmp_path / "default" / "arc2face", arc2face]
 
 
 def test_resolution_takes_first_complete_folder(tmp_path, monkeypatch):
