@@ -34,10 +34,32 @@ from engine import __version__, protocol  # noqa: E402  (standard library only)
 
 # ----------------------------------------------------------------------------- worker (engine side)
 
+class Cancelled(Exception):
+    code = "cancelled"
+    hint = "the job was cancelled (or Blender went away) before the head was written"
+
+
+def _watch_stdin(cancelled) -> None:
+    """Add-on -> worker: a ``cancel`` line, or stdin closing (Blender died), stops the job."""
+    for line in sys.stdin:
+        try:
+            if protocol.decode(line)["type"] == "cancel":
+                break
+        except protocol.ProtocolError:
+            continue
+    cancelled.set()
+
+
 def _worker(args: argparse.Namespace) -> int:
+    import threading
+
     out = sys.stdout
+    cancelled = threading.Event()
+    threading.Thread(target=_watch_stdin, args=(cancelled,), daemon=True).start()
 
     def send(kind: str, **fields) -> None:
+        if cancelled.is_set():
+            raise Cancelled("cancelled")
         protocol.send(out, kind, **fields)
 
     out.write(protocol.encode(protocol.hello(__version__, os.getpid())))
@@ -46,13 +68,13 @@ def _worker(args: argparse.Namespace) -> int:
     except Exception as exc:  # reported through the protocol, then a non-zero exit
         code = getattr(exc, "code", type(exc).__name__)
         hint = getattr(exc, "hint", None) or "see the log on stderr"
-        send("error", code=str(code), message=str(exc), hint=hint)
-        send("done", ok=False)
+        protocol.send(out, "error", code=str(code), message=str(exc), hint=hint)
+        protocol.send(out, "done", ok=False)
         import traceback
 
         traceback.print_exc(file=sys.stderr)
         return 1
-    send("done", ok=True)
+    protocol.send(out, "done", ok=True)
     return 0
 
 

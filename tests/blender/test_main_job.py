@@ -45,3 +45,23 @@ def test_main_job_refuses_an_output_folder_it_did_not_write(tmp_path):
     assert done.returncode == 2
     assert "not empty and was not written by this job" in done.stdout
     assert (out / "thesis.txt").read_text() == "irreplaceable"
+
+
+def test_worker_stops_when_its_stdin_closes(tmp_path, tiny_models_root, photos_dir):
+    """Blender going away closes the worker's stdin: the worker must stop and say so, not run on."""
+    from engine import protocol
+
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "smoke_pipeline.py"), "run",
+         "--photos", str(photos_dir / "grace_hopper.jpg"), "--expressions", "neutral", "smiling",
+         "--models", str(tiny_models_root), "--out", str(tmp_path / "result"), "--smoke",
+         "--grid", "16", "--pretrain-steps", "5", "--steps", "50"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    messages = [protocol.decode(line) for line in done.stdout.splitlines()]
+    assert done.returncode == 1
+    assert messages[0]["type"] == "hello"
+    assert messages[-2]["type"] == "error" and messages[-2]["code"] == "cancelled"
+    assert messages[-1] == {"type": "done", "ok": False}
+    assert not (tmp_path / "result" / "head.npz").exists()
