@@ -1,1 +1,9 @@
 """Operators: thin wrappers that edit scene data or start the engine. No engine code runs here."""
+
+
+def remove_active(settings, collection: str, index: str) -> None:
+    """Remove the active item of ``settings.<collection>`` and keep a valid active index."""
+    items = getattr(settings, collection)
+    position = getattr(settings, index)
+    items.remove(position)
+    setattr(settings, index, max(0, min(position, len(items) - 1)))

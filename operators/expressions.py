@@ -5,6 +5,7 @@ from __future__ import annotations
 import bpy
 from bpy.props import StringProperty
 
+from . import remove_active
 from ..properties import BASIS_EXPRESSION, DEFAULT_EXPRESSIONS
 
 
@@ -55,8 +56,7 @@ class IDTO3D_OT_expression_remove(bpy.types.Operator):
         if _clean(settings.expressions[index].text).lower() == BASIS_EXPRESSION:
             self.report({"ERROR"}, "Neutral is the Basis shape key and cannot be removed")
             return {"CANCELLED"}
-        settings.expressions.remove(index)
-        settings.expression_index = min(index, len(settings.expressions) - 1)
+        remove_active(settings, "expressions", "expression_index")
         return {"FINISHED"}
 
 

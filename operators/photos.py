@@ -17,6 +17,7 @@ from pathlib import Path
 import bpy
 from bpy.props import BoolProperty, CollectionProperty, StringProperty
 
+from . import remove_active
 from ..engine_runner import EngineNotFound, run_engine
 from ..preferences import addon_prefs, models_root
 
@@ -103,10 +104,7 @@ class IDTO3D_OT_photo_remove(bpy.types.Operator):
         return 0 <= settings.photo_index < len(settings.photos)
 
     def execute(self, context):
-        settings = context.scene.idto3d
-        index = settings.photo_index
-        settings.photos.remove(index)
-        settings.photo_index = max(0, min(index, len(settings.photos) - 1))
+        remove_active(context.scene.idto3d, "photos", "photo_index")
         return {"FINISHED"}
 
 

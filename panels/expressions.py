@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import CATEGORY
+from . import SidebarPanel
 from ..properties import BASIS_EXPRESSION
 
 
@@ -22,12 +22,9 @@ class IDTO3D_UL_expressions(bpy.types.UIList):
         row.prop(item, "text", text="", emboss=False, icon="SHAPEKEY_DATA")
 
 
-class IDTO3D_PT_expressions(bpy.types.Panel):
+class IDTO3D_PT_expressions(SidebarPanel, bpy.types.Panel):
     bl_idname = "IDTO3D_PT_expressions"
     bl_label = "Expressions"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = CATEGORY
 
     def draw(self, context):
         settings = context.scene.idto3d

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import bpy
 
-from . import CATEGORY
+from . import SidebarPanel
 
 
-class IDTO3D_PT_generate(bpy.types.Panel):
+class IDTO3D_PT_generate(SidebarPanel, bpy.types.Panel):
     bl_idname = "IDTO3D_PT_generate"
     bl_label = "Generate"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = CATEGORY
 
     def draw(self, context):
         settings = context.scene.idto3d

@@ -10,7 +10,7 @@ import os
 
 import bpy
 
-from . import CATEGORY
+from . import SidebarPanel
 
 STATUS_ICONS = {
     "UNCHECKED": "QUESTION", "OK": "CHECKMARK", "NO_FACE": "ERROR", "SEVERAL_FACES": "INFO",
@@ -64,12 +64,9 @@ class IDTO3D_UL_photos(bpy.types.UIList):
         row.label(text="", icon=STATUS_ICONS.get(item.status, "QUESTION"))
 
 
-class IDTO3D_PT_references(bpy.types.Panel):
+class IDTO3D_PT_references(SidebarPanel, bpy.types.Panel):
     bl_idname = "IDTO3D_PT_references"
     bl_label = "References"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = CATEGORY
 
     def draw(self, context):
         settings = context.scene.idto3d

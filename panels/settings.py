@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import bpy
 
-from . import CATEGORY
+from . import SidebarPanel
 
 
-class IDTO3D_PT_settings(bpy.types.Panel):
+class IDTO3D_PT_settings(SidebarPanel, bpy.types.Panel):
     bl_idname = "IDTO3D_PT_settings"
     bl_label = "Settings"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = CATEGORY
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
