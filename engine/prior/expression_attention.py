@@ -63,6 +63,8 @@ class ExpressionAttnProcessor(nn.Module):
                              attention_mask=attention_mask, **extra)
         if hidden_states.ndim != 3 or attn.spatial_norm is not None or attn.group_norm is not None:
             raise NotImplementedError("the expression branch expects a transformer cross-attention layer")
+        # Fused SDPA here even when slicing is on: this path is cross-attention only (queries x 77
+        # tokens), which is small; slicing saves memory in self-attention, which never comes here.
         residual = hidden_states
         batch = hidden_states.shape[0]
         query = attn.to_q(hidden_states)
