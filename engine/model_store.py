@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .atomic import copy_file_atomic, write_to_path_atomic
 from .errors import EngineError
 from .models import MODEL_SPECS, ModelSpec, check_models, default_models_root, spec
 
@@ -183,36 +184,24 @@ class Downloader:
             hf_hub_download(repo_id=repo, filename=filename, revision=revision,
                             local_dir=target_text[: -len(filename) - 1])
         else:
-            _copy_atomic(Path(hf_hub_download(repo_id=repo, filename=filename, revision=revision)), target)
+            copy_file_atomic(Path(hf_hub_download(repo_id=repo, filename=filename, revision=revision)), target)
 
     def url(self, url: str, target: Path) -> None:
         import urllib.request
 
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".part")
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0)
-            done = 0
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                done += len(chunk)
-                if total:
-                    print(f"\r  {target.name}: {done / 2**20:.0f}/{total / 2**20:.0f} MiB", end="",
-                          file=sys.stderr)
-            print(file=sys.stderr)
-        os.replace(tmp, target)
+        def fetch(path: Path) -> None:
+            with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as out:
+                total = int(response.headers.get("Content-Length") or 0)
+                done = 0
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    done += len(chunk)
+                    if total:
+                        print(f"\r  {target.name}: {done / 2**20:.0f}/{total / 2**20:.0f} MiB", end="",
+                              file=sys.stderr)
+                print(file=sys.stderr)
 
-
-def _copy_atomic(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".part-", dir=target.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        write_to_path_atomic(target, fetch)
 
 
 def _fetch_antelopev2_pack(folder: Path, downloader) -> None:
@@ -226,7 +215,7 @@ def _fetch_antelopev2_pack(folder: Path, downloader) -> None:
                 raise ModelsMissing(f"{ANTELOPEV2_URL} did not contain {DETECTOR_FILE}")
             with zf.open(names[0]) as src, open(Path(tmp) / DETECTOR_FILE, "wb") as out:
                 shutil.copyfileobj(src, out)
-        _copy_atomic(Path(tmp) / DETECTOR_FILE, folder / DETECTOR_FILE)
+        copy_file_atomic(Path(tmp) / DETECTOR_FILE, folder / DETECTOR_FILE)
 
 
 def _pinned_revision(repo: str) -> str | None:

@@ -14,13 +14,13 @@ Readable with numpy alone. Written to a temporary name and renamed into place.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import write_file_atomic
 
 MESH_FILE = "head.npz"
 
@@ -70,15 +70,7 @@ def write_head_mesh(folder: Path | str, mesh: HeadMesh) -> Path:
     }
     if mesh.uvs is not None:
         arrays["uvs"] = mesh.uvs.astype(np.float32)
-    handle, temporary = tempfile.mkstemp(prefix=".head-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez_compressed(stream, **arrays)
-        target = folder / MESH_FILE
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    target = write_file_atomic(folder / MESH_FILE, lambda stream: np.savez_compressed(stream, **arrays))
     return target
 
 

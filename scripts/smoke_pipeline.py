@@ -90,7 +90,8 @@ def _run_stages(args, send) -> None:
     from engine.identity import analyse_photos
     from engine.prior import load_prior
     from engine.prior.sds import ScoreDistillation, SDSConfig
-    from engine.render import normals_to_image, render, sample_orbit_cameras
+    from engine.render import mesh_topology, normals_to_image, render, sample_orbit_cameras
+    from engine.atomic import write_text_atomic
     from engine.result_format import HeadMesh, write_head_mesh
 
     torch.manual_seed(args.seed)
@@ -146,6 +147,7 @@ def _run_stages(args, send) -> None:
 
     canonical, faces = dmtet.mesh()
     send("stage", name="expressions", index=4, count=stages)
+    topology = mesh_topology(faces)  # expressions share the canonical faces: build the edge table once
     model = ExpressionModel(args.expressions, seed=args.seed)
     expression_optimiser = torch.optim.Adam(model.parameters(), lr=args.lr)
     for name in model.names[1:]:
@@ -153,7 +155,7 @@ def _run_stages(args, send) -> None:
             cameras = sample_orbit_cameras(args.views, seed=args.seed * 7919 + step, resolution=resolution,
                                            azimuth_range_deg=(-60.0, 60.0))
             verts = model.deformed(canonical, name)
-            passes = render(verts, faces, cameras, passes=("mask", "normal_camera"))
+            passes = render(verts, faces, cameras, passes=("mask", "normal_camera"), topology=topology)
             images = normals_to_image(passes["normal_camera"], passes["mask"], background=1.0)
             cond = prior.conditioning(embedding, name, view=list(cameras.labels))
             loss, _ = sds.step(images, cond, step, args.expression_steps)
@@ -181,9 +183,7 @@ def _run_stages(args, send) -> None:
         "versions": {"torch": torch.__version__, "numpy": np.__version__},
         "seconds": round(time.perf_counter() - started, 1),
     }
-    temporary = out / ".result.json.tmp"
-    temporary.write_text(json.dumps(result, indent=1), encoding="utf-8")
-    os.replace(temporary, out / "result.json")
+    write_text_atomic(out / "result.json", json.dumps(result, indent=1))
     send("result", folder=str(out))
 
 
@@ -192,6 +192,7 @@ def _write_preview(path: Path, verts, faces, resolution) -> None:
     import torch
     from PIL import Image
 
+    from engine.atomic import write_file_atomic
     from engine.render import normals_to_image, orbit_cameras, render
 
     cameras = orbit_cameras([0.0, 45.0, 90.0], [10.0, 10.0, 10.0], radius=0.9, fov_deg=20.0,
@@ -200,9 +201,7 @@ def _write_preview(path: Path, verts, faces, resolution) -> None:
         passes = render(verts, faces, cameras, passes=("mask", "normal_camera"))
         images = normals_to_image(passes["normal_camera"], passes["mask"], background=1.0)
     strip = (torch.cat(list(images), dim=1).clamp(0, 1).numpy() * 255).astype(np.uint8)
-    temporary = path.with_name(".preview.png.tmp")
-    Image.fromarray(strip).save(temporary, format="PNG")
-    os.replace(temporary, path)
+    write_file_atomic(path, lambda stream: Image.fromarray(strip).save(stream, format="PNG"))
 
 
 def _parse_worker_args(argv) -> argparse.Namespace:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import write_file_atomic, write_text_atomic
 
 # Status codes, also used by the Blender add-on (upper-cased there).
 OK = "ok"
@@ -116,26 +116,15 @@ class IdentityReport:
         out.mkdir(parents=True, exist_ok=True)
         self.out_dir = str(out)
         if self.embedding is not None:
-            _write_atomic(out / EMBEDDING_FILE, lambda f: np.save(f, self.embedding.astype(np.float32)))
+            write_file_atomic(out / EMBEDDING_FILE, lambda f: np.save(f, self.embedding.astype(np.float32)))
         else:
             (out / EMBEDDING_FILE).unlink(missing_ok=True)  # never leave a stale identity behind
         text = json.dumps(self.to_dict(), indent=1, ensure_ascii=False)
-        _write_atomic(out / SUMMARY_FILE, lambda f: f.write(text.encode("utf-8")))
+        write_text_atomic(out / SUMMARY_FILE, text)
         return out
-
-
-def _write_atomic(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix="." + target.name + ".", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_png_atomic(target: Path, rgb: np.ndarray) -> None:
     from PIL import Image
 
-    _write_atomic(target, lambda f: Image.fromarray(rgb).save(f, format="PNG"))
+    write_file_atomic(target, lambda f: Image.fromarray(rgb).save(f, format="PNG"))

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..atomic import replace_dir_atomic
 from .errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -164,10 +162,10 @@ def build_dataset(heads: Path | str, out: Path | str, domain: str, *, resolution
     folders = sorted(p for p in heads.iterdir() if p.is_dir()) if heads.is_dir() else []
     if not folders:
         raise DatasetError(f"{heads} holds no head folders", "one sub-folder per rendered head")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     count = 0
-    try:
+
+    def write(staging: Path) -> None:  # out is replaced only if everything was written
+        nonlocal count
         (staging / "images").mkdir()
         (staging / "embeddings").mkdir()
         lines = []
@@ -198,9 +196,6 @@ def build_dataset(heads: Path | str, out: Path | str, domain: str, *, resolution
         (staging / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
         (staging / "dataset.json").write_text(json.dumps({"format": FORMAT, "version": 1, "domain": domain,
                                                           "resolution": resolution}, indent=2), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)  # checked above: empty, or a dataset this command wrote
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    replace_dir_atomic(out, write)  # checked above: out is empty, new, or a dataset this command wrote
     return count

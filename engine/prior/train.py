@@ -15,10 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..atomic import replace_dir_atomic, write_file_atomic
 from .conditioning import ConditioningOptions
 from .dataset import load_image, read_dataset
 from .errors import PriorError
@@ -77,17 +76,6 @@ class TrainResult:
     samples: list[Path]
     resumed_from: int
 
-
-def _atomic_dir(target: Path, write: Callable[[Path], None]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        write(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -180,7 +168,7 @@ class PriorTrainer:
             (folder / "state.json").write_text(json.dumps({"step": self.step, "config": _jsonable(asdict(self.config))},
                                                           indent=2), encoding="utf-8")
 
-        _atomic_dir(target, write)
+        replace_dir_atomic(target, write)
         old = sorted((self.config.out / CHECKPOINTS).glob("step_*"))[:-self.config.keep_checkpoints]
         for folder in old:
             shutil.rmtree(folder, ignore_errors=True)
@@ -224,10 +212,7 @@ class PriorTrainer:
                 x = sampler.step(eps, t, x).prev_sample
             image = (self.prior.decode_latents(x)[0].cpu().numpy() * 255).round().astype(np.uint8)
             path = c.out / SAMPLES / f"step_{self.step:07d}_{k}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.png")
-            Image.fromarray(image).save(tmp)
-            os.replace(tmp, path)
+            write_file_atomic(path, lambda stream: Image.fromarray(image).save(stream, format="PNG"))
             paths.append(path)
         return paths
 

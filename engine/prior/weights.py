@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import struct
-import tempfile
 from pathlib import Path
 
+from ..atomic import write_text_atomic, write_to_path_atomic
 from .errors import CorruptWeightsError, MismatchedWeightsError, MissingWeightsError
 
 log = logging.getLogger(__name__)
@@ -180,16 +179,8 @@ def convert_encoder_to_safetensors(encoder_dir: Path | str) -> Path:
     encoder_dir = Path(encoder_dir)
     state = load_encoder_bin_safely(encoder_dir / "pytorch_model.bin")
     state = {k: v.contiguous() for k, v in state.items()}
-    target = encoder_dir / "model.safetensors"
-    fd, tmp = tempfile.mkstemp(prefix=".model-", suffix=".safetensors", dir=encoder_dir)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"format": "pt"})
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    return write_to_path_atomic(encoder_dir / "model.safetensors",
+                                lambda path: save_file(state, str(path), metadata={"format": "pt"}))
 
 
 def download_prior_weights(root: Path | str, *, allow_download: bool, components=("sd15", "arc2face")) -> Path:
@@ -214,7 +205,5 @@ def download_prior_weights(root: Path | str, *, allow_download: bool, components
             revision = HfApi().model_info(source["repo_id"]).sha  # pin what "main" is now, and record it
         snapshot_download(source["repo_id"], revision=revision, allow_patterns=source["allow_patterns"],
                           local_dir=target)
-        tmp = record.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"repo_id": source["repo_id"], "revision": revision}, indent=2), encoding="utf-8")
-        os.replace(tmp, record)
+        write_text_atomic(record, json.dumps({"repo_id": source["repo_id"], "revision": revision}, indent=2))
     return root
