@@ -7,6 +7,7 @@ Standard library only.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -69,3 +70,20 @@ def run_engine(prefs, args: list[str], timeout_s: float = 120.0, models_root: st
             f"the engine did not answer within {timeout_s:.0f} s ({' '.join(args[:1])}); "
             "check the Engine Python in the preferences"
         ) from exc
+
+
+def run_engine_json(prefs, args: list[str], what: str, timeout_s: float = 120.0,
+                    models_root: str | None = None) -> dict:
+    """Run an engine command that prints one JSON object (``--json``) and return that object.
+
+    Raises :class:`EngineNotFound` naming ``what`` failed, the exit code and the last line the
+    engine printed, when the output is not JSON (the usual sign of a Python without its packages).
+    """
+    done = run_engine(prefs, args, timeout_s=timeout_s, models_root=models_root)
+    try:
+        return json.loads(done.stdout)
+    except json.JSONDecodeError:
+        lines = (done.stderr or done.stdout or "").strip().splitlines()
+        raise EngineNotFound(
+            f"The engine's Python could not run {what} (exit {done.returncode}): "
+            f"{lines[-1] if lines else 'no output'}. Is it the Python with the engine's packages?") from None

@@ -80,13 +80,21 @@ class IDTO3D_PG_runtime(bpy.types.PropertyGroup):
     download_status: StringProperty(default="")
 
 
+def reset_expressions(settings) -> None:
+    """Replace the expression list with the defaults (neutral first)."""
+    settings.expressions.clear()
+    for text in DEFAULT_EXPRESSIONS:
+        settings.expressions.add().text = text
+    settings.expression_index = 0
+    settings.expressions_initialised = True
+
+
 def ensure_default_expressions(settings) -> bool:
     """Fill the expression list with the defaults once per scene; True if it changed anything."""
     if settings.expressions_initialised:
         return False
     if len(settings.expressions) == 0:
-        for text in DEFAULT_EXPRESSIONS:
-            settings.expressions.add().text = text
+        reset_expressions(settings)
     settings.expressions_initialised = True
     return True
 

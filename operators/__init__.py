@@ -1,6 +1,11 @@
 """Operators: thin wrappers that edit scene data or start the engine. No engine code runs here."""
 
 
+def has_active(settings, collection: str, index: str) -> bool:
+    """True when ``settings.<index>`` points at an item of ``settings.<collection>`` (remove polls)."""
+    return 0 <= getattr(settings, index) < len(getattr(settings, collection))
+
+
 def remove_active(settings, collection: str, index: str) -> None:
     """Remove the active item of ``settings.<collection>`` and keep a valid active index."""
     items = getattr(settings, collection)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import bpy
 
-from ..engine_runner import EngineNotFound, run_engine
+from ..engine_runner import EngineNotFound, run_engine_json
 from ..preferences import addon_prefs, models_root
 
 
@@ -28,19 +26,11 @@ class IDTO3D_OT_check_engine(bpy.types.Operator):
         runtime = context.window_manager.idto3d_runtime
         prefs = addon_prefs(context)
         try:
-            done = run_engine(prefs, ["doctor", "--json"], timeout_s=180, models_root=models_root(prefs))
+            report = run_engine_json(prefs, ["doctor", "--json"], "the engine check", timeout_s=180,
+                                     models_root=models_root(prefs))
         except EngineNotFound as exc:
             runtime.engine_checked, runtime.engine_ok, runtime.engine_summary = True, False, str(exc)
             self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
-        try:
-            report = json.loads(done.stdout)
-        except json.JSONDecodeError:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-            message = (f"The engine's Python could not run the engine check (exit {done.returncode}): "
-                       f"{tail[0]}. Is it the Python with the engine's packages?")
-            runtime.engine_checked, runtime.engine_ok, runtime.engine_summary = True, False, message
-            self.report({"ERROR"}, message)
             return {"CANCELLED"}
         runtime.engine_checked = True
         runtime.engine_ok = bool(report.get("ok"))

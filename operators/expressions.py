@@ -5,8 +5,8 @@ from __future__ import annotations
 import bpy
 from bpy.props import StringProperty
 
-from . import remove_active
-from ..properties import BASIS_EXPRESSION, DEFAULT_EXPRESSIONS
+from . import has_active, remove_active
+from ..properties import BASIS_EXPRESSION, reset_expressions
 
 
 def _clean(text: str) -> str:
@@ -47,8 +47,7 @@ class IDTO3D_OT_expression_remove(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        settings = context.scene.idto3d
-        return 0 <= settings.expression_index < len(settings.expressions)
+        return has_active(context.scene.idto3d, "expressions", "expression_index")
 
     def execute(self, context):
         settings = context.scene.idto3d
@@ -67,12 +66,7 @@ class IDTO3D_OT_expressions_reset(bpy.types.Operator):
     bl_options = {"REGISTER", "UNDO"}
 
     def execute(self, context):
-        settings = context.scene.idto3d
-        settings.expressions.clear()
-        for text in DEFAULT_EXPRESSIONS:
-            settings.expressions.add().text = text
-        settings.expression_index = 0
-        settings.expressions_initialised = True
+        reset_expressions(context.scene.idto3d)
         return {"FINISHED"}
 
 

@@ -8,7 +8,6 @@ runs in a background worker instead.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -17,8 +16,8 @@ from pathlib import Path
 import bpy
 from bpy.props import BoolProperty, CollectionProperty, StringProperty
 
-from . import remove_active
-from ..engine_runner import EngineNotFound, run_engine
+from . import has_active, remove_active
+from ..engine_runner import EngineNotFound, run_engine_json
 from ..preferences import addon_prefs, models_root
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
@@ -100,8 +99,7 @@ class IDTO3D_OT_photo_remove(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        settings = context.scene.idto3d
-        return 0 <= settings.photo_index < len(settings.photos)
+        return has_active(context.scene.idto3d, "photos", "photo_index")
 
     def execute(self, context):
         remove_active(context.scene.idto3d, "photos", "photo_index")
@@ -181,23 +179,16 @@ class IDTO3D_OT_photos_check(bpy.types.Operator):
             return {"CANCELLED"}
         for photo in settings.photos:
             if photo.path and not photo.enabled:
-                photo.status, photo.message = "UNCHECKED", "not in use (untick to leave it out, tick to use it)"
+                photo.status, photo.message = "UNCHECKED", "not in use: tick it to include it in the identity"
         prefs = addon_prefs(context)
         root = models_root(prefs)
         args = ["identity", *[bpy.path.abspath(item.path) for item in items], "--json",
                 "--out", _check_folder(), "--models", root,
                 "--device", DEVICE_FROM_PREFS.get(prefs.device, "auto")]
         try:
-            done = run_engine(prefs, args, timeout_s=CHECK_TIMEOUT_S, models_root=root)
+            summary = run_engine_json(prefs, args, "the photo check", timeout_s=CHECK_TIMEOUT_S, models_root=root)
         except EngineNotFound as exc:
             self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
-        try:
-            summary = json.loads(done.stdout)
-        except json.JSONDecodeError:
-            tail = (done.stderr or done.stdout or "no output").strip().splitlines()[-1:]
-            last = tail[0] if tail else ""
-            self.report({"ERROR"}, f"The photo check failed (exit {done.returncode}): {last}")
             return {"CANCELLED"}
         if "error" in summary:
             error = summary["error"]

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -128,7 +127,6 @@ def main(argv=None) -> int:
     settings = bpy.context.scene.idto3d
     for photo in photos:
         bpy.ops.idto3d.photos_add(directory=str(photo.parent) + os.sep, files=[{"name": photo.name}])
-    bpy.ops.idto3d.expressions_reset()
     settings.expressions.clear()
     for text in ["neutral", *args.expressions]:
         bpy.ops.idto3d.expression_add(text=text)
