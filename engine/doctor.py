@@ -111,12 +111,14 @@ def _nvdiffrast_check() -> Check:
 
 
 def _dlib_models_check() -> Check:
-    found = importlib.util.find_spec("face_recognition_models")
-    if found is None or found.origin is None:
-        return Check("dlib face models", False, False, "face-recognition-models not installed")
-    folder = Path(found.origin).parent / "models"
-    names = sorted(p.name for p in folder.glob("*.dat"))
-    return Check("dlib face models", bool(names), False, f"{folder} ({len(names)} model files)")
+    from .errors import EngineError
+    from .identity.detect_dlib import dlib_models_folder  # the identity step's own lookup
+
+    try:
+        folder = dlib_models_folder()
+    except EngineError as exc:
+        return Check("dlib face models", False, False, exc.message)
+    return Check("dlib face models", True, False, f"{folder} ({len(list(folder.glob('*.dat')))} model files)")
 
 
 def collect(models_root: Path | None, count_models: bool = True) -> dict[str, Any]:

@@ -273,8 +273,13 @@ def fetch_models(models_root: Path | str, keys: list[str] | None = None, *, down
                 if key == "antelopev2" and DETECTOR_FILE in missing:
                     _fetch_antelopev2_pack(folder, downloader)
                 for repo, filename, relative in HF_FILES.get(key, ()):
-                    if not (folder / relative).is_file():
-                        downloader.hf_file(repo, filename, folder / relative, revision=_pinned_revision(repo))
+                    if (folder / relative).is_file():
+                        continue
+                    already = root / "arc2face" / filename  # Arc2Face's arcface.onnx serves both folders
+                    if key != "arc2face" and repo == ARC2FACE_REPO and already.is_file():
+                        copy_file_atomic(already, folder / relative)
+                        continue
+                    downloader.hf_file(repo, filename, folder / relative, revision=_pinned_revision(repo))
                 _convert_pickled_encoder(folder)
             except Exception as exc:  # network errors come in many classes; the message says which
                 failures.append(f"{key}: {', '.join(str(folder / m) for m in _missing(item, folder))} "

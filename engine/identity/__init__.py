@@ -14,14 +14,27 @@ Public API (later stages call these names):
 * :func:`load_photo`: robust photo loading (formats, EXIF, colour modes, sizes) with
   :class:`PhotoError` naming the file and the problem.
 
-Importing this package loads only numpy; dlib, onnxruntime and insightface load on first use.
+Importing this package loads nothing beyond the standard library (``python -m engine --help`` and
+Blender import it); numpy loads with the first name used from it, dlib, onnxruntime and
+insightface when a photo is analysed.
 """
 
 from __future__ import annotations
 
-from .images import PhotoError, load_photo
-from .report import (NO_FACE, OK, OUTLIER, SEVERAL_FACES, STATUSES, TOO_SMALL, UNREADABLE, IdentityReport,
-                     PhotoResult)
+import importlib
+
+# name -> submodule that defines it, loaded on first use (PEP 562 module __getattr__).
+_LAZY = {
+    "PhotoError": ".images", "load_photo": ".images",
+    **{name: ".report" for name in ("NO_FACE", "OK", "OUTLIER", "SEVERAL_FACES", "STATUSES", "TOO_SMALL",
+                                    "UNREADABLE", "IdentityReport", "PhotoResult")},
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def analyse_photos(paths, *, backend="auto", models_root=None, out_dir=None, device="cpu", judge=True):

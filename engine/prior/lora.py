@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import CorruptWeightsError, MismatchedWeightsError, MissingWeightsError
+from .expression_attention import has_expression_branch
 from .weights import check_safetensors, read_json
 
 TASKS = ("normal", "albedo")
@@ -107,12 +108,10 @@ def load_task_adapter(unet, folder: Path | str, adapter_name: str) -> AdapterInf
     folder = Path(folder)
     if adapter_name in (getattr(unet, "peft_config", None) or {}):
         raise ValueError(f"a task prior named {adapter_name!r} is already loaded; switch to it with set_task()")
-    if (folder / WEIGHTS_FILE).is_file():
-        check_safetensors(folder / WEIGHTS_FILE)  # a truncated file is named as such before anything else
+    # A truncated file is named as such before anything else (the info check hashes it).
+    tensors = check_safetensors(folder / WEIGHTS_FILE) if (folder / WEIGHTS_FILE).is_file() else None
     info = read_adapter_info(folder)
-    tensors = check_safetensors(folder / WEIGHTS_FILE)
-    if any("_exp." in name for name in tensors) and not any(
-            n.endswith("to_k_exp") for n, _ in unet.named_modules()):
+    if any("_exp." in name for name in tensors) and not has_expression_branch(unet):
         raise MismatchedWeightsError(f"{folder / WEIGHTS_FILE} adapts the expression branch, which is not installed",
                                      "load the prior with expression_branch=True")
     try:

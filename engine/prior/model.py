@@ -80,6 +80,9 @@ class Prior:
         self.vae_scale = float(getattr(vae.config, "scaling_factor", 0.18215))
         self.image_size = int(vae.config.sample_size)
         self.id_token_id = self._placeholder_token_id()
+        # Installed (or not) by load_prior before the Prior exists; asking the UNet walks all its
+        # modules, far too slow for every UNet call.
+        self.has_branch = has_expression_branch(unet)
         self._text_cache: dict[str, torch.Tensor] = {}
         self._identity_cache: dict[tuple, torch.Tensor] = {}
 
@@ -178,7 +181,7 @@ class Prior:
         if padded.shape[0] != 1:
             raise ValueError("conditioning() takes one identity; average several embeddings first")
         scale = self.expression_scale()
-        use_branch = scale != 0.0 and has_expression_branch(self.unet)
+        use_branch = scale != 0.0 and self.has_branch
         prompts, exprs, texts = [], [], []
         with torch.no_grad():
             for v in views:
@@ -248,7 +251,7 @@ class Prior:
     def unet_eps(self, noisy, t, prompt, expression=None, expression_scale: float = 0.0):
         """One UNet call -> ε prediction (the caller decides on grad mode)."""
         kwargs = {}
-        if has_expression_branch(self.unet):
+        if self.has_branch:
             kwargs["cross_attention_kwargs"] = {"expression_embeds": expression,
                                                 "expression_scale": float(expression_scale)}
         if t.ndim == 0:

@@ -122,6 +122,9 @@ class ScoreDistillation:
         timings = {} if _timings is None else _timings
         clock = _clock or self._clock(timings)
         b = latents.shape[0]
+        if b % conditioning.batch:
+            raise ValueError(f"{b} renders but conditioning for {conditioning.batch} views: the number of renders "
+                             "must be a multiple of the number of views the conditioning was made for")
         cond = conditioning if conditioning.batch == b else conditioning.repeat(b // conditioning.batch)
         t_min, t_max = self.timestep_range(step, total_steps)
         info = {"t_min": t_min, "t_max": t_max, "guidance_scale": self.config.guidance_scale, "skipped": ""}

@@ -70,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
         result = train_prior(config, report)
     except (PriorError, ValueError) as exc:
         if args.json:
-            protocol.send(sys.stdout, "error", code=getattr(exc, "code", "bad_input"), message=str(exc),
-                          hint=getattr(exc, "hint", "") or "")
+            # PriorError's str() already ends with its hint: send the parts separately.
+            protocol.send(sys.stdout, "error", code=getattr(exc, "code", "bad_input"),
+                          message=getattr(exc, "message", str(exc)), hint=getattr(exc, "hint", "") or "")
             protocol.send(sys.stdout, "done", ok=False)
         print(f"train-prior: {exc}", file=sys.stderr)
         return 2

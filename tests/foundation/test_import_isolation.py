@@ -15,7 +15,7 @@ import engine, engine.protocol, engine.models, engine.cli
 parser = engine.cli.build_parser()  # imports every command module
 heavy = sorted(m for m in ("torch", "bpy", "diffusers", "transformers", "insightface", "dlib",
                           "onnxruntime", "cv2", "PIL", "skimage", "peft", "safetensors",
-                          "huggingface_hub", "onnx", "scipy", "xatlas")
+                          "huggingface_hub", "onnx", "scipy", "xatlas", "numpy")
                if m in sys.modules)
 print(json.dumps({"heavy": heavy, "commands": sorted(parser._subparsers._group_actions[0].choices)}))
 """

@@ -143,3 +143,14 @@ def test_fetch_pins_revisions_and_converts_the_pickled_encoder(tmp_path, tiny_mo
     converted = load_file(tmp_path / "models" / "arc2face" / "encoder" / "model.safetensors")
     assert converted.keys() == weights.keys()
     assert all(torch.equal(converted[k], weights[k]) for k in weights)
+
+    # antelopev2 needs the same arcface.onnx: copied from arc2face/, not downloaded a second time.
+    from engine.tiny_models import write_arcface_onnx
+
+    write_arcface_onnx(tmp_path / "models" / "antelopev2" / DETECTOR_FILE, seed=3)  # a valid ONNX in place
+    calls_before = len(downloader.calls)
+    assert fetch_models(tmp_path / "models", ["antelopev2"], downloader=downloader, log=lambda t: None) == {
+        "antelopev2": []}
+    assert len(downloader.calls) == calls_before
+    assert ((tmp_path / "models" / "antelopev2" / RECOGNITION_FILE).read_bytes()
+            == (tmp_path / "models" / "arc2face" / "arcface.onnx").read_bytes())

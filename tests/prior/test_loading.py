@@ -82,7 +82,12 @@ def test_arc2face_pickled_encoder_loads_weights_only(models_copy, tiny_models_ro
     from engine.prior.weights import convert_encoder_to_safetensors
 
     convert_encoder_to_safetensors(encoder)
-    assert (encoder / "model.safetensors").is_file()
+    converted = load_file(encoder / "model.safetensors")
+    assert converted.keys() == {"text_model." + k if not k.startswith("text_model.") else k for k in state}
+    assert all(torch.equal(converted["text_model." + k if not k.startswith("text_model.") else k], v)
+               for k, v in state.items())
+    (encoder / "pytorch_model.bin").unlink()  # the converted file alone loads to the same encoder
+    assert torch.equal(load_prior(models_copy, device="cpu").encode_identity(emb), reference.encode_identity(emb))
 
 
 class _Evil:

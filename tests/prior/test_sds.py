@@ -124,3 +124,10 @@ def test_latent_shortcut_takes_four_channel_maps(base_prior):
     assert maps.grad.abs().sum() > 0 and info["t_max"] < 980
     with pytest.raises(ValueError, match="B, H, W"):
         sds.to_latents(torch.rand(1, 3, 64, 64))
+
+
+def test_renders_that_do_not_fit_the_views_are_refused_clearly(base_prior):
+    cond = base_prior.conditioning(torch.randn(512), "", view=["front", "side"])
+    sds = ScoreDistillation(base_prior, SDSConfig())
+    with pytest.raises(ValueError, match="3 renders but conditioning for 2 views"):
+        sds.step_latents(torch.randn(3, 4, 8, 8), cond, 0, 10)
