@@ -123,7 +123,7 @@ def fit_sdf_to_views(
     gen = torch.Generator().manual_seed(cfg.seed)
     n_views = len(cameras)
     k = min(cfg.views_per_step, n_views)
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []
     start = time.perf_counter()
     for step in range(cfg.steps):
         views = torch.randperm(n_views, generator=gen)[:k]
@@ -140,7 +140,7 @@ def fit_sdf_to_views(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(loss.detach())  # read back once at the end: no device sync per step
         if callback is not None:
-            callback(step, losses[-1], dmtet)
-    return FitReport(steps=cfg.steps, seconds=time.perf_counter() - start, losses=losses)
+            callback(step, float(losses[-1]), dmtet)
+    return FitReport(steps=cfg.steps, seconds=time.perf_counter() - start, losses=torch.stack(losses).tolist() if losses else [])

@@ -74,11 +74,9 @@ def pretrain_field(
     zero crossing, not distances far away). Returns the final mean absolute error (metres) on the
     near-surface band. A :class:`VertexSDF` is simply set to the target.
     """
-    from .sdf_field import VertexSDF
-
     with torch.no_grad():
         target_all = target_sdf(grid_points)
-    if isinstance(field, VertexSDF):
+    if getattr(field, "per_vertex", False):  # the same test DMTet uses
         with torch.no_grad():
             field.sdf.copy_(target_all)
         return 0.0

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from ..render.mesh_ops import mesh_topology, vertex_normals  # noqa: F401  (vertex_normals: re-exported)
+
 
 def face_normals(verts: torch.Tensor, faces: torch.Tensor, *, unit: bool = True) -> torch.Tensor:
     """Per-face normals [F,3]; ``unit=False`` gives twice the area times the unit normal."""
@@ -15,44 +17,22 @@ def face_normals(verts: torch.Tensor, faces: torch.Tensor, *, unit: bool = True)
     return torch.nn.functional.normalize(n, dim=-1, eps=1e-20) if unit else n
 
 
-def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Area-weighted unit vertex normals [V,3] (a vertex in no face gets a zero vector)."""
-    fn = face_normals(verts, faces, unit=False)
-    vn = torch.zeros_like(verts)
-    for k in range(3):
-        vn = vn.index_add(0, faces[:, k], fn)
-    return torch.nn.functional.normalize(vn, dim=-1, eps=1e-20)
-
-
+# One edge table for the whole engine: the renderer's (it also serves its silhouette edges).
 def unique_edges(faces: torch.Tensor) -> torch.Tensor:
-    """Undirected edges [E,2] (lower index first) of a triangle mesh."""
-    e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], dim=0)
-    e = torch.sort(e, dim=1)[0]
-    return torch.unique(e, dim=0)
+    """Undirected edges [E,2] (lower index first, sorted) of a triangle mesh."""
+    return mesh_topology(faces).edge_vertices
 
 
 def edge_face_adjacency(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(edges [E,2], counts [E]) where counts is how many faces use each undirected edge."""
-    e = torch.sort(torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], dim=0), dim=1)[0]
-    edges, counts = torch.unique(e, dim=0, return_counts=True)
-    return edges, counts
+    topology = mesh_topology(faces)
+    return topology.edge_vertices, topology.edge_face_count
 
 
 def interior_edge_face_pairs(faces: torch.Tensor) -> torch.Tensor:
     """Pairs [P,2] of face indices that share an edge (edges used by exactly two faces)."""
-    n_faces = faces.shape[0]
-    e = torch.sort(torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], dim=0), dim=1)[0]
-    face_id = torch.arange(n_faces, device=faces.device).repeat(3)
-    key = e[:, 0] * (int(faces.max()) + 1 if n_faces else 1) + e[:, 1]
-    order = torch.argsort(key)
-    key, face_id = key[order], face_id[order]
-    same = key[1:] == key[:-1]
-    # Exclude keys used 3+ times (non-manifold): require the neighbours outside the pair to differ.
-    prev_diff = torch.cat([torch.ones(1, dtype=torch.bool, device=faces.device), key[1:-1] != key[:-2]])
-    next_diff = torch.cat([key[2:] != key[1:-1], torch.ones(1, dtype=torch.bool, device=faces.device)])
-    pair = same & prev_diff & next_diff
-    idx = torch.nonzero(pair)[:, 0]
-    return torch.stack([face_id[idx], face_id[idx + 1]], dim=-1)
+    topology = mesh_topology(faces)
+    return topology.edge_faces[topology.edge_face_count == 2]
 
 
 def edge_lengths(verts: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:

@@ -126,6 +126,8 @@ class VertexSDF(nn.Module):
         self, n_vertices: int, *, max_deformation: float = 0.0, init_sdf: torch.Tensor | None = None
     ):
         super().__init__()
+        if init_sdf is not None and tuple(init_sdf.shape) != (n_vertices,):
+            raise ValueError(f"init_sdf must hold one value per grid vertex ({n_vertices}), got {tuple(init_sdf.shape)}")
         self.sdf = nn.Parameter(init_sdf.clone().float() if init_sdf is not None else torch.zeros(n_vertices))
         self.raw_deformation = nn.Parameter(torch.zeros(n_vertices, 3))
         self.max_deformation = float(max_deformation)

@@ -7,6 +7,8 @@ computed here once for both, so the two backends give the same passes.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import rasterize_torch as rt
@@ -56,14 +58,17 @@ def bilinear_texture(texture: torch.Tensor, uv_image: torch.Tensor) -> torch.Ten
 
 
 def available_backends() -> list[str]:
-    names = ["torch"]
+    return list(_available_backends())
+
+
+@functools.lru_cache(maxsize=1)
+def _available_backends() -> tuple[str, ...]:
+    # Cached: a failed import is not cached by Python and would search the disk on every render.
     try:
         import nvdiffrast.torch  # noqa: F401
-
-        names.append("nvdiffrast")
     except Exception:  # ImportError, or a broken CUDA build that fails on import
-        pass
-    return names
+        return ("torch",)
+    return ("torch", "nvdiffrast")
 
 
 def _pick_backend(name: str, device: torch.device):
@@ -148,6 +153,8 @@ def render(
         )
     if faces.ndim != 2 or faces.shape[1] != 3:
         raise ValueError(f"faces must be [F, 3], got {tuple(faces.shape)}")
+    if texture is not None and texture.ndim != 3:
+        raise ValueError(f"texture must be [H, W, C] (a grey map as [H, W, 1]), got {tuple(texture.shape)}")
     dt, dev = verts.dtype, verts.device
     faces = faces.to(dev).long()
     cams = cameras if cameras.device == dev else cameras.to(dev)
@@ -176,7 +183,12 @@ def render(
         if "position" in passes:
             out["position"] = position
     if need_normals:
-        vn = vertex_normals if vertex_normals is not None else compute_vertex_normals(verts_b, faces)
+        if vertex_normals is not None:
+            vn = vertex_normals
+        elif verts.ndim == 2:  # one mesh seen by every view: its normals once, not once per view
+            vn = compute_vertex_normals(verts, faces).unsqueeze(0).expand_as(verts_b)
+        else:
+            vn = compute_vertex_normals(verts_b, faces)
         n = be.interpolate(vn.to(dt).contiguous(), rast, faces)
         n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         n_world = n * covered  # exact zeros where empty (no NaN-prone 0/0 there)

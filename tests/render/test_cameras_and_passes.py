@@ -81,7 +81,8 @@ def test_pass_shapes_ranges_and_backgrounds(ball):
         assert out[k].shape == (2, 48, 64, c), k
     empty = out["triangle_id"][..., 0] < 0
     assert empty[:, 0, 0].all() and not empty[:, 24, 32].any()
-    assert (out["depth"][empty] == 0).all() and (out["mask"][empty & (out["mask"][..., 0] == 0)] == 0).all()
+    # Anti-aliasing may lift an empty pixel next to a silhouette, but never past half coverage.
+    assert (out["depth"][empty] == 0).all() and (out["mask"][..., 0][empty] <= 0.5).all()
     far = out["mask"][..., 0] == 0
     for k in ("normal_world", "albedo", "shaded"):
         assert torch.allclose(out[k][far], torch.full_like(out[k][far], 0.25)), k
