@@ -91,6 +91,8 @@ def main() -> int:
         if stand_in:
             models_root = work / "models"
             write_arcface_onnx(models_root / "antelopev2" / "arcface.onnx", seed=0)
+            if found.detector is not None:  # keep the real detector beside the stand-in recogniser
+                shutil.copyfile(found.detector, models_root / "antelopev2" / found.detector.name)
         small, large = sample_photos(work)
         backends = ["dlib"] + (["insightface"] if found.detector is not None else [])
         print(f"identity step on CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), "

@@ -52,7 +52,7 @@ def test_warp_puts_marked_points_on_the_template():
         weight = crop[..., 0] * window
         centroid = np.array([(weight * xs).sum(), (weight * ys).sum()]) / weight.sum()
         assert np.linalg.norm(centroid - [x, y]) < 0.75, (x, y, centroid)
-    assert crop[5, 5, 0] == 0 and rng is not None
+    assert crop[5, 5, 0] == 0  # far from every marker: still black
 
 
 def test_five_points_from_68():

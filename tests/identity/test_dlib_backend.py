@@ -65,7 +65,7 @@ def test_largest_group_face_is_aligned(dlib_detector, photos_dir):
     assert eye_errors_in_crop(dlib_detector, rgb, face).max() < 6.0
 
 
-def test_no_face_and_tiny_face(dlib_detector):
+def test_no_face_in_noise(dlib_detector):
     rng = np.random.default_rng(0)
     noise = (rng.random((300, 400, 3)) * 255).astype(np.uint8)
     assert dlib_detector.detect(noise) == []
