@@ -1,0 +1,85 @@
+"""Known-answer benchmark: does a prior trained on one shape make SDS pull the head to that shape?
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_known_answer.py [--seeds 0 1 2] [--quick]
+
+One command: Suzanne (bpy) -> normal-map renders -> build-prior-dataset -> train-prior (tiny
+models) -> SDS geometry loop from the head initialisation with the trained prior and with the
+untrained one (same seed, same steps) -> Chamfer distance to the target. Prints the figures and
+writes docs/known-answer.png (renders of start, trained, control, target) and, with --json, the
+numbers. See docs/known-answer.md and bench/known_answer.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import known_answer as ka  # noqa: E402  (bench/ helper, also used by the test)
+
+DOCS = ka.REPO_ROOT / "docs"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--quick", action="store_true", help="the test suite's small settings")
+    parser.add_argument("--picture", type=Path, default=DOCS / "known-answer.png")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    parser.add_argument("--work", type=Path, default=None, help="keep the models, dataset and LoRA here")
+    args = parser.parse_args(argv)
+
+    from PIL import Image
+
+    from engine.atomic import write_file_atomic, write_text_atomic
+
+    base = ka.QUICK if args.quick else ka.ExperimentConfig()
+    target = ka.suzanne_mesh()
+    print(f"target: Suzanne (bpy), closed, {len(target[1])} triangles, {ka.TARGET_HEIGHT} m tall, facing -Y")
+    results = []
+    started = time.perf_counter()
+    for seed in args.seeds:
+        config = ka.ExperimentConfig(**{**asdict(base), "seed": seed})
+        work = args.work / f"seed{seed}" if args.work else Path(tempfile.mkdtemp(prefix="known-answer-"))
+        print(f"--- seed {seed} (work folder {work})")
+        result = ka.run_experiment(work, config, chamfer_every=max(config.sds_steps // 6, 1), target=target)
+        results.append(result)
+        s = result.summary()
+        print(f"Chamfer to the target (m): start {s['chamfer_start_m']:.4f}  trained {s['chamfer_trained_m']:.4f}  "
+              f"control {s['chamfer_control_m']:.4f}")
+        print(f"  trained/start {s['trained_over_start']:.2f}  trained/control {s['trained_over_control']:.2f}  "
+              f"(acceptance: trained/start <= 0.5 and clearly below the control)")
+        print("  Chamfer during SDS (step, m): trained " +
+              ", ".join(f"{k}:{v:.4f}" for k, v in result.curves["trained"]) +
+              " | control " + ", ".join(f"{k}:{v:.4f}" for k, v in result.curves["control"]))
+        curve = result.training["curve"]
+        stride = max(len(curve) // 10, 1)
+        print("  train-prior loss (step, batch loss): " + ", ".join(f"{k}:{v:.3f}" for k, v in curve[::stride]))
+        print("  seconds per phase: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
+        if seed == args.seeds[0]:
+            picture = ka.comparison_picture(result.meshes)
+            write_file_atomic(args.picture, lambda stream: Image.fromarray(picture).save(stream, format="PNG",
+                                                                                          optimize=True))
+            print(f"  picture: {args.picture} (columns: start, trained, control, target)")
+    if len(results) > 1:
+        import numpy as np
+
+        for key in ("chamfer_start_m", "chamfer_trained_m", "chamfer_control_m", "trained_over_start"):
+            values = np.array([r.summary()[key] for r in results])
+            print(f"over {len(results)} seeds: {key} mean {values.mean():.4f} std {values.std(ddof=1):.4f} "
+                  f"(min {values.min():.4f}, max {values.max():.4f})")
+    print(f"total {time.perf_counter() - started:.0f} s")
+    if args.json:
+        write_text_atomic(args.json, json.dumps({"runs": [{**r.summary(), "config": r.config, "curves": r.curves,
+                                                           "training_curve": r.training["curve"]} for r in results]},
+                                                indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,481 @@
+"""The known-answer experiment: a task prior trained on one shape must make SDS pull the head to it.
+
+Real weights never load here, so this is the end-to-end evidence that the method works: the
+project's renderer draws normal maps of a target that is *not* the head initialisation (Blender's
+Suzanne, closed by a voxel remesh, at head size, facing -Y), ``build-prior-dataset`` turns them
+into a task-prior dataset, ``train-prior`` trains the normal LoRA on the tiny models, and the SDS
+geometry loop runs from the procedural head twice with the same seed and steps: once with the
+trained prior, once with the untrained one (the control). The answer is known, so the Chamfer
+distance to the target says whether SDS followed the prior.
+
+Used by ``bench/bench_known_answer.py`` (full size) and ``tests/experiments/test_known_answer.py``
+(small). bpy is imported only to build the target; torch only inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+TARGET_HEIGHT = 0.23  # metres, chin to crown of an adult head
+GRID_SIZE = 0.36  # tet-grid box (m): Suzanne at head height is 0.32 m wide, wider than the default 0.32 box
+FILL = 0.6  # fraction of the frame height the 0.23 m target fills (Suzanne's ears need the margin)
+BACKGROUND = 1.0  # white outside the shape, as the SDS renders
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything the experiment depends on; the bench and the test differ only here."""
+
+    seed: int = 0
+    # dataset
+    views: int = 160
+    resolution: int = 64  # the tiny VAE's native size (latents 8x8)
+    elevation_deg: tuple[float, float] = (-10.0, 30.0)
+    calibrate_latents: bool = True  # see calibrate_latent_scale
+    vae_steps: int = 150  # see train_tiny_vae (0: keep the random VAE)
+    vae_shapes: int = 32
+    vae_lr: float = 1e-3
+    # training (train-prior)
+    train_steps: int = 600
+    batch_size: int = 8
+    train_lr: float = 1e-3
+    rank: int = 8
+    targets: str = "to_q,to_k,to_v,to_out.0,to_k_exp,to_v_exp"
+    # geometry (SDS)
+    grid: int = 32
+    pretrain_steps: int = 100
+    sds_steps: int = 150
+    sds_views: int = 4
+    sds_lr: float = 1e-3
+    guidance: float = 2.0
+    t_start: tuple[float, float] = (0.02, 0.6)
+    t_end: tuple[float, float] = (0.02, 0.3)
+    laplacian: float = 0.5
+    normal_consistency: float = 0.05
+    chamfer_points: int = 8000
+    extra: dict = field(default_factory=dict)
+
+
+# The test suite's version: fewer views, training and SDS steps (same method, same code).
+QUICK = ExperimentConfig(views=64, vae_steps=60, vae_shapes=16, train_steps=250, sds_steps=60, pretrain_steps=60)
+QUICK_MAX_TRAINED_OVER_START = 0.85
+QUICK_MAX_TRAINED_OVER_CONTROL = 0.85
+
+
+# ---- the target ----------------------------------------------------------------------------------
+
+def suzanne_mesh(height: float = TARGET_HEIGHT, voxel_size: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Blender's Suzanne, made by bpy, closed and one piece (voxel remesh), triangulated, turned to
+    face -Y (as ``primitive_monkey_add`` places it, and as the engine's heads look), scaled to
+    ``height`` metres and centred at the origin. Returns (vertices float32 [V,3], faces int32 [F,3])."""
+    import bpy  # before bmesh: the bpy module makes Blender's other modules importable
+    import bmesh
+
+    scene = bpy.context.scene  # the object is linked only while it is evaluated, then removed
+    mesh = bpy.data.meshes.new("suzanne-src")
+    obj = bpy.data.objects.new("suzanne-src", mesh)
+    scene.collection.objects.link(obj)
+    bm = bmesh.new()
+    bmesh.ops.create_monkey(bm)
+    bm.to_mesh(mesh)
+    bm.free()
+    remesh = obj.modifiers.new("close", "REMESH")  # Suzanne's eyes are separate open shells: close it
+    remesh.mode, remesh.voxel_size = "VOXEL", voxel_size
+    decimate = obj.modifiers.new("lighten", "DECIMATE")
+    decimate.ratio = 0.3
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    evaluated = obj.evaluated_get(depsgraph)
+    closed = bpy.data.meshes.new_from_object(evaluated)
+    bm = bmesh.new()
+    bm.from_mesh(closed)
+    bmesh.ops.triangulate(bm, faces=bm.faces[:])
+    bm.to_mesh(closed)
+    bm.free()
+    verts = np.empty(len(closed.vertices) * 3, np.float32)
+    closed.vertices.foreach_get("co", verts)
+    faces = np.empty(len(closed.polygons) * 3, np.int32)
+    closed.polygons.foreach_get("vertices", faces)
+    bpy.data.objects.remove(obj)
+    for block in (closed, mesh):
+        bpy.data.meshes.remove(block)
+    # bmesh builds the monkey looking along -Z with the crown on +Y: turn it (a proper rotation,
+    # 180 deg about (0, 1, 1)) so it looks along -Y with the crown up, as the engine's heads do.
+    x, y, z = verts.reshape(-1, 3).T
+    verts = np.stack([-x, z, y], axis=1)
+    lo, hi = verts.min(0), verts.max(0)
+    verts = (verts - 0.5 * (lo + hi)) * (height / (hi[2] - lo[2]))
+    return verts.astype(np.float32), faces.reshape(-1, 3)
+
+
+def identity_embedding(seed: int = 0) -> np.ndarray:
+    """One fixed 512-d identity (unit norm) for every image of the dataset and for the SDS runs."""
+    v = np.random.default_rng(1000 + seed).standard_normal(512).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+# ---- rendering -----------------------------------------------------------------------------------
+
+def sds_cameras(n: int, seed: int, resolution: int, elevation_deg=(-10.0, 30.0), azimuth_deg=None):
+    """Head-centred cameras as the SDS loop draws them (random azimuth all round, front oversampled),
+    or at fixed ``azimuth_deg`` (then ``elevation_deg`` is one value or one per azimuth)."""
+    from engine.render import orbit_cameras, radius_for_fill, sample_orbit_cameras
+
+    radius = radius_for_fill(TARGET_HEIGHT, 30.0, FILL)
+    if azimuth_deg is not None:
+        return orbit_cameras(azimuth_deg, elevation_deg, radius=radius, fov_deg=30.0, resolution=(resolution,) * 2)
+    return sample_orbit_cameras(n, seed=seed, radius=radius, resolution=(resolution,) * 2,
+                                elevation_range_deg=elevation_deg)
+
+
+def normal_images(verts, faces, cameras):
+    """Camera-space normal maps [B,H,W,3] in [0,1], white background: what the normal prior sees."""
+    from engine.render import normals_to_image, render
+
+    passes = render(verts, faces, cameras, passes=("mask", "normal_camera"))
+    return normals_to_image(passes["normal_camera"], passes["mask"], background=BACKGROUND)
+
+
+def write_heads_folder(folder: Path, verts, faces, embedding, config: ExperimentConfig) -> int:
+    """Renders of the target in the layout ``build-prior-dataset --heads`` reads (one head)."""
+    import torch
+    from PIL import Image
+
+    head = folder / "suzanne"
+    head.mkdir(parents=True, exist_ok=True)
+    cams = sds_cameras(config.views, seed=config.seed + 17, resolution=config.resolution,
+                       elevation_deg=config.elevation_deg)
+    v, f = torch.as_tensor(verts), torch.as_tensor(faces, dtype=torch.long)
+    views = {}
+    with torch.no_grad():
+        for start in range(0, config.views, 32):
+            chunk = cams[torch.arange(start, min(start + 32, config.views))]
+            images = normal_images(v, f, chunk)
+            for k, image in enumerate(images):
+                name = f"normal_{start + k:04d}.png"
+                Image.fromarray((image.clamp(0, 1).numpy() * 255).round().astype(np.uint8)).save(head / name)
+                views[name] = round(float(chunk.azimuth_deg[k]), 2)  # the azimuth: blended view text
+    (head / "meta.json").write_text(json.dumps({"expression": "", "views": views}), encoding="utf-8")
+    np.save(head / "identity.npy", embedding)
+    return len(views)
+
+
+def other_shapes(count: int, seed: int):
+    """Random ellipsoids at head size, and the procedural head itself: renders to teach the tiny VAE
+    what normal maps look like. Suzanne is never among them (it is the answer)."""
+    import torch
+
+    from engine.geometry.head_init import head_sdf
+    from engine.geometry.marching_tets import extract_surface
+    from engine.geometry.tetgrid import make_tet_grid
+    from engine.render import icosphere
+
+    rng = np.random.default_rng(seed)
+    sphere_v, sphere_f = icosphere(3)
+    shapes = []
+    grid = make_tet_grid(24, size=GRID_SIZE)
+    head = extract_surface(grid, head_sdf(grid.vertices))
+    shapes.append((head.verts.detach(), head.faces.long()))
+    for _ in range(count - 1):
+        radii = torch.as_tensor(rng.uniform(0.05, 0.15, 3), dtype=torch.float32)
+        q, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+        rot = torch.as_tensor(q * np.sign(np.linalg.det(q)), dtype=torch.float32)
+        offset = torch.as_tensor(rng.uniform(-0.03, 0.03, 3), dtype=torch.float32)
+        shapes.append(((sphere_v * radii) @ rot.T + offset, sphere_f.long()))
+    return shapes
+
+
+def train_tiny_vae(models: Path, config: ExperimentConfig, log=print) -> float:
+    """Teach the tiny VAE to be an autoencoder of normal maps (of other shapes, never the target).
+
+    The real SD 1.5 VAE is a trained autoencoder, so a render's latents change smoothly with the
+    render and SDS gradients pulled back through its encoder point where the latents say. The tiny
+    VAE's random weights have no such property (measured: the encoder's pull-back of the ideal
+    latent direction is uncorrelated with the image difference, cosine ~0.03), so without this no
+    prior could move geometry through it. Same classes and files, only trained weights; the trained
+    and the control prior share it. Returns the final reconstruction error (mean absolute)."""
+    import shutil
+
+    import torch
+    from diffusers import AutoencoderKL
+
+    folder = models / "sd15" / "vae"
+    vae = AutoencoderKL.from_pretrained(folder)
+    size = int(vae.config.sample_size)
+    images = []
+    with torch.no_grad():
+        for k, (verts, faces) in enumerate(other_shapes(config.vae_shapes, config.seed + 5)):
+            cams = sds_cameras(8, seed=config.seed * 31 + k, resolution=size, elevation_deg=config.elevation_deg)
+            images.append(normal_images(verts, faces, cams))
+    images = torch.cat(images).permute(0, 3, 1, 2) * 2.0 - 1.0
+    generator = torch.Generator().manual_seed(config.seed)
+    optimiser = torch.optim.Adam(vae.parameters(), lr=config.vae_lr)
+    vae.train()
+    error = float("nan")
+    for step in range(config.vae_steps):
+        batch = images[torch.randint(0, len(images), (16,), generator=generator)]
+        dist = vae.encode(batch).latent_dist
+        recon = vae.decode(dist.mean).sample
+        loss = (recon - batch).abs().mean() + 1e-6 * dist.kl().mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        error = float((recon - batch).abs().mean().detach())
+    vae.eval()
+    staging = folder.with_name(".vae-trained")
+    shutil.rmtree(staging, ignore_errors=True)  # our own leftover from an interrupted run
+    vae.save_pretrained(staging)
+    shutil.rmtree(folder)
+    staging.rename(folder)
+    log(f"tiny VAE trained as a normal-map autoencoder: {config.vae_steps} steps, L1 error {error:.3f}")
+    return error
+
+
+def calibrate_latent_scale(models: Path, heads: Path, samples: int = 32) -> float:
+    """Set the tiny VAE's ``scaling_factor`` so the target's latents have unit variance, the rule SD
+    chose its 0.18215 by. The tiny VAE's random weights give latents ~25x smaller than SD's at the
+    stock factor: the noise of every diffusion step would swamp the shape, and a trained denoiser
+    could barely tell one shape from another. Only this config value changes. Returns the factor."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from engine.atomic import write_text_atomic
+    from engine.prior.dataset import load_image
+
+    folder = models / "sd15" / "vae"
+    vae = AutoencoderKL.from_pretrained(folder)
+    size = int(vae.config.sample_size)
+    files = sorted(heads.glob("*/normal_*.png"))[:samples]
+    images = torch.from_numpy(np.stack([load_image(f, size) for f in files])).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        latents = vae.encode(images * 2.0 - 1.0).latent_dist.mean
+    factor = float(1.0 / latents.std())
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config["scaling_factor"] = factor
+    write_text_atomic(folder / "config.json", json.dumps(config, indent=2))
+    return factor
+
+
+# ---- the production commands ---------------------------------------------------------------------
+
+def engine_command(argv: list[str]) -> tuple[int, str]:
+    """``python -m engine ARGV`` in this process (same code path, no second torch import); returns
+    (exit code, captured stdout)."""
+    from engine.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(argv)
+    return code, out.getvalue()
+
+
+def build_dataset(heads: Path, out: Path, resolution: int) -> None:
+    code, _ = engine_command(["build-prior-dataset", "--heads", str(heads), "--out", str(out), "--domain", "normal",
+                              "--resolution", str(resolution)])
+    if code != 0:
+        raise RuntimeError(f"build-prior-dataset failed with exit code {code}")
+
+
+def train_normal_prior(models: Path, data: Path, out: Path, config: ExperimentConfig) -> dict:
+    """``train-prior --json``; returns the training curve read back from its protocol messages."""
+    from engine import protocol
+
+    code, stdout = engine_command([
+        "train-prior", "--domain", "normal", "--data", str(data), "--out", str(out), "--prior", str(models),
+        "--steps", str(config.train_steps), "--batch-size", str(config.batch_size), "--lr", str(config.train_lr),
+        "--rank", str(config.rank), "--targets", config.targets, "--seed", str(config.seed),
+        "--checkpoint-every", "0", "--validation-samples", "0", "--device", "cpu", "--json"])
+    messages = [protocol.decode(line) for line in stdout.splitlines() if line.strip()]
+    if code != 0:
+        errors = [m for m in messages if m["type"] == "error"]
+        raise RuntimeError(f"train-prior failed ({errors[0]['message'] if errors else f'exit code {code}'})")
+    result = next(m for m in messages if m["type"] == "result")
+    curve = [(m["step"], m["loss"]) for m in messages if m["type"] == "progress"]
+    return {"eval_loss_start": result["eval_loss_start"], "eval_loss_end": result["eval_loss"], "curve": curve}
+
+
+# ---- the geometry stage --------------------------------------------------------------------------
+
+@dataclass
+class GeometryRun:
+    verts: object  # torch [V,3]
+    faces: object  # torch [F,3]
+    chamfer_curve: list[tuple[int, float]]
+    seconds: float
+
+
+def start_field(config: ExperimentConfig):
+    """The procedural head, pretrained into a hash-grid SDF on the tet grid (the stage's start)."""
+    import torch
+
+    from engine.geometry.fit import DMTet
+    from engine.geometry.head_init import head_sdf, pretrain_field
+    from engine.geometry.sdf_field import HashGridSDF
+    from engine.geometry.tetgrid import make_tet_grid
+
+    torch.manual_seed(config.seed)
+    grid = make_tet_grid(config.grid, size=GRID_SIZE)
+    field_ = HashGridSDF(size=GRID_SIZE, max_deformation=0.5 * grid.cell_size)
+    pretrain_field(field_, head_sdf, grid.vertices, steps=config.pretrain_steps, seed=config.seed)
+    return DMTet(grid, field_)
+
+
+def run_geometry(prior, embedding, config: ExperimentConfig, target=None, *, dmtet=None,
+                 chamfer_every: int = 0) -> GeometryRun:
+    """The SDS geometry loop (as scripts/smoke_pipeline.py runs it): DMTet + hash-grid SDF from the
+    head initialisation, normal-map renders of random orbit views, SDS from ``prior`` conditioned on
+    the identity and each view's azimuth, Laplacian + normal-consistency regularisers."""
+    import torch
+
+    from engine.geometry.fit import RegulariserWeights, geometry_regularisers
+    from engine.prior.sds import ScoreDistillation, SDSConfig
+
+    dmtet = dmtet or start_field(config)
+    torch.manual_seed(config.seed)
+    sds = ScoreDistillation(prior, SDSConfig(guidance_scale=config.guidance, t_start=config.t_start,
+                                             t_end=config.t_end, grad_clip=1.0))
+    optimiser = torch.optim.Adam(dmtet.field.parameters(), lr=config.sds_lr)
+    weights = RegulariserWeights(laplacian=config.laplacian, normal_consistency=config.normal_consistency)
+    generator = torch.Generator().manual_seed(config.seed)
+    curve = []
+    started = time.perf_counter()
+    for step in range(config.sds_steps):
+        if chamfer_every and target is not None and step % chamfer_every == 0:
+            curve.append((step, chamfer(*dmtet.mesh(), *target, config)))
+        cameras = sds_cameras(config.sds_views, seed=config.seed * 100003 + step, resolution=config.resolution,
+                              elevation_deg=config.elevation_deg)
+        surface, sdf = dmtet()
+        if surface.faces.shape[0] == 0:
+            raise RuntimeError(f"step {step}: the surface vanished from the tet grid")
+        images = normal_images(surface.verts, surface.faces, cameras)
+        cond = prior.conditioning(embedding, "", view=[float(a) for a in cameras.azimuth_deg])
+        loss, _ = sds.step(images, cond, step, config.sds_steps, generator=generator)
+        loss = loss + geometry_regularisers(surface, sdf, weights, config.grid)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    seconds = time.perf_counter() - started
+    verts, faces = dmtet.mesh()
+    if target is not None and chamfer_every:
+        curve.append((config.sds_steps, chamfer(verts, faces, *target, config)))
+    return GeometryRun(verts, faces, curve, seconds)
+
+
+def chamfer(verts, faces, target_verts, target_faces, config: ExperimentConfig) -> float:
+    """Symmetric Chamfer distance (metres) of the raw extraction (floaters included) to the target."""
+    from engine.geometry.mesh_utils import chamfer_distance
+
+    return chamfer_distance(verts, faces, target_verts, target_faces, n_points=config.chamfer_points,
+                            seed=config.seed)["chamfer"]
+
+
+# ---- the whole experiment ------------------------------------------------------------------------
+
+@dataclass
+class ExperimentResult:
+    config: dict
+    chamfer_start: float
+    chamfer_trained: float
+    chamfer_control: float
+    training: dict
+    seconds: dict
+    meshes: dict = field(default_factory=dict, repr=False)  # name -> (verts, faces) torch, for pictures
+    curves: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {"chamfer_start_m": self.chamfer_start, "chamfer_trained_m": self.chamfer_trained,
+                "chamfer_control_m": self.chamfer_control,
+                "trained_over_start": self.chamfer_trained / self.chamfer_start,
+                "trained_over_control": self.chamfer_trained / self.chamfer_control,
+                "train_eval_loss": [self.training["eval_loss_start"], self.training["eval_loss_end"]],
+                "seconds": self.seconds}
+
+
+def run_experiment(work: Path, config: ExperimentConfig, *, chamfer_every: int = 0, log=print,
+                   target=None) -> ExperimentResult:
+    """Target -> renders -> build-prior-dataset -> train-prior -> SDS (trained, control) -> Chamfer.
+
+    ``work`` receives the tiny models, the renders, the dataset and the LoRA. ``target`` may be
+    given as (verts, faces) numpy arrays; by default Suzanne is made with bpy."""
+    import torch
+
+    from engine.prior import load_prior
+    from engine.tiny_models import write_tiny_models
+
+    work = Path(work)
+    seconds = {}
+    clock = time.perf_counter()
+    if target is None:
+        target = suzanne_mesh()
+    tv, tf = torch.as_tensor(target[0]), torch.as_tensor(target[1], dtype=torch.long)
+    embedding = identity_embedding(config.seed)
+    models = write_tiny_models(work / "models")
+    if config.vae_steps:
+        train_tiny_vae(models, config, log)
+    count = write_heads_folder(work / "heads", target[0], target[1], embedding, config)
+    build_dataset(work / "heads", work / "dataset", config.resolution)
+    if config.calibrate_latents:
+        factor = calibrate_latent_scale(models, work / "heads")
+        log(f"tiny VAE scaling_factor set to {factor:.3f} (unit-variance latents; stock 0.18215)")
+    seconds["target_and_dataset"] = time.perf_counter() - clock
+    log(f"dataset: {count} normal maps of the target at {config.resolution}px ({seconds['target_and_dataset']:.1f} s)")
+
+    clock = time.perf_counter()
+    training = train_normal_prior(models, work / "dataset", work / "lora_normal", config)
+    seconds["train_prior"] = time.perf_counter() - clock
+    log(f"train-prior: {config.train_steps} steps, eval loss {training['eval_loss_start']:.4f} -> "
+        f"{training['eval_loss_end']:.4f} ({seconds['train_prior']:.1f} s)")
+
+    clock = time.perf_counter()
+    start = start_field(config)
+    start_state = {k: v.clone() for k, v in start.field.state_dict().items()}
+    start_mesh = start.mesh()
+    chamfer_start = chamfer(*start_mesh, tv, tf, config)
+    seconds["head_init"] = time.perf_counter() - clock
+
+    runs, curves = {}, {}
+    for name in ("trained", "control"):
+        prior = load_prior(models, device="cpu", task="normal" if name == "trained" else None,
+                           lora_dirs={"normal": work / "lora_normal"} if name == "trained" else None)
+        dmtet = start_field(ExperimentConfig(**{**asdict(config), "pretrain_steps": 0}))
+        dmtet.field.load_state_dict(start_state)  # both runs start from the very same field
+        run = run_geometry(prior, embedding, config, (tv, tf), dmtet=dmtet, chamfer_every=chamfer_every)
+        runs[name] = run
+        curves[name] = run.chamfer_curve
+        seconds[f"sds_{name}"] = run.seconds
+        log(f"SDS with the {name} prior: {config.sds_steps} steps in {run.seconds:.1f} s")
+    result = ExperimentResult(
+        config=asdict(config), chamfer_start=chamfer_start,
+        chamfer_trained=chamfer(runs["trained"].verts, runs["trained"].faces, tv, tf, config),
+        chamfer_control=chamfer(runs["control"].verts, runs["control"].faces, tv, tf, config),
+        training=training, seconds={k: round(v, 2) for k, v in seconds.items()},
+        meshes={"start": start_mesh, "trained": (runs["trained"].verts, runs["trained"].faces),
+                "control": (runs["control"].verts, runs["control"].faces), "target": (tv, tf)},
+        curves=curves)
+    return result
+
+
+def comparison_picture(meshes: dict, azimuths=(0.0, 60.0, 120.0), size: int = 128) -> np.ndarray:
+    """Normal-map renders [rows = azimuths, columns = start, trained, control, target] as uint8 RGB."""
+    import torch
+
+    cams = sds_cameras(len(azimuths), 0, size, elevation_deg=10.0, azimuth_deg=list(azimuths))
+    columns = []
+    with torch.no_grad():
+        for name in ("start", "trained", "control", "target"):
+            verts, faces = meshes[name]
+            images = normal_images(verts.float(), faces.long(), cams)
+            columns.append(torch.cat(list(images), dim=0))
+    picture = torch.cat(columns, dim=1).clamp(0, 1).numpy()
+    return (picture * 255).round().astype(np.uint8)
