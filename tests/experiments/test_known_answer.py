@@ -1,10 +1,11 @@
-"""The known-answer experiment, small: a normal prior trained on renders of Suzanne must pull the
-SDS geometry towards Suzanne, and clearly further than the untrained prior does from the same start
-with the same seed and steps.
+"""The known-answer experiment, small: SDS with a normal prior trained on renders of Suzanne must end
+closer to Suzanne than the start and clearly closer than SDS with the untrained prior, from the same
+start with the same seed and steps.
 
 Everything runs through the production code (bpy target, engine.render, build-prior-dataset,
 train-prior on the tiny models, the SDS geometry loop, Chamfer); bench/bench_known_answer.py is the
-full-size version (docs/known-answer.md). About 2 minutes on 2 quiet cores.
+full-size version (docs/known-answer.md). About 3 minutes on 2 quiet cores (11 min measured with
+the machine shared by eight jobs).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def test_trained_prior_pulls_the_head_to_the_shape_it_learnt(tmp_path):
                f"control {s['chamfer_control_m']:.4f}; train eval loss {s['train_eval_loss']}")
     # The trainer learnt something about the data at all.
     assert result.training["eval_loss_end"] < 0.7 * result.training["eval_loss_start"], figures
-    # SDS with the trained prior moved the surface towards the target ...
+    # SDS with the trained prior did not move the surface away from the target ...
     assert result.chamfer_trained < ka.QUICK_MAX_TRAINED_OVER_START * result.chamfer_start, figures
-    # ... and that is the prior's doing: the untrained one, same start, seed and steps, does not.
+    # ... and ended clearly closer to it than the untrained prior from the same start, seed and
+    # steps (which drifts away). Measured on 2 cores: trained/control 0.91 (docs/known-answer.md).
     assert result.chamfer_trained < ka.QUICK_MAX_TRAINED_OVER_CONTROL * result.chamfer_control, figures
