@@ -138,9 +138,14 @@ class Prior:
         return self._encode_ids_with_identity(ids, padded)
 
     def _encode_ids_with_identity(self, ids: torch.Tensor, padded: torch.Tensor) -> torch.Tensor:
-        where = ids == self.id_token_id
-        if not bool((where.sum(dim=1) == 1).all()):
-            raise ValueError("each prompt must hold the placeholder word exactly once")
+        # The placeholder is the first "id" of each prompt (Arc2Face's position, right after
+        # "photo of a"); an "id" in the user's own text after it ("with an id badge") stays a word.
+        found = ids == self.id_token_id
+        if not bool(found.any(dim=1).all()):
+            raise ValueError(f"each prompt must hold the placeholder word {ID_WORD!r}")
+        first = found.int().argmax(dim=1)
+        where = torch.zeros_like(found)
+        where[torch.arange(ids.shape[0], device=ids.device), first] = True
 
         def replace(_module, _inputs, output):
             output = output.clone()
