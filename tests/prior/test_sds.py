@@ -17,19 +17,8 @@ def _unet(prior, noisy, t, prompt):
         return prior.unet(noisy, t, encoder_hidden_states=prompt).sample
 
 
-def _expected_gradient(prior, latents, cond, noise, t, scale, weighting="sds"):
-    """w(t)·(ε̂ − ε) from the definitions, independently of the code under test: ᾱ from the
-    scheduler, z_t by hand, two separate UNet calls, CFG ε_u + s(ε_c − ε_u), the weighting by hand."""
-    a = prior.scheduler.alphas_cumprod.float()[t].view(-1, 1, 1, 1)
-    noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
-    eps_u, eps_c = _unet(prior, noisy, t, cond.uncond), _unet(prior, noisy, t, cond.prompt)
-    eps_hat = eps_u + scale * (eps_c - eps_u)
-    w = {"sds": 1 - a, "uniform": torch.ones_like(a), "fantasia3d": a.sqrt() * (1 - a)}[weighting]
-    return w * (eps_hat - noise)
-
-
 @pytest.mark.parametrize("weighting", ["sds", "uniform", "fantasia3d"])
-def test_gradient_on_latents_is_weighted_noise_residual(base_prior, weighting):
+def test_gradient_on_latents_is_weighted_noise_residual(base_prior, weighting, expected_sds_gradient):
     prior = base_prior
     torch.manual_seed(0)
     cond = prior.conditioning(torch.randn(512), "smiling", view="front")
@@ -38,7 +27,7 @@ def test_gradient_on_latents_is_weighted_noise_residual(base_prior, weighting):
     sds = ScoreDistillation(prior, SDSConfig(guidance_scale=scale, weighting=weighting))
     loss, info = sds.step_latents(latents, cond, 0, 10, noise=noise, t=t)
     loss.backward()
-    expected = _expected_gradient(prior, latents.detach(), cond, noise, t, scale, weighting)
+    expected = expected_sds_gradient(prior, latents.detach(), cond, noise, t, scale, weighting)
     a = float(prior.scheduler.alphas_cumprod[437])
     w = {"sds": 1 - a, "uniform": 1.0, "fantasia3d": math.sqrt(a) * (1 - a)}[weighting]
     assert info["t"] == [437] and info["w"][0] == pytest.approx(w, rel=1e-6)
@@ -47,7 +36,7 @@ def test_gradient_on_latents_is_weighted_noise_residual(base_prior, weighting):
     assert loss.item() == pytest.approx(0.5 * float(expected.pow(2).sum()), rel=1e-4)
 
 
-def test_batch_of_views_gets_mean_gradient_and_reaches_the_render(base_prior):
+def test_batch_of_views_gets_mean_gradient_and_reaches_the_render(base_prior, expected_sds_gradient):
     prior = base_prior
     cond = prior.conditioning(torch.randn(512), "", view=[0.0, 180.0])
     render = torch.rand(2, 64, 64, 3, requires_grad=True)
@@ -57,12 +46,12 @@ def test_batch_of_views_gets_mean_gradient_and_reaches_the_render(base_prior):
     latents.retain_grad()
     loss, _ = sds.step_latents(latents, cond, 0, 10, noise=noise, t=t)
     loss.backward()
-    expected = _expected_gradient(prior, latents.detach(), cond, noise, t, 3.0)
+    expected = expected_sds_gradient(prior, latents.detach(), cond, noise, t, 3.0)
     torch.testing.assert_close(latents.grad, expected / 2, rtol=1e-4, atol=1e-5)
     assert render.grad is not None and render.grad.abs().sum() > 0  # through the VAE encoder
 
 
-def test_k_renders_per_view_are_paired_with_their_own_view(base_prior):
+def test_k_renders_per_view_are_paired_with_their_own_view(base_prior, expected_sds_gradient):
     """Renders come as k copies of the V views ([v0, v1, v2, v0, v1, v2]); each must get its own view's
     conditioning. The three views' texts differ, so a mispairing changes the gradient."""
     prior = base_prior
@@ -79,7 +68,7 @@ def test_k_renders_per_view_are_paired_with_their_own_view(base_prior):
     for i in range(6):
         v = i % 3
         own = type(cond)(cond.prompt[v:v + 1], cond.uncond[v:v + 1])
-        expected = _expected_gradient(prior, latents.detach()[i:i + 1], own, noise[i:i + 1], t[i:i + 1], 2.0) / 6
+        expected = expected_sds_gradient(prior, latents.detach()[i:i + 1], own, noise[i:i + 1], t[i:i + 1], 2.0) / 6
         torch.testing.assert_close(latents.grad[i:i + 1], expected, rtol=1e-4, atol=1e-6)
     assert not torch.allclose(cond.prompt[0], cond.prompt[1])  # the views really differ
 
