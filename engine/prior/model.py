@@ -359,7 +359,7 @@ def _load_text_encoder(folder: Path, dtype):
             return CLIPTextModel.from_pretrained(folder, dtype=dtype, use_safetensors=True)
         except (OSError, ValueError, RuntimeError) as exc:
             raise CorruptWeightsError(f"{folder / 'model.safetensors'} could not be loaded ({str(exc)[:300]})",
-                                      "download encoder/ again") from None
+                                      f"download {folder.parent.name}/{folder.name}/ again") from None
     # Arc2Face ships a pickle: read it with the weights-only loader and go through safetensors.
     state = load_encoder_bin_safely(folder / "pytorch_model.bin")
     check_shapes_against(skeleton, {k: ("", list(v.shape)) for k, v in state.items()},
