@@ -130,7 +130,8 @@ def _require_owner(path: Path) -> tuple[Path, dict]:
 
 
 def _entries_of(path: Path, owner: Path) -> dict[str, dict]:
-    """Manifest entries for everything at and under ``path`` as it is now on disk."""
+    """Manifest entries for everything at and under ``path`` as it is now on disk. A sub-folder
+    with a marker of its own is one entry ("owned"): its own manifest speaks for its contents."""
     found: dict[str, dict] = {}
     if path.is_symlink() or not path.is_dir():
         found[_rel(path, owner)] = {"type": "file", "sig": [_signature(path)]}
@@ -139,13 +140,17 @@ def _entries_of(path: Path, owner: Path) -> dict[str, dict]:
     for folder, dirs, files in os.walk(path):
         base = Path(folder)
         for name in list(dirs):
-            if (base / name).is_symlink():  # a link is an entry of its own; never followed
+            sub = base / name
+            if sub.is_symlink():  # a link is an entry of its own; never followed
                 dirs.remove(name)
                 files.append(name)
+            elif read_manifest(sub) is not None:
+                dirs.remove(name)
+                found[_rel(sub, owner)] = {"type": "owned"}
             else:
-                found[_rel(base / name, owner)] = {"type": "dir"}
+                found[_rel(sub, owner)] = {"type": "dir"}
         for name in files:
-            if base == owner and name == MARKER:
+            if base == path and name == MARKER and read_manifest(path) is not None:
                 continue
             found[_rel(base / name, owner)] = {"type": "file", "sig": [_signature(base / name)]}
     return found
@@ -164,10 +169,12 @@ def record(path: Path | str) -> None:
 
 
 def _is_own(path: Path, owner: Path, entries: dict) -> bool:
+    if path.is_dir() and not path.is_symlink() and read_manifest(path) is not None:
+        return True  # a nested owned folder: judged by its own manifest
     entry = entries.get(_rel(path, owner))
     if entry is None:
         return _is_leftover(path.name)
-    if entry.get("type") == "dir":
+    if entry.get("type") in ("dir", "owned"):
         return path.is_dir() and not path.is_symlink()
     try:
         return _signature(path) in entry.get("sig", [])
@@ -178,16 +185,20 @@ def _is_own(path: Path, owner: Path, entries: dict) -> bool:
 def foreign_entries(path: Path | str) -> list[Path]:
     """What at or under ``path`` the engine did not write (or was changed since): never to be deleted."""
     path = Path(os.path.abspath(path))
-    owner = owner_of(path) if path.is_dir() and (path / MARKER).is_file() else owner_of(path.parent)
     if not os.path.lexists(path):
         return []
+    owner = path if path.is_dir() and read_manifest(path) is not None else owner_of(path.parent)
     if owner is None:
         return [path]
     entries = read_manifest(owner)["entries"]
     foreign = []
-    for rel in _entries_of(path, owner):
+    for rel, entry in _entries_of(path, owner).items():
         candidate = owner / rel
-        if candidate != owner and not _is_own(candidate, owner, entries):
+        if candidate == owner:
+            continue
+        if entry["type"] == "owned":
+            foreign += foreign_entries(candidate)
+        elif not _is_own(candidate, owner, entries):
             foreign.append(candidate)
     return sorted(foreign)
 
@@ -228,11 +239,16 @@ def remove_owned(path: Path | str, *, keep_foreign: bool = False) -> list[Path]:
     kept = set(foreign)
     entries = manifest["entries"]
     targets = sorted(_entries_of(path, owner), key=lambda r: r.count("/"), reverse=True)
+    found = _entries_of(path, owner)
     for item_rel in targets:  # deepest first, so folders are empty when their turn comes
         item = owner / item_rel
-        if item == owner or item in kept or any(item in k.parents for k in kept):
+        if item == owner or item in kept:
             continue
-        if item.is_dir() and not item.is_symlink():
+        if found[item_rel]["type"] == "owned":
+            remove_owned(item, keep_foreign=keep_foreign)
+        elif any(item in k.parents for k in kept):
+            continue  # a folder that still holds the user's files
+        elif item.is_dir() and not item.is_symlink():
             os.rmdir(item)
         else:
             os.unlink(item)

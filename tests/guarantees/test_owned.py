@@ -136,3 +136,15 @@ def test_recover_dir_restores_the_old_version_after_a_gap(tmp_path):
     atomic.recover_dir(target)
     assert (target / "v").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]
+
+
+def test_nested_owned_folder_is_judged_by_its_own_manifest(tmp_path):
+    job = owned.claim_dir(tmp_path / "job", "job")
+    owned.replace_owned_dir(job / "identity", "identity", three_files)
+    assert owned.foreign_entries(job) == []
+    (job / "identity" / "mine.txt").write_text("u")
+    assert owned.foreign_entries(job) == [job / "identity" / "mine.txt"]
+    kept = owned.remove_owned(job, keep_foreign=True)
+    assert kept == [job / "identity" / "mine.txt"]
+    assert listing(job / "identity")["mine.txt"] == b"u"
+    assert sorted(listing(job / "identity")) == [".idto3d-owned.json", "mine.txt"]
