@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -326,13 +327,7 @@ def replace_owned_dir(target: Path | str, kind: str, write: Callable[[Path], Non
     there; otherwise nothing is changed (:class:`ForeignFolderError`). The new folder's manifest is
     written inside the staging folder, so the swap replaces files and manifest together.
     """
-    target = Path(os.path.abspath(target))
-    recover_dir(target)
-    if os.path.lexists(target):
-        claim_dir(target, kind)  # refuses a file, a foreign folder or another kind, unchanged
-        foreign = foreign_entries(target)
-        if foreign:
-            raise _foreign_error(target, foreign, "replace")
+    target = check_replaceable(target, kind)
 
     def staged(staging: Path) -> None:
         write(staging)
@@ -342,8 +337,32 @@ def replace_owned_dir(target: Path | str, kind: str, write: Callable[[Path], Non
         manifest["entries"] = entries
         _write_manifest(staging, manifest)
 
+    return replace_dir_atomic(target, staged)
+
+
+def check_replaceable(target: Path | str, kind: str) -> Path:
+    """Raise (changing nothing) unless :func:`replace_owned_dir` may replace ``target``: call it
+    before long work whose result goes there, so a refusal comes first, not after an hour."""
+    target = Path(os.path.abspath(target))
+    recover_dir(target)
+    if os.path.lexists(target):
+        if not os.path.isdir(target):
+            raise ForeignFolderError(f"{target} is a file, not a folder; nothing was changed",
+                                     code="out_not_a_folder", hint="choose a folder path (or move that file away)")
+        manifest = read_manifest(target)
+        with os.scandir(target) as contents:
+            empty = next(contents, None) is None
+        if (manifest is None and not empty) or (manifest is not None and manifest["kind"] != kind):
+            claim_dir(target, kind)  # raises (foreign or another kind) before writing anything
+        foreign = foreign_entries(target)
+        if foreign:
+            raise _foreign_error(target, foreign, "replace")
+    parent = target.parent
     try:
-        return replace_dir_atomic(target, staged)
-    except PermissionError as exc:
-        raise _not_writable(target.parent, exc) from None
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = Path(tempfile.mkdtemp(prefix=f".{target.name}{NEW_TAG}", dir=parent))
+        os.rmdir(probe)
+    except OSError as exc:
+        raise _not_writable(parent, exc) from None
+    return target
 
