@@ -354,7 +354,7 @@ def check_replaceable(target: Path | str, kind: str) -> Path:
             empty = next(contents, None) is None
         if (manifest is None and not empty) or (manifest is not None and manifest["kind"] != kind):
             claim_dir(target, kind)  # raises (foreign or another kind) before writing anything
-        foreign = foreign_entries(target)
+        foreign = foreign_entries(target) if manifest is not None else []
         if foreign:
             raise _foreign_error(target, foreign, "replace")
     parent = target.parent

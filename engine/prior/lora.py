@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..atomic import NEW_TAG
 from .errors import CorruptWeightsError, MismatchedWeightsError, MissingWeightsError
 from .expression_attention import has_expression_branch
 from .weights import check_safetensors, read_json
@@ -71,7 +72,7 @@ def save_task_adapter(unet, folder: Path | str, adapter_name: str, info: Adapter
     with ``prior_adapter.json`` always has matching weights."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".adapter-", dir=folder))
+    staging = Path(tempfile.mkdtemp(prefix=f".adapter{NEW_TAG}", dir=folder))  # tagged: a left-over is the engine's
     try:
         unet.save_lora_adapter(staging, adapter_name=adapter_name, weight_name=WEIGHTS_FILE)
         info.weights_sha256 = _sha256(staging / WEIGHTS_FILE)

@@ -142,7 +142,9 @@ def test_builder_refuses_to_replace_a_folder_it_did_not_write(tmp_path, make_hea
     precious = tmp_path / "my-renders-and-notes"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
-    with pytest.raises(DatasetError, match="not empty"):
+    from engine.owned import ForeignFolderError
+
+    with pytest.raises(ForeignFolderError, match="not empty.*nothing was changed"):
         build_dataset(heads, precious, "normal", resolution=32)
     with pytest.raises(DatasetError, match="overlaps"):
         build_dataset(heads, heads, "normal", resolution=32)
