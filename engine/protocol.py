@@ -256,6 +256,59 @@ def start_cancel_watcher(stream: IO, event: threading.Event, *,
     return thread
 
 
+class WorkerSession:
+    """Worker side of stdout: ``hello`` on entry, and on *every* exit path a closing ``done``.
+
+    Inside ``with WorkerSession(sys.stdout, version) as session:`` call :meth:`send`; on a normal
+    exit call :meth:`finish` (``done ok``). An exception leaving the block — KeyboardInterrupt
+    (SIGINT), an EngineError, or a bug — first sends ``error`` (code, message, hint) and then
+    ``done`` with ok false, so the reader always sees how the stream ended. The exception then
+    propagates as usual (exit status chosen by the caller).
+    """
+
+    def __init__(self, stream: IO[str], engine_version: str, pid: int | None = None):
+        import os
+
+        self.stream, self.engine_version, self.pid = stream, engine_version, pid or os.getpid()
+        self.finished = False
+
+    def __enter__(self) -> "WorkerSession":
+        self.stream.write(encode(hello(self.engine_version, self.pid)))
+        self.stream.flush()
+        return self
+
+    def send(self, kind: str, **fields: Any) -> None:
+        if self.finished:
+            raise ProtocolError(f"{kind!r} after 'done'")
+        send(self.stream, kind, **fields)
+
+    def finish(self, ok: bool = True, code: str | None = None) -> None:
+        if not self.finished:
+            self.send("done", ok=ok, **({"code": code} if code else {}))
+            self.finished = True
+
+    def fail(self, code: str, message_text: str, hint: str | None = None) -> None:
+        if not self.finished:
+            self.send("error", code=code, message=message_text, hint=hint or "")
+            self.finish(ok=False, code=code)
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is None:
+            self.finish(ok=True)
+            return False
+        try:
+            if isinstance(exc, KeyboardInterrupt):
+                self.fail("cancelled", "interrupted (Ctrl-C or SIGINT)", "run it again to continue")
+            elif isinstance(getattr(exc, "code", None), str) and hasattr(exc, "message"):  # an EngineError
+                self.fail(exc.code, exc.message, getattr(exc, "hint", None))
+            else:
+                self.fail("internal_error", f"{type(exc).__name__}: {exc}"[:2000],
+                          "this is a bug in the engine; please report it with the log (stderr)")
+        except (OSError, ValueError):
+            pass  # stdout is gone (the reader quit): nothing more can be said
+        return False
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None

@@ -78,24 +78,22 @@ def run(args: argparse.Namespace) -> int:
     from ..options import check_device_available
     from .train import TrainConfig, train_prior
 
-    import os
+    import contextlib
 
     from .. import __version__, protocol
 
+    session = protocol.WorkerSession(sys.stdout, __version__) if args.json else contextlib.nullcontext()
     report = None
     if args.json:
-        sys.stdout.write(protocol.encode(protocol.hello(__version__, os.getpid())))
-
         def report(event: dict) -> None:
             if event["kind"] == "progress":
-                protocol.send(sys.stdout, "progress", step=event["step"], total=event["total"], loss=event["loss"],
-                              eta_s=event["eta_s"], stage="train-prior")
+                session.send("progress", step=event["step"], total=event["total"], loss=event["loss"],
+                             eta_s=event["eta_s"], stage="train-prior")
+            elif event["kind"] == "start":
+                session.send("stage", name="train-prior", index=1, count=1, eval_loss=event["eval_loss"])
             else:
-                protocol.send(sys.stdout, "stage" if event["kind"] == "start" else "result",
-                              **({"name": "train-prior", "index": 0, "count": 1, "eval_loss": event["eval_loss"]}
-                                 if event["kind"] == "start" else
-                                 {"folder": str(args.out), "eval_loss": event["eval_loss"],
-                                  "eval_loss_start": event["eval_loss_start"]}))
+                session.send("result", folder=str(args.out), eval_loss=event["eval_loss"],
+                             eval_loss_start=event["eval_loss_start"])
 
     config = TrainConfig(
         domain=args.domain, data=args.data, out=args.out, models_root=args.prior or default_models_root(),
@@ -105,19 +103,17 @@ def run(args: argparse.Namespace) -> int:
         validate_every=args.validate_every, validation_samples=args.validation_samples, seed=args.seed,
         resume=args.resume, device=args.device, dtype=args.dtype)
     try:
-        check_device_available(args.device)
-        result = train_prior(config, report)
-    except (EngineError, ValueError) as exc:
-        if args.json:
-            # PriorError's str() already ends with its hint: send the parts separately.
-            protocol.send(sys.stdout, "error", code=getattr(exc, "code", "bad_input"),
-                          message=getattr(exc, "message", str(exc)), hint=getattr(exc, "hint", "") or "")
-            protocol.send(sys.stdout, "done", ok=False)
+        # --json: hello first; error + done on every way out (SIGINT and bugs included).
+        with session:
+            check_device_available(args.device)
+            try:
+                result = train_prior(config, report)
+            except ValueError as exc:  # e.g. --targets naming modules the UNet lacks: the user's input
+                raise EngineError(str(exc), code="bad_option", hint="check --targets and --dtype") from None
+    except EngineError as exc:
         print(f"train-prior: error: {getattr(exc, 'message', exc)}"
               + (f"\nfix: {exc.hint}" if getattr(exc, "hint", None) else ""), file=sys.stderr)
         return exit_code_for(exc)
-    if args.json:
-        protocol.send(sys.stdout, "done", ok=True)
     print(f"train-prior: {result.steps} steps, eval loss {result.eval_loss_start:.4f} -> {result.eval_loss_end:.4f}; "
           f"adapter in {result.adapter_dir}", file=sys.stderr)
     return 0
