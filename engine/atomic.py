@@ -99,8 +99,8 @@ def replace_dir_atomic(target: Path | str, write: Callable[[Path], None]) -> Pat
     recover_dir(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}{NEW_TAG}", dir=target.parent))
     try:
-        os.chmod(staging, folder_mode())
         write(staging)
+        _ordinary_modes(staging)
         if not target.exists():
             os.rename(staging, target)
         elif _exchange(staging, target):
@@ -113,6 +113,21 @@ def replace_dir_atomic(target: Path | str, write: Callable[[Path], None]) -> Pat
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _ordinary_modes(folder: Path) -> None:
+    """Give everything in a freshly written folder the modes plain open/mkdir would have (some
+    libraries write through private temporary files, which stay 0600 after their rename)."""
+    files, folders = file_mode(), folder_mode()
+    os.chmod(folder, folders)
+    for base, dirs, names in os.walk(folder):
+        for name in dirs:
+            if not os.path.islink(os.path.join(base, name)):
+                os.chmod(os.path.join(base, name), folders)
+        for name in names:
+            path = os.path.join(base, name)
+            if not os.path.islink(path):
+                os.chmod(path, files)
 
 
 def recover_dir(target: Path | str) -> None:

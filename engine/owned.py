@@ -45,7 +45,7 @@ def _is_leftover(name: str) -> bool:
 
 def _signature(path: Path) -> list[int]:
     st = os.lstat(path)
-    return [st.st_size, st.st_mtime_ns, st.st_ino]  # a rename keeps all three; a user's edit or copy does not
+    return [st.st_size, st.st_mtime_ns]  # kept by a rename and by a copy that keeps times; changed by an edit
 
 
 def _rel(path: Path, owner: Path) -> str:

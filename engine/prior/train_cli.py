@@ -32,14 +32,15 @@ def prepare_output(out: Path, resume: bool) -> None:
     from ..owned import claim_dir, foreign_entries
     from .lora import INFO_FILE, WEIGHTS_FILE
 
+    if resume and not (out / "checkpoints").is_dir():
+        raise EngineError(f"--resume: {out} holds no checkpoints/ to continue from; nothing was changed",
+                          code="bad_resume", hint="run without --resume to start training, or point --out at an "
+                                                  "earlier run")
     claim_dir(out, LORA_KIND)
     mine = [p for p in foreign_entries(out) if p.name in (WEIGHTS_FILE, INFO_FILE) and p.parent == Path(os.path.abspath(out))]
     if mine:
         raise EngineError(f"{mine[0]} was not written by train-prior (or was changed since); nothing was changed",
                           code="foreign_entries", hint="move it away or choose another --out folder")
-    if resume and not (out / "checkpoints").is_dir():
-        raise EngineError(f"--resume: {out} holds no checkpoints/ to continue from", code="bad_resume",
-                          hint="run without --resume to start training, or point --out at an earlier run")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         target_modules=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
         expression_scale=args.expression_scale, checkpoint_every=args.checkpoint_every,
         validate_every=args.validate_every, validation_samples=args.validation_samples, seed=args.seed,
-        resume=args.resume, device=args.device, dtype=args.dtype)
+        resume=args.resume, device=None if args.device == "auto" else args.device, dtype=args.dtype)
     try:
         # --json: hello first; error + done on every way out (SIGINT and bugs included).
         with session:
