@@ -35,7 +35,7 @@ EXIT_DEVICE = 4  # the requested device is not available in this Python
 EXIT_INTERRUPTED = 130
 
 _OUTPUT_CODES = {"out_not_a_folder", "out_not_writable", "foreign_folder", "foreign_entries", "not_owned"}
-_DEVICE_CODES = {"device_unavailable"}
+_DEVICE_CODES = {"device_unavailable", "no_cuda"}
 
 
 def exit_code_for(exc: BaseException) -> int:

@@ -317,5 +317,6 @@ def train_prior(config: TrainConfig, report: Callable[[dict], None] | None = Non
     """Train (or resume) a task prior; returns the eval losses and where things were written."""
     from .train_cli import prepare_output
 
+    read_dataset(config.data, config.domain)  # a bad dataset is named before anything is written
     prepare_output(config.out, config.resume)  # refuses a foreign --out before any model loads
     return PriorTrainer(config, report).train()
