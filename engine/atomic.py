@@ -107,8 +107,13 @@ def replace_dir_atomic(target: Path | str, write: Callable[[Path], None]) -> Pat
             pass  # staging now holds the old version; deleted below
         else:
             aside = target.parent / f".{target.name}{OLD_TAG}{secrets.token_hex(4)}"
-            os.rename(target, aside)
-            os.rename(staging, target)
+            try:
+                os.rename(target, aside)
+                os.rename(staging, target)
+            except BaseException:  # Ctrl-C or an error in the gap: put the old version back at once
+                if not target.exists() and aside.exists():
+                    os.rename(aside, target)
+                raise
             shutil.rmtree(aside, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
