@@ -57,7 +57,7 @@ replace("old")
 
 real_rmtree, real_rename = shutil.rmtree, os.rename
 def rmtree(path, *args, **kwargs):  # announce the deletion of the old version, and linger there
-    if (atomic.NEW_TAG in str(path) or atomic.OLD_TAG in str(path)) and Path(path).exists():
+    if (atomic.NEW_TAG in str(path) or atomic.OLD_TAG in str(path) or Path(path) == target) and Path(path).exists():
         print("deleting", flush=True)
         time.sleep(0.3)
     return real_rmtree(path, *args, **kwargs)
