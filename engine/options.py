@@ -92,3 +92,21 @@ def check_device_available(device: str | None, option: str = "--device") -> None
     if index >= torch.cuda.device_count():
         raise EngineError(f"{option} {device}: only {torch.cuda.device_count()} CUDA device(s) are visible",
                           code="device_unavailable", hint=f"use {option} cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+
+
+def read_list_file(path, what: str = "list") -> list[str]:
+    """Entries of a list file, byte-exact: NUL-separated if the file holds a NUL, else one per
+    line. Names that are not valid UTF-8 come back surrogate-escaped (``os.fsdecode``), so they
+    reach the file system unchanged. For user values that must never be parsed as options."""
+    import os
+
+    from .errors import EngineError
+
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read()
+    except OSError as exc:
+        raise EngineError(f"cannot read the {what} file {path} ({exc.strerror or exc})", code="bad_list_file",
+                          hint="pass an existing text file with one entry per line") from None
+    parts = data.split(b"\0") if b"\0" in data else data.splitlines()
+    return [os.fsdecode(part) for part in parts if part.strip()]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -65,25 +64,14 @@ def format_table(report) -> str:
     return "\n".join(lines)
 
 
-def read_photo_list(path: Path) -> list[Path]:
-    """Paths from a list file, byte-exact: NUL-separated if the file holds a NUL, else one per line."""
-    from ..errors import EngineError
-
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise EngineError(f"cannot read the photo list {path} ({exc.strerror or exc})", code="bad_photo_list",
-                          hint="pass an existing text file with one photo path per line") from None
-    parts = data.split(b"\0") if b"\0" in data else data.splitlines()
-    return [Path(os.fsdecode(part)) for part in parts if part.strip()]
-
-
 def run(args: argparse.Namespace) -> int:
     from ..errors import EngineError, exit_code_for
+    from ..options import read_list_file
     from . import analyse_photos
 
     try:
-        images = list(args.images) + (read_photo_list(args.photos_from) if args.photos_from else [])
+        listed = read_list_file(args.photos_from, "photo list") if args.photos_from else []
+        images = list(args.images) + [Path(name) for name in listed]
         report = analyse_photos(images, backend=args.backend, models_root=args.models, out_dir=args.out,
                                 device=args.device, judge=not args.no_judge)
     except EngineError as exc:
