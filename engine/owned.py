@@ -82,6 +82,20 @@ def _not_writable(path: Path, exc: OSError) -> EngineError:
 def claim_dir(path: Path | str, kind: str, *, shared: bool = False) -> Path:
     """Create ``path`` (or accept it) as a folder of ``kind`` that the engine owns; see the module doc."""
     path = Path(path)
+    if check_claimable(path, kind, shared=shared):
+        return path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        _write_manifest(path, _new_manifest(kind, shared))
+    except OSError as exc:
+        raise _not_writable(path, exc) from None
+    return path
+
+
+def check_claimable(path: Path | str, kind: str, *, shared: bool = False) -> bool:
+    """Raise :class:`ForeignFolderError` (changing nothing) unless :func:`claim_dir` would accept
+    ``path``; True when it is already claimed with that kind. Call it before long work."""
+    path = Path(path)
     if path.exists() and not path.is_dir():
         raise ForeignFolderError(f"{path} is a file, not a folder; nothing was changed",
                                  code="out_not_a_folder", hint="choose a folder path (or move that file away)")
@@ -94,7 +108,7 @@ def claim_dir(path: Path | str, kind: str, *, shared: bool = False) -> Path:
         if shared and not manifest.get("shared"):
             manifest["shared"] = True
             _write_manifest(path, manifest)
-        return path
+        return True
     if path.is_dir() and not shared:
         try:
             contents = [p.name for p in path.iterdir()]
@@ -105,12 +119,11 @@ def claim_dir(path: Path | str, kind: str, *, shared: bool = False) -> Path:
             raise ForeignFolderError(
                 f"{path} is not empty and was not written by the engine (it holds {shown}); nothing was changed",
                 hint="choose an empty or new folder (the engine only replaces folders it wrote itself)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        _write_manifest(path, _new_manifest(kind, shared))
-    except OSError as exc:
-        raise _not_writable(path, exc) from None
-    return path
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        raise _not_writable(path, PermissionError(13, "Permission denied" if existing.is_dir() else
+                                                  f"{existing} is not a folder"))
+    return False
 
 
 def owner_of(path: Path | str) -> Path | None:

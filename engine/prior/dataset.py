@@ -189,7 +189,8 @@ def build_dataset(heads: Path | str, out: Path | str, domain: str, *, resolution
     _check_output_folder(heads, out)
     folders = sorted(p for p in heads.iterdir() if p.is_dir()) if heads.is_dir() else []
     if not folders:
-        raise DatasetError(f"{heads} holds no head folders", "one sub-folder per rendered head")
+        raise DatasetError(f"{heads} holds no head folders" if heads.is_dir() else f"{heads} is not a folder",
+                           "give --heads a folder with one sub-folder per rendered head")
     count = 0
 
     def write(staging: Path) -> None:  # out is replaced only if everything was written

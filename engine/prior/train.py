@@ -318,5 +318,7 @@ def train_prior(config: TrainConfig, report: Callable[[dict], None] | None = Non
     from .train_cli import prepare_output
 
     read_dataset(config.data, config.domain)  # a bad dataset is named before anything is written
-    prepare_output(config.out, config.resume)  # refuses a foreign --out before any model loads
-    return PriorTrainer(config, report).train()
+    prepare_output(config.out, config.resume, claim=False)  # a foreign --out is refused before any model loads
+    trainer = PriorTrainer(config, report)
+    prepare_output(config.out, config.resume)  # the models loaded: now the folder may be made
+    return trainer.train()

@@ -25,18 +25,19 @@ def target_list(text: str) -> str:
     return text
 
 
-def prepare_output(out: Path, resume: bool) -> None:
+def prepare_output(out: Path, resume: bool, *, claim: bool = True) -> None:
     """Claim ``--out`` (refusing a foreign folder unchanged) and refuse to overwrite adapter files
-    the trainer did not write. Raises EngineError."""
+    the trainer did not write; ``claim=False`` checks only, writing nothing. Raises EngineError."""
     from ..errors import EngineError
-    from ..owned import claim_dir, foreign_entries
+    from ..owned import check_claimable, claim_dir, foreign_entries
     from .lora import INFO_FILE, WEIGHTS_FILE
 
     if resume and not (out / "checkpoints").is_dir():
         raise EngineError(f"--resume: {out} holds no checkpoints/ to continue from; nothing was changed",
                           code="bad_resume", hint="run without --resume to start training, or point --out at an "
                                                   "earlier run")
-    claim_dir(out, LORA_KIND)
+    if not (claim_dir(out, LORA_KIND) if claim else check_claimable(out, LORA_KIND)):
+        return  # not claimed yet: nothing of ours in it to check
     mine = [p for p in foreign_entries(out) if p.name in (WEIGHTS_FILE, INFO_FILE) and p.parent == Path(os.path.abspath(out))]
     if mine:
         raise EngineError(f"{mine[0]} was not written by train-prior (or was changed since); nothing was changed",

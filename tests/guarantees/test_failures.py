@@ -271,3 +271,23 @@ def test_a_crop_write_failure_is_an_output_error_not_an_unreadable_photo(capsys,
     assert code == EXIT_OUTPUT_REFUSED, text
     assert "cannot write the face crop" in text and "No space left" in text and "unreadable" not in text
     assert not out.exists()
+
+
+def test_train_prior_with_a_missing_models_folder_creates_nothing(capsys, tmp_path, dataset):
+    out = tmp_path / "lora"
+    code, text = cli(capsys, *train_args(tmp_path / "no-models", dataset, out))
+    assert code == EXIT_BAD_INPUT and f"{tmp_path / 'no-models'} does not exist" in text and "fetch-models" in text
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("heads_kind", ["missing", "file", "empty"])
+def test_build_dataset_names_a_bad_heads_folder(heads_kind, capsys, tmp_path):
+    heads = tmp_path / "heads"
+    if heads_kind == "file":
+        heads.write_text("not a folder")
+    elif heads_kind == "empty":
+        heads.mkdir()
+    code, text = cli(capsys, "build-prior-dataset", "--heads", heads, "--out", tmp_path / "ds", "--domain", "normal")
+    reason = "holds no head folders" if heads_kind == "empty" else "is not a folder"
+    assert code == EXIT_BAD_INPUT and f"{heads} {reason}" in text and "fix: give --heads a folder" in text
+    assert not (tmp_path / "ds").exists()
