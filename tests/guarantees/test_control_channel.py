@@ -137,3 +137,57 @@ def test_cancel_watcher_in_a_worker_process_under_utf8_io(ending):
     assert stopped == f"stopped: True ['{ending}']\n".encode()
     assert b"Traceback" not in err
     assert b"nested too deeply" in err and b"not UTF-8" in err and b"limit" in err
+
+
+@pytest.mark.parametrize("failure, code", [(KeyboardInterrupt(), "cancelled"), (ZeroDivisionError("x"), "internal_error")])
+def test_worker_session_ends_every_stream_with_error_and_done(failure, code):
+    from engine.errors import EngineError
+
+    stream = io.StringIO()
+    with pytest.raises(type(failure)):
+        with protocol.WorkerSession(stream, "0.1") as session:
+            session.send("stage", name="prior", index=1, count=1)
+            raise failure
+    messages = list(protocol.read_stream(io.StringIO(stream.getvalue())))
+    assert [m["type"] for m in messages] == ["hello", "stage", "error", "done"]
+    assert messages[2]["code"] == code and messages[3] == {"type": "done", "ok": False, "code": code}
+    stream = io.StringIO()
+    with pytest.raises(EngineError):
+        with protocol.WorkerSession(stream, "0.1"):
+            raise EngineError("bad photo a.jpg", code="bad_photo", hint="use another")
+    last = stream.getvalue().splitlines()[-2:]
+    assert protocol.decode(last[0])["hint"] == "use another" and protocol.decode(last[1])["code"] == "bad_photo"
+
+
+def test_train_prior_json_ends_with_error_and_done_on_sigint(tmp_path, tiny_models_root):
+    """SIGINT (Ctrl-C, or the add-on stopping it) in the middle of training: the stream still ends
+    with error(cancelled) and done, and the exit status is 130."""
+    import signal
+
+    from engine.prior.dataset import build_dataset
+
+    heads = tmp_path / "heads" / "head_00"
+    heads.mkdir(parents=True)
+    import numpy as np
+    from PIL import Image
+
+    np.save(heads / "identity.npy", np.random.default_rng(0).normal(size=512).astype(np.float32))
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(heads / "normal_000.png")
+    build_dataset(tmp_path / "heads", tmp_path / "ds", "normal", resolution=64)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
+    child = subprocess.Popen([sys.executable, "-m", "engine", "train-prior", "--domain", "normal",
+                              f"--data={tmp_path / 'ds'}", f"--out={tmp_path / 'lora'}", f"--prior={tiny_models_root}",
+                              "--steps=1000000", "--batch-size=1", "--rank=2", "--validation-samples=0",
+                              "--device=cpu", "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    try:
+        reader = protocol.Reader()
+        while reader.feed(child.stdout.readline())["type"] != "stage":  # training has begun
+            pass
+        child.send_signal(signal.SIGINT)
+        rest = [reader.feed(line) for line in child.stdout]
+        assert child.wait(60) == 130
+    finally:
+        child.kill()
+        child.stdout.close()
+    assert [m["type"] for m in rest][-2:] == ["error", "done"]
+    assert rest[-2]["code"] == "cancelled" and rest[-1]["ok"] is False
