@@ -121,7 +121,12 @@ class IdentityReport:
         if self.embedding is not None:
             write_file_atomic(out / EMBEDDING_FILE, lambda f: np.save(f, self.embedding.astype(np.float32)))
         elif (out / EMBEDDING_FILE).is_file():
-            (out / EMBEDDING_FILE).unlink()  # never leave a stale identity behind (callers stage out_dir)
+            from ..owned import ForeignFolderError, remove_owned
+
+            try:  # never leave a stale identity behind, but never delete a file the engine did not write
+                remove_owned(out / EMBEDDING_FILE)
+            except ForeignFolderError:
+                pass
         write_text_atomic(out / SUMMARY_FILE, text)
         return out
 
