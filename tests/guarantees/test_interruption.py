@@ -150,3 +150,29 @@ def test_old_or_new_version_survives_an_interruption(mode, exchange, phase, tmp_
                 (lambda w: owned.replace_owned_entry(target, w))
             again(lambda staging: (staging / "again.txt").write_text("x"))
             assert [p.name for p in target.iterdir() if p.name != owned.MARKER] == ["again.txt"]
+
+
+def test_a_killed_dataset_rebuild_leaves_a_whole_dataset_and_reruns(tmp_path, heads):
+    """The real command: `build-prior-dataset` killed at random moments of a rebuild; afterwards the
+    dataset reads complete (old or new) and the next rebuild is not refused."""
+    from engine.prior.dataset import read_dataset
+
+    out = tmp_path / "ds"
+    command = [sys.executable, "-m", "engine", "build-prior-dataset", f"--heads={heads}", f"--out={out}",
+               "--domain=normal", "--resolution=64"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=120)
+    duration = time.perf_counter() - start
+    expected = len(read_dataset(out))
+    rng = random.Random(7)
+    for sig in (signal.SIGKILL, signal.SIGINT, signal.SIGKILL, signal.SIGINT):
+        child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 1.0) * duration)
+        child.send_signal(sig)
+        child.wait(60)
+        atomic.recover_dir(out)
+        assert len(read_dataset(out)) == expected  # every listed image and embedding is there
+        assert owned.foreign_entries(out) == []
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=120)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
