@@ -188,8 +188,8 @@ def write_tiny_models(root: Path | str) -> Path:
 
         shown = ", ".join(str(p) for p in blocking[:4]) + (f" and {len(blocking) - 4} more" if len(blocking) > 4 else "")
         raise ForeignFolderError(
-            f"{root} already holds model files that this command did not write, or that changed since ({shown}); "
-            "nothing was changed", code="foreign_entries",
+            f"{root} already holds model files that are not tiny test models this command wrote, or that changed "
+            f"since ({shown}); nothing was changed", code="foreign_entries",
             hint="choose an empty folder for the tiny models (they must never replace real weights)")
     try:
         claim_dir(root, "models", shared=True)

@@ -184,7 +184,8 @@ class PriorTrainer:
             state = load_file(folder / "lora_params.safetensors")
             # weights_only: the optimizer state is tensors and numbers; nothing else is unpickled.
             optimizer = torch.load(folder / "optimizer.pt", map_location=self.prior.device, weights_only=True)
-            step = json.loads((folder / "state.json").read_text(encoding="utf-8"))["step"]
+            saved = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+            step = saved["step"]
         except Exception as exc:  # truncated or foreign files: safetensors, pickle and JSON each raise their own
             raise PriorError(f"checkpoint {folder} is damaged ({type(exc).__name__}: {str(exc)[:200]})", fix,
                              code="bad_checkpoint") from None
