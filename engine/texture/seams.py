@@ -12,12 +12,33 @@ from __future__ import annotations
 import numpy as np
 
 
-def coverage_mask(layout, size: int) -> np.ndarray:
-    """bool [size, size]: texels whose centre lies inside a UV triangle (row 0 = top, v = 1).
+def coverage_mask(layout, size: int, *, conservative: bool = True) -> np.ndarray:
+    """bool [size, size]: texels a UV triangle touches (row 0 = top, v = 1).
 
-    Rasterised with the render room's own rasteriser, treating UVs as screen positions.
+    Texel centres inside a triangle are found with the render room's own rasteriser (UVs taken as
+    screen positions). ``conservative`` also marks the texels under every triangle's edges: a
+    sliver or a tiny chart may hold no texel centre at all, yet renders read the texels it lies in.
     """
-    return face_index_map(layout, size) >= 0
+    mask = face_index_map(layout, size) >= 0
+    if conservative:
+        mask |= _edge_texels(np.asarray(layout.uv, np.float64), np.asarray(layout.uv_faces, np.int64), int(size))
+    return mask
+
+
+def _edge_texels(uv: np.ndarray, uv_faces: np.ndarray, size: int) -> np.ndarray:
+    """Texels under the UV edges, sampled at most half a texel apart (vertices included)."""
+    edges = np.unique(np.sort(np.concatenate([uv_faces[:, [0, 1]], uv_faces[:, [1, 2]], uv_faces[:, [2, 0]]]), 1),
+                      axis=0)
+    a, b = uv[edges[:, 0]] * size, uv[edges[:, 1]] * size
+    steps = np.ceil(np.linalg.norm(b - a, axis=1) * 2.0).astype(np.int64) + 1
+    owner = np.repeat(np.arange(len(edges)), steps)
+    t = (np.arange(owner.size) - np.repeat(np.cumsum(steps) - steps, steps)) / np.maximum(steps[owner] - 1, 1)
+    points = a[owner] + (b[owner] - a[owner]) * t[:, None]
+    cols = np.clip(np.floor(points[:, 0]).astype(np.int64), 0, size - 1)
+    rows = np.clip(np.floor(size - points[:, 1]).astype(np.int64), 0, size - 1)  # v = 1 is row 0
+    mask = np.zeros((size, size), bool)
+    mask[rows, cols] = True
+    return mask
 
 
 def face_index_map(layout, size: int) -> np.ndarray:
