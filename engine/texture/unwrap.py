@@ -23,6 +23,9 @@ from ..errors import EngineError
 DEFAULT_SMOOTH_ITERATIONS = 10
 DEFAULT_PACK_RESOLUTION = 1024
 DEFAULT_PADDING = 2
+# More charts than this means a noisy surface (a clean head makes tens): smoothing the mesh does not
+# fix that, smoothing the SDF before the final extraction does (docs/texture.md).
+NOISY_CHARTS = 200
 
 
 class UnwrapError(EngineError):
@@ -122,7 +125,12 @@ def unwrap_mesh(vertices, faces, *, smooth_iterations: int = DEFAULT_SMOOTH_ITER
     uvs = np.clip(uvs.astype(np.float32), 0.0, 1.0)
     stats = {"charts": int(atlas.chart_count), "seconds": round(seconds, 3), "utilization": float(atlas.utilization),
              "atlas_size": [int(atlas.width), int(atlas.height)], "smooth_iterations": int(smooth_iterations),
-             "faces": int(len(f)), "uv_vertices": int(len(uvs))}
+             "faces": int(len(f)), "uv_vertices": int(len(uvs)), "warnings": []}
+    if stats["charts"] > NOISY_CHARTS:
+        stats["warnings"].append(
+            f"the UV atlas has {stats['charts']} charts (a clean head gives tens): the surface is noisy at the "
+            "grid scale, so the texture will have many seams; smooth the SDF before the final extraction "
+            "(a Gaussian of one grid cell took a noisy grid-48 head from 798 charts to 8)")
     return UVLayout(uv=uvs, uv_faces=indices.astype(np.int32), vmapping=vmapping.astype(np.int32), stats=stats)
 
 
