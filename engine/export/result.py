@@ -51,16 +51,11 @@ def _check_map(name: str, image, channels: tuple[int, ...]) -> np.ndarray:
 
 
 def dilate_for_export(image: np.ndarray, coverage: np.ndarray) -> np.ndarray:
-    """Seam dilation for a written map: rings out to 1/64 of the size (what mip levels read), the
-    rest of the empty texels set to the covered texels' mean, so no level of a mipmap turns dark."""
+    """Seam dilation for a written map: every empty texel takes its nearest chart texel's value, so
+    no bilinear lookup, resize or mipmap level reads anything but chart colours (no dark seams)."""
     from ..texture.seams import dilate
 
-    rings = max(4, image.shape[0] // 64)
-    out = dilate(image, coverage, rings)
-    grown = dilate(coverage.astype(np.float32), coverage, rings) > 0
-    if coverage.any() and not grown.all():
-        out[~grown] = image[coverage].mean(axis=0)
-    return out
+    return dilate(image, coverage, pixels=max(image.shape[:2]))
 
 
 def _json_safe(value):
