@@ -61,5 +61,6 @@ def test_a_many_chart_atlas_comes_with_a_warning_and_the_fix(monkeypatch):
     verts, faces = icosphere(2, 0.1)
     assert unwrap_mesh(verts, faces, pack_resolution=128).stats["warnings"] == []
     monkeypatch.setattr(unwrap, "NOISY_CHARTS", 0)  # a sphere's few charts now count as "many"
+    monkeypatch.setattr(unwrap, "NOISY_CHARTS_PER_1K_FACES", 0)
     (warning,) = unwrap_mesh(verts, faces, pack_resolution=128).stats["warnings"]
     assert "charts" in warning and "smooth the SDF" in warning
