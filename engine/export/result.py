@@ -161,23 +161,7 @@ def write_result(folder: Path | str, head: HeadMesh, *, albedo=None, roughness=N
 
 
 def _replace_folder(folder: Path, write) -> None:
-    """Swap the new result in; only a folder the engine wrote is ever replaced."""
-    try:
-        from ..owned import replace_owned_dir
-    except ImportError:  # before engine/owned.py lands: refuse any folder that is not an old result
-        from ..atomic import replace_dir_atomic
+    """Swap the new result in; only a folder the engine wrote (marked "result") is ever replaced."""
+    from ..owned import replace_owned_dir
 
-        if folder.exists() and any(folder.iterdir()) and not _is_result_folder(folder):
-            raise ExportError(f"{folder} is not empty and is not an ID-to-3D result folder; nothing was changed",
-                              code="foreign_folder", hint="choose an empty or new folder for the result")
-        replace_dir_atomic(folder, write)
-        return
     replace_owned_dir(folder, "result", write)
-
-
-def _is_result_folder(folder: Path) -> bool:
-    try:
-        data = json.loads((folder / RESULT_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("format") == RESULT_FORMAT
