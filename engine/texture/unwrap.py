@@ -26,12 +26,13 @@ from ..errors import EngineError
 BASE_SMOOTH_ITERATIONS, BASE_SMOOTH_FACES, SMOOTH_GROWTH, MAX_SMOOTH_ITERATIONS = 10, 48_000, 1.7, 150
 DEFAULT_PACK_RESOLUTION = 1024
 DEFAULT_PADDING = 2
-# More charts than this (and than NOISY_CHARTS_PER_1K_FACES per thousand faces) means a noisy
-# surface: clean heads gave 21 charts at 48k faces and 228 at 109k, noisy ones 26-30 per thousand
-# faces. Smoothing the mesh does not fix that, smoothing the SDF before the final extraction does
-# (docs/texture.md).
+# More charts than this (and than NOISY_CHARTS_PER_1K_FACES per thousand faces) means a noisy or
+# too finely staircased surface: clean heads up to ~100k faces gave 0.2-2 charts per thousand
+# faces, noisy ones 26-30, a clean grid-128 head (193k faces) 8.9 even with 107 iterations.
+# Smoothing the mesh does not fix a noisy one, smoothing the SDF before the final extraction does
+# (docs/texture.md); for a very fine one, a coarser or decimated canonical mesh.
 NOISY_CHARTS = 200
-NOISY_CHARTS_PER_1K_FACES = 10
+NOISY_CHARTS_PER_1K_FACES = 5
 
 
 class UnwrapError(EngineError):
@@ -144,9 +145,10 @@ def unwrap_mesh(vertices, faces, *, smooth_iterations: int | None = None,
              "faces": int(len(f)), "uv_vertices": int(len(uvs)), "warnings": []}
     if stats["charts"] > max(NOISY_CHARTS, NOISY_CHARTS_PER_1K_FACES * len(f) / 1000):
         stats["warnings"].append(
-            f"the UV atlas has {stats['charts']} charts (a clean head gives tens): the surface is noisy at the "
-            "grid scale, so the texture will have many seams; smooth the SDF before the final extraction "
-            "(a Gaussian of one grid cell took a noisy grid-48 head from 798 charts to 8, grid-64 from 1793 to 12)")
+            f"the UV atlas has {stats['charts']} charts for {len(f)} faces (a clean head gives tens), so the "
+            "texture will have many seams: the surface is noisy or very finely staircased at the grid scale. "
+            "Smooth the SDF before the final extraction (a Gaussian of one grid cell took a noisy grid-64 head "
+            "from 1793 charts to 12), or unwrap a coarser or decimated canonical mesh (up to ~100k faces)")
     return UVLayout(uv=uvs, uv_faces=indices.astype(np.int32), vmapping=vmapping.astype(np.int32), stats=stats)
 
 
