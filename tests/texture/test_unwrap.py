@@ -63,4 +63,4 @@ def test_a_many_chart_atlas_comes_with_a_warning_and_the_fix(monkeypatch):
     monkeypatch.setattr(unwrap, "NOISY_CHARTS", 0)  # a sphere's few charts now count as "many"
     monkeypatch.setattr(unwrap, "NOISY_CHARTS_PER_1K_FACES", 0)
     (warning,) = unwrap_mesh(verts, faces, pack_resolution=128).stats["warnings"]
-    assert "charts" in warning and "smooth the SDF" in warning
+    assert " charts for 320 faces" in warning and "Smooth the SDF" in warning and "decimated" in warning
