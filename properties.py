@@ -57,6 +57,7 @@ class IDTO3D_PG_settings(bpy.types.PropertyGroup):
     preset: EnumProperty(
         name="Quality",
         items=(
+            ("TEST", "Test", "Seconds-long run on tiny settings: checks the setup, the head is rough"),
             ("PREVIEW", "Preview", "Fast, coarse head to check identity and expressions"),
             ("STANDARD", "Standard", "Balanced quality and time"),
             ("HIGH", "High", "Finest geometry and texture; slowest"),
@@ -64,6 +65,13 @@ class IDTO3D_PG_settings(bpy.types.PropertyGroup):
         default="STANDARD",
     )
     seed: IntProperty(name="Seed", default=0, min=0, description="Same seed, same inputs: same head")
+    texture_size: IntProperty(
+        name="Texture Size", default=1024, min=64, max=4096,
+        description="Width and height of the albedo and roughness textures (1024, 2048 or 4096; the "
+                    "Test quality also allows 64-512)",
+    )
+    last_job_dir: StringProperty(name="Last Job", subtype="DIR_PATH", default="",
+                                 description="Job folder of this scene's latest generation (kept for Resume)")
     output_dir: StringProperty(
         name="Output Folder",
         subtype="DIR_PATH",
@@ -76,6 +84,12 @@ class IDTO3D_PG_runtime(bpy.types.PropertyGroup):
     engine_checked: BoolProperty(default=False)
     engine_ok: BoolProperty(default=False)
     engine_summary: StringProperty(default="")
+    engine_report: StringProperty(default="")  # the doctor's JSON, drawn in the preferences
+    engine_check_running: BoolProperty(default=False)
+    photos_check_running: BoolProperty(default=False)
+    install_running: BoolProperty(default=False)
+    install_status: StringProperty(default="")
+    offer_download: BoolProperty(default=False)  # the last Generate Head was refused for missing models
     download_running: BoolProperty(default=False)
     download_status: StringProperty(default="")
 
