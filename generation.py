@@ -61,16 +61,18 @@ def expressions_in_use(settings) -> list[str]:
     "neutral" and control characters are refused here, before a job starts, so every name reaches
     its shape key unchanged.
     """
-    from .engine.pipeline.job import JobError, check_expression_names
+    from .engine.pipeline.job import NEUTRAL, check_expression_names
 
     names = [item.text for item in settings.expressions if item.enabled]
     if not names:
         raise Refusal("no_expression", "No expression is in use: add one in the Expressions panel "
                                        "(neutral is the Basis) or press Default Expressions")
-    try:
-        return list(check_expression_names(names))
-    except JobError as exc:
-        raise Refusal("bad_expressions", f"Expressions: {exc.message}" + (f" ({exc.hint})" if exc.hint else "")) from None
+    problems = check_expression_names(names)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise Refusal("bad_expressions", f"Expressions: {problems[0]}{more}. Rename or remove it in the "
+                                         "Expressions panel")
+    return names if names[0] == NEUTRAL else [NEUTRAL, *[n for n in names if n != NEUTRAL]]
 
 
 _probed: dict[tuple[str, float], str | None] = {}  # (python, mtime) -> problem or None, per session
@@ -108,8 +110,13 @@ def check_engine_python(prefs) -> str:
     return python
 
 
+# The identity step falls back to dlib's detector with Arc2Face's own arcface.onnx when the
+# antelopev2 pack is absent, and says so itself if it cannot; the prior's folders have no fallback.
+NEEDED_BEFORE_LAUNCH = ("sd15", "arc2face")
+
+
 def check_models_present(root: str, prefs) -> None:
-    blocking = [report for report in check_models(root) if report.blocking]
+    blocking = [report for report in check_models(root) if report.blocking and report.spec.key in NEEDED_BEFORE_LAUNCH]
     if blocking:
         names = ", ".join(f"{r.spec.key}/" for r in blocking)
         from .operators.fetch_models import downloads_refused

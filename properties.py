@@ -6,6 +6,8 @@ checks that are not worth saving live on ``window_manager.idto3d_runtime``.
 
 from __future__ import annotations
 
+import os
+
 import bpy
 from bpy.app.handlers import persistent
 from bpy.props import (
@@ -48,6 +50,18 @@ class IDTO3D_PG_expression(bpy.types.PropertyGroup):
     enabled: BoolProperty(name="Use", default=True, description="Generate a shape key for it")
 
 
+_hdri_items: list[tuple[str, str, str]] = []  # kept alive: Blender does not copy dynamic enum strings
+
+
+def _studio_hdri_items(self, context):
+    from .operators.relight import studio_hdris
+
+    names = studio_hdris()
+    _hdri_items[:] = [(name, os.path.splitext(name)[0].capitalize(), f"Blender's studio light {name}")
+                      for name in names] or [("studio.exr", "Studio", "Blender's studio light")]
+    return _hdri_items
+
+
 class IDTO3D_PG_settings(bpy.types.PropertyGroup):
     photos: CollectionProperty(type=IDTO3D_PG_photo)
     photo_index: IntProperty(name="Active Photo", default=0)
@@ -72,6 +86,18 @@ class IDTO3D_PG_settings(bpy.types.PropertyGroup):
     )
     last_job_dir: StringProperty(name="Last Job", subtype="DIR_PATH", default="",
                                  description="Job folder of this scene's latest generation (kept for Resume)")
+    light_mode: EnumProperty(
+        name="Lighting",
+        items=(("AREA", "Key, Fill, Rim", "Three area lights (a classic portrait setup)"),
+               ("HDRI", "Studio HDRI", "One of Blender's bundled studio environment images")),
+        default="AREA",
+    )
+    studio_hdri: EnumProperty(name="HDRI", items=_studio_hdri_items,
+                              description="Blender's bundled environment image to light the head with")
+    turntable: BoolProperty(name="Turntable", default=False,
+                            description="Animate the camera and lights 360° around the head")
+    turntable_frames: IntProperty(name="Frames", default=120, min=8, max=10000,
+                                  description="Length of one turn")
     output_dir: StringProperty(
         name="Output Folder",
         subtype="DIR_PATH",

@@ -22,7 +22,6 @@ import numpy as np
 from .engine.result_format import HeadMesh, ResultFormatError, read_head_mesh
 
 BASIS_NAME = "Basis"
-MAX_NAME_BYTES = 63  # Blender truncates longer ID and shape-key names
 # image file, BSDF socket, colour space; normal goes through a Normal Map node
 TEXTURES = (("albedo.png", "Base Color", "sRGB"), ("roughness.png", "Roughness", "Non-Color"),
             ("normal.png", "Normal", "Non-Color"))
@@ -61,23 +60,16 @@ def build_mesh(name: str, head: HeadMesh) -> bpy.types.Mesh:
 
 
 def check_shape_key_names(names: list[str]) -> None:
-    """Refuse names Blender would change: shape keys must carry the expression names exactly."""
-    seen: set[str] = set()
-    for name in names[1:]:
-        problem = None
-        if not name.strip():
-            problem = "is empty"
-        elif len(name.encode("utf-8")) > MAX_NAME_BYTES:
-            problem = f"is longer than Blender's {MAX_NAME_BYTES}-byte name limit"
-        elif name.lower() == BASIS_NAME.lower():
-            problem = "is reserved for the Basis shape key"
-        elif name.lower() == "neutral":
-            problem = "is the neutral Basis, which must come first"
-        elif name.lower() in seen:
-            problem = "repeats another expression (names are compared ignoring case)"
-        if problem:
-            raise ResultFormatError(f"expression name {name!r} {problem}; rename it and generate again")
-        seen.add(name.lower())
+    """Refuse names Blender would change: shape keys carry the expression names exactly.
+
+    The engine's own rule (:func:`engine.pipeline.job.check_expression_names`), applied again
+    to what a result folder holds, since the folder may come from anywhere.
+    """
+    from .engine.pipeline.job import check_expression_names
+
+    problems = check_expression_names(names)
+    if problems:
+        raise ResultFormatError(f"expression names in the result cannot become shape keys: {'; '.join(problems)}")
 
 
 def add_shape_keys(obj: bpy.types.Object, head: HeadMesh) -> None:
