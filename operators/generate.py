@@ -147,7 +147,7 @@ class IDTO3D_OT_import_head_result(bpy.types.Operator):
         except ResultFormatError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        for other in context.view_layer.objects.selected:
+        for other in context.view_layer.objects:
             other.select_set(False)
         obj.select_set(True)
         context.view_layer.objects.active = obj
