@@ -76,7 +76,7 @@ _COMMON = dict(
 PRESETS: dict[str, Preset] = {
     "test": Preset(
         name="test", description="TEST PRESET: seconds on a CPU with tiny random priors; the head means nothing",
-        grid=16, render_resolution=32, pretrain_steps=30, geometry_steps=6, views_per_step=1,
+        grid=16, render_resolution=32, pretrain_steps=40, geometry_steps=6, views_per_step=1,
         geometry_shortcut_fraction=0.5, target_faces=0,
         texture_steps=3, texture_render_resolution=32, texture_views_per_step=1, texture_size=64,
         checkpoint_every=2, **_COMMON),
