@@ -27,6 +27,7 @@ MAX_LINE_BYTES = 1 << 20  # a protocol line is small; anything longer is not the
 STDERR_TAIL_LINES = 12
 CANCEL_GRACE_S = 1.0  # the worker checks for cancel between steps; after this it is terminated
 TERMINATE_GRACE_S = 0.5
+EXIT_GRACE_S = 10.0  # a worker that said `done` and still runs after this is terminated
 _EOF = object()
 
 
@@ -92,6 +93,7 @@ class WorkerMonitor:
         self.error: dict | None = None  # the worker's error message, or the monitor's own
         self.skipped_lines = 0
         self.cancel_requested_at: float | None = None
+        self._reaper: threading.Thread | None = None
         self._lines: queue.Queue = queue.Queue()
         self._eof = False
         self._stderr = open(self.stderr_path, "wb")
@@ -208,15 +210,7 @@ class WorkerMonitor:
 
     def cancel(self, grace_s: float = CANCEL_GRACE_S) -> None:
         """Ask the worker to stop and wait until it has (terminated after ``grace_s``)."""
-        if self.cancel_requested_at is None:
-            self.cancel_requested_at = time.monotonic()
-        if self.process.poll() is None:
-            try:
-                self.process.stdin.write(protocol.encode(protocol.message("cancel")).encode("utf-8"))
-                self.process.stdin.flush()
-            except (OSError, ValueError):
-                pass
-        self._close_stdin()
+        self.request_cancel()
         _stop_process(self.process, grace_s)
 
     def _kill(self) -> None:
@@ -232,14 +226,31 @@ class WorkerMonitor:
             pass
 
     def _close_streams(self) -> None:
-        # A worker that sent `done` exits by itself; never wait for it here (this is the UI thread).
+        """After `done`: the worker should exit by itself; a reaper thread makes sure it does.
+
+        Never waits here (this is the UI thread). After a cancel the worker gets what is left of
+        :data:`CANCEL_GRACE_S`, otherwise :data:`EXIT_GRACE_S`, then it is terminated.
+        """
         self._close_stdin()
-        if self.process.poll() is not None and not self._stderr.closed:
+        if self._reaper is None:
+            if self.cancel_requested_at is not None:
+                grace = max(0.0, CANCEL_GRACE_S - (time.monotonic() - self.cancel_requested_at))
+            else:
+                grace = EXIT_GRACE_S
+            self._reaper = threading.Thread(target=self._reap, args=(grace,), name="idto3d-worker-reaper",
+                                            daemon=True)
+            self._reaper.start()
+
+    def _reap(self, grace_s: float) -> None:
+        _stop_process(self.process, grace_s)
+        if not self._stderr.closed:
             self._stderr.close()
 
     def close(self) -> None:
         """Stop the worker if it still runs and release the files (unregister, quit)."""
         self.cancel()
+        if self._reaper is not None:
+            self._reaper.join(timeout=CANCEL_GRACE_S + TERMINATE_GRACE_S + 1)
         if not self._stderr.closed:
             self._stderr.close()
 
