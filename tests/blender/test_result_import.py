@@ -151,14 +151,15 @@ def test_a_second_import_never_touches_the_first_head(blender_addon, tmp_path):
         bpy.data.objects.remove(second)
 
 
-def test_a_mesh_blender_rejects_leaves_no_orphan_datablock(blender_addon, tmp_path):
+@pytest.mark.parametrize("bad_face, reason", [((0, 0, 1), "use a vertex twice"), ((2, 0, 3), "repeat another face")])
+def test_a_mesh_blender_rejects_leaves_no_orphan_datablock(blender_addon, tmp_path, bad_face, reason):
     faces = CUBE_FACES.copy()
-    faces[0] = (0, 0, 1)  # a face that uses a vertex twice: Blender's validate() removes it
+    faces[0] = bad_face  # Blender's validate() would delete such a face
     write_head_mesh(tmp_path, HeadMesh(CUBE_VERTICES, faces, ["neutral"], np.zeros((1, 8, 3), np.float32)))
     _write_textures(tmp_path)
     before = _datablock_counts()
     addon_error = importlib.import_module(f"{blender_addon}.engine.result_format").ResultFormatError
-    with pytest.raises(addon_error, match="Blender rejected the mesh"):
+    with pytest.raises(addon_error, match=f"Blender would reject the mesh .*{reason}"):
         _importer(blender_addon).import_result(tmp_path)
     assert _datablock_counts() == before
 
