@@ -161,7 +161,11 @@ def main(argv=None) -> int:
     runtime = bpy.context.window_manager.idto3d_runtime
     say(f"engine check: {runtime.engine_summary}")
 
-    # 4. Photos and expressions into the scene, through the add-on's operators.
+    # 4. A clean stage (the startup file's cube would enclose the head), then photos and
+    #    expressions into the scene through the add-on's operators.
+    for name in ("Cube", "Light", "Camera"):
+        if name in bpy.data.objects:
+            bpy.data.objects.remove(bpy.data.objects[name])
     photos = [p.resolve() for p in args.images] if args.images else default_photos(out / "photos")
     settings = bpy.context.scene.idto3d
     for photo in photos:

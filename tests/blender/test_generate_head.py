@@ -48,8 +48,10 @@ def generated(blender_addon, photos_dir, tiny_models_root, tmp_path_factory):
     before = set(bpy.data.objects)
     job = generation.start_job(bpy.context)
     streamed = []  # (vertex count, coordinate checksum) of the head object before the result came
+    panel = []  # what the panel would show after each tick: (stage, fraction, loss, eta)
     deadline = time.monotonic() + 900
     while job.pump():
+        panel.append((job.stage, job.progress, job.loss, job.eta_s))
         obj = job.head_object()
         if obj is not None and not job.result_folder:
             co = np.zeros(len(obj.data.vertices) * 3, np.float32)
@@ -58,7 +60,8 @@ def generated(blender_addon, photos_dir, tiny_models_root, tmp_path_factory):
         assert time.monotonic() < deadline, "the job did not finish"
         time.sleep(0.05)
     assert job.ok, f"job failed: {job.error}\n{job.stderr_tail}"
-    return {"job": job, "streamed": streamed, "new_objects": [o for o in bpy.data.objects if o not in before]}
+    return {"job": job, "streamed": streamed, "panel": panel,
+            "new_objects": [o for o in bpy.data.objects if o not in before]}
 
 
 def test_one_head_object_with_uvs_at_the_cursor(generated):
@@ -106,8 +109,12 @@ def test_snapshots_streamed_into_the_same_object_before_the_result(generated):
 
 
 def test_progress_stage_and_previews_reached_the_panel_state(generated):
-    job = generated["job"]
-    assert job.progress == 1.0 and job.stage_count >= 5 and job.total > 0
+    job, panel = generated["job"], generated["panel"]
+    assert job.progress == 1.0 and job.stage_count >= 5
+    fractions = [fraction for _, fraction, _, _ in panel]
+    assert fractions == sorted(fractions) and any(0 < f < 1 for f in fractions)  # the bar only moves forward
+    assert {"identity", "geometry", "texture"} <= {stage for stage, _, _, _ in panel}
+    assert any(loss is not None for _, _, loss, _ in panel) and any(eta is not None for _, _, _, eta in panel)
     assert job.preview_seq >= 1 and job.preview_path.endswith(".png")
 
 
