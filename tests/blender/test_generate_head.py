@@ -157,7 +157,7 @@ def test_cancel_stops_the_worker_within_two_seconds_and_leaves_a_valid_scene(
     job = generation.start_job(bpy.context)
     try:
         deadline = time.monotonic() + 600
-        while job.stage != "geometry" and job.pump():
+        while not (job.stage == "geometry" and job.step >= 1) and job.pump():
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert job.stage == "geometry", f"the job ended before geometry: {job.error}"
@@ -174,6 +174,13 @@ def test_cancel_stops_the_worker_within_two_seconds_and_leaves_a_valid_scene(
             assert obj.data.validate(verbose=False) is False
         assert (job.job_dir / "job.json").is_file()  # the job folder stays
         assert generation.running_job(bpy.context.scene) is None  # a new job may start
+        # Cancelled mid-geometry, the worker left a checkpoint: Resume continues the same job folder.
+        assert job.can_resume and bpy.ops.idto3d.resume_head.poll()
+        resumed = generation.start_job(bpy.context, resume=True)
+        assert resumed.job_dir == job.job_dir and resumed.monitor.command[-2:] == [str(job.job_dir), "--resume"]
+        while resumed.monitor.hello is None and resumed.pump():
+            time.sleep(0.05)
+        assert resumed.monitor.hello is not None, resumed.error
     finally:
         generation.stop_all()
 
