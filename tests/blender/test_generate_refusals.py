@@ -38,12 +38,12 @@ def test_no_expression(ready_scene):
 
 def test_duplicate_expression_names(ready_scene):
     ready_scene.expressions[2].text = "Smiling"  # a case variant of "smiling", made by editing the list
-    _refused("differ only by case")
+    _refused("Expressions: .*differ only by case")
 
 
 def test_empty_expression_name(ready_scene):
     ready_scene.expressions[3].text = "   "
-    _refused("expression 4 is empty")
+    _refused("Expressions: expression 4 is empty")
 
 
 @pytest.mark.parametrize("name, reason", [
