@@ -59,7 +59,8 @@ class GeometryStage:
     """The joint geometry + expression optimisation. ``step(i)`` runs step ``i`` of ``settings.geometry_steps``."""
 
     def __init__(self, settings, prior, embedding: np.ndarray, expressions: list[str], *, seed: int, device,
-                 normal_maps: bool):
+                 normal_maps: bool, objective=None):
+        """``objective(images, expression, cameras, step) -> loss`` replaces SDS (fits to known targets)."""
         self.settings, self.prior, self.seed = settings, prior, int(seed)
         self.embedding = np.asarray(embedding, np.float32)
         self.device = torch.device(device)
@@ -78,7 +79,8 @@ class GeometryStage:
         self.weights = RegulariserWeights(laplacian=settings.laplacian,
                                           normal_consistency=settings.normal_consistency,
                                           sdf_sign=settings.sdf_sign, sdf_smoothness=settings.sdf_smoothness)
-        self.sds = ScoreDistillation(prior, SDSConfig(
+        self.objective = objective or self.sds_loss
+        self.sds = None if prior is None else ScoreDistillation(prior, SDSConfig(
             guidance_scale=settings.geometry_guidance, t_start=tuple(settings.geometry_t_start),
             t_end=tuple(settings.geometry_t_end), grad_clip=settings.grad_clip))
         self.shortcut_steps = int(round(settings.geometry_steps * settings.geometry_shortcut_fraction))
@@ -92,7 +94,8 @@ class GeometryStage:
             if should_stop():
                 return False
             n = min(PRETRAIN_CHUNK, self.settings.pretrain_steps - done)
-            pretrain_field(self.field, head_sdf, self.grid.vertices, steps=n, seed=self.seed + done)
+            pretrain_field(self.field, head_sdf, self.grid.vertices, steps=n, seed=self.seed + done,
+                           batch=self.settings.pretrain_batch)
             done += n
         return True
 
@@ -127,10 +130,7 @@ class GeometryStage:
             verts = verts + offsets
         images = render_for_prior(verts, surface.faces, cameras, normal_maps=self.normal_maps,
                                   lights=self.lights(step), shortcut=step < self.shortcut_steps)
-        azimuths = cameras.azimuth_deg.detach().cpu().tolist()  # host data already: cameras come from numpy
-        cond = self.prior.conditioning(self.embedding, name, view=azimuths)
-        loss, _ = self.sds.step(images, cond, step, s.geometry_steps,
-                                generator=step_generator(self.seed, GEOMETRY, step, NOISE))
+        loss = self.objective(images, name, cameras, step)
         loss = loss + geometry_regularisers(surface, sdf, self.weights, self.grid.resolution)
         if offsets is not None:
             loss = loss + s.expression_offset_weight * offsets.pow(2).sum(-1).mean()
@@ -138,6 +138,14 @@ class GeometryStage:
         loss.backward()
         self.optimiser.step()
         return StepOutput(loss.detach(), name, images[0, ..., :3].detach(), verts.detach(), surface.faces)
+
+    def sds_loss(self, images, name: str, cameras, step: int) -> torch.Tensor:
+        """SDS with this expression's conditioning and blended view conditioning (one row per azimuth)."""
+        azimuths = cameras.azimuth_deg.detach().cpu().tolist()  # host data already: cameras come from numpy
+        cond = self.prior.conditioning(self.embedding, name, view=azimuths)
+        loss, _ = self.sds.step(images, cond, step, self.settings.geometry_steps,
+                                generator=step_generator(self.seed, GEOMETRY, step, NOISE))
+        return loss
 
     # ---- checkpoints and result --------------------------------------------------------------
 

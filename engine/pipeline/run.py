@@ -335,12 +335,10 @@ class _Job:
         except ImportError:
             write_result = None
         if write_result is None:
-            if textures is not None:
-                raise EngineError("the export room is not installed", code="export_unavailable",
-                                  hint="update the engine")
             self.send("warning", code="export_minimal",
-                      message="engine.export is not installed: the result holds head.npz and result.json only")
-            return _write_minimal_result(folder, head, info), None
+                      message="engine.export is not installed: the result holds head.npz, the texture PNGs and "
+                              "result.json, no head.glb or quality report")
+            return _write_minimal_result(folder, head, info, textures), None
         if textures is None:  # stop_after geometry: a plain material
             size = 4
             albedo = np.full((size, size, 3), 0.7, np.float32)
@@ -362,12 +360,20 @@ class _Job:
         quality_report(folder, identity=embedding, models_root=self.models_root, device=self.device.type)
 
 
-def _write_minimal_result(folder: Path, head, info: dict) -> Path:
+def _write_minimal_result(folder: Path, head, info: dict, textures) -> Path:
+    """The result folder without the export room: head.npz, albedo/roughness PNGs, result.json."""
     from ..atomic import replace_dir_atomic, write_text_atomic
     from ..result_format import write_head_mesh
 
     def write(staging: Path) -> None:
         write_head_mesh(staging, head)
+        if textures is not None:
+            from ..texture import write_png
+
+            write_png(staging / "albedo.png", textures["albedo"], srgb=True)
+            write_png(staging / "roughness.png", textures["roughness"][..., 0])
+            info["textures"] = {"albedo": "albedo.png", "roughness": "roughness.png",
+                                "size": int(textures["albedo"].shape[0])}
         write_text_atomic(staging / "result.json", json.dumps(info, indent=1, ensure_ascii=False) + "\n")
 
     return replace_dir_atomic(folder, write)
