@@ -16,6 +16,24 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "setup: creating $VENV" >&2
     "$PYTHON" -m venv "$VENV"
 fi
+# Khronos' glTF-Validator (npm), for the export tests: a project folder, git-ignored, pinned.
+GLTF_VALIDATOR_VERSION=2.0.0-dev.3.10
+GLTF_VALIDATOR_DIR=.tools/gltf-validator
+gltf_validator_package="$GLTF_VALIDATOR_DIR/node_modules/gltf-validator/package.json"
+if ! grep -q "\"version\": *\"$GLTF_VALIDATOR_VERSION\"" "$gltf_validator_package" 2>/dev/null; then
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "setup: npm (Node.js 18+) is needed for the glTF validator the export tests use;" \
+             "install Node.js and run setup again" >&2
+        exit 1
+    fi
+    echo "setup: installing gltf-validator $GLTF_VALIDATOR_VERSION into $GLTF_VALIDATOR_DIR" >&2
+    mkdir -p "$GLTF_VALIDATOR_DIR"
+    npm install --prefix "$GLTF_VALIDATOR_DIR" --save-exact --no-audit --no-fund --loglevel=error \
+        "gltf-validator@$GLTF_VALIDATOR_VERSION" >&2
+    grep -q "\"version\": *\"$GLTF_VALIDATOR_VERSION\"" "$gltf_validator_package" || {
+        echo "setup: gltf-validator did not install into $GLTF_VALIDATOR_DIR" >&2; exit 1; }
+fi
+
 want="$(cat requirements.txt constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -c "import torch, bpy" 2>/dev/null; then
     echo "setup: $VENV is up to date" >&2
