@@ -17,7 +17,6 @@ from ..render import sample_lights, sample_orbit_cameras
 from .seeds import TEXTURE, pick_expression, step_generator, step_rng, step_seed
 
 CAMERAS, LIGHTS, NOISE, CHOICE = 0, 1, 2, 3
-DILATE_PIXELS = 8  # texels of colour pushed past every chart border (no black seams when mip-mapped)
 
 
 class TextureStage:
@@ -77,8 +76,6 @@ class TextureStage:
 
     @torch.no_grad()
     def images(self) -> tuple[np.ndarray, np.ndarray]:
-        """(albedo [S, S, 3], roughness [S, S, 1]) in [0, 1], dilated across the chart borders."""
-        mask = self.texture.coverage_mask(self.layout, self.size)
-        albedo = self.texture.dilate(self.maps.albedo().cpu().numpy(), mask, DILATE_PIXELS)
-        roughness = self.texture.dilate(self.maps.roughness().cpu().numpy(), mask, DILATE_PIXELS)
-        return np.asarray(albedo, np.float32), np.asarray(roughness, np.float32)
+        """(albedo [S, S, 3] linear, roughness [S, S, 1]) in [0, 1]; the export dilates across seams."""
+        return (self.maps.albedo().cpu().numpy().astype(np.float32),
+                self.maps.roughness().cpu().numpy().astype(np.float32))
