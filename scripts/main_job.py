@@ -4,8 +4,9 @@
 2. install and enable it in real Blender (the bpy module) inside a throwaway user folder;
 3. load the reference photos into the scene and check the engine and the photos through the
    add-on's own operators (which run ``python -m engine`` as a separate process);
-4. run the pipeline as far as it goes today (see ``smoke_pipeline.py``) and bring the head into
-   the Blender scene with one shape key per expression; save the .blend and a Cycles render.
+4. write a job folder and run the generation job (``python -m engine run JOB_DIR``, the worker
+   the add-on starts), then bring the head into the Blender scene with one shape key per
+   expression; save the .blend and a Cycles render.
 
 Real weights absent (as on a machine without them): it says so, says how to get them, and runs
 the same code on tiny random-weight models, labelled a SMOKE RUN everywhere.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
+sys.path.insert(0, str(REPO_ROOT / "scripts"))  # extension_tools
 
 DEFAULT_EXPRESSIONS = ["smiling", "angry", "surprised"]
 MARKER = ".idto3d-main-job"
@@ -69,6 +70,102 @@ def default_photos(folder: Path) -> list[Path]:
         variant.save(folder / name)
         paths.append(folder / name)
     return paths
+
+
+# Job settings of the runs this script makes: quick (tests), smoke (tiny models), real weights.
+QUICK_OVERRIDES: dict = {}
+SMOKE_OVERRIDES = {"grid": 48, "render_resolution": 64, "pretrain_steps": 200, "geometry_steps": 30,
+                   "texture_steps": 10}
+
+
+def write_job_folder(job_dir: Path, photos, expressions, models_root: Path, *, smoke: bool, steps, quick: bool):
+    from engine.pipeline.job import write_job
+
+    overrides = dict(QUICK_OVERRIDES if quick else SMOKE_OVERRIDES if smoke else {})
+    if steps:
+        overrides["geometry_steps"] = steps
+    write_job(job_dir, {"photos": [str(p) for p in photos], "expressions": ["neutral", *expressions],
+                        "preset": "test" if smoke else "preview", "overrides": overrides,
+                        "models": str(models_root), "texture_size": 256 if smoke else None})
+
+
+def run_worker(job_dir: Path) -> Path:
+    """Start ``python -m engine run``, print its protocol messages, return the result folder."""
+    import subprocess
+
+    from engine import protocol
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "engine", "run", str(job_dir)], stdout=subprocess.PIPE,
+                               stdin=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT)
+    result, error, last_print = None, None, 0.0
+    for line in process.stdout:
+        try:
+            msg = protocol.decode(line)
+        except protocol.ProtocolError as exc:
+            say(f"worker: ignored a line that is not protocol ({exc})")
+            continue
+        kind = msg["type"]
+        if kind == "stage":
+            say(f"worker: stage {msg['index']}/{msg['count']}: {msg['name']}")
+        elif kind == "progress" and (time.monotonic() - last_print > 2 or msg["step"] == msg["total"]):
+            last_print = time.monotonic()
+            say(f"worker: {msg.get('stage')} step {msg['step']}/{msg['total']} loss {msg.get('loss')} "
+                f"eta {msg.get('eta_s')} s")
+        elif kind == "warning":
+            say(f"worker: warning: {msg['message']}")
+        elif kind == "error":
+            error = msg
+        elif kind == "result":
+            result = msg
+    process.stdin.close()
+    code = process.wait()
+    if error or code != 0 or result is None:
+        detail = f"{error['message']} ({error['hint']})" if error else f"exit code {code}"
+        raise RuntimeError(f"the generation worker failed: {detail}")
+    return Path(result["folder"])
+
+
+# Blender-side helpers (the blender helper moves these into the add-on's Generate Head).
+
+def import_result_into_blender(result_dir: Path):
+    """Import through the installed add-on's own importer (result_import.py)."""
+    import importlib
+
+    import bpy
+
+    module = next(name for name in bpy.context.preferences.addons.keys() if name.endswith(".id_to_3d"))
+    importer = importlib.import_module(f"{module}.result_import")
+    return importer.import_result(result_dir, name="Head")
+
+
+def render_preview(obj, path: Path, samples: int = 16, size: int = 256) -> Path:
+    """A small Cycles render of the head (key light + camera in front), written to ``path``."""
+    import bpy
+    from mathutils import Vector
+
+    scene = bpy.context.scene
+    centre = sum((obj.matrix_world @ Vector(corner) for corner in obj.bound_box), Vector()) / 8.0
+    camera_data = bpy.data.cameras.new("Head Camera")
+    camera_data.lens = 85
+    camera = bpy.data.objects.new("Head Camera", camera_data)
+    camera.location = centre + Vector((0.25, -0.95, 0.1))
+    camera.rotation_euler = (centre - camera.location).to_track_quat("-Z", "Y").to_euler()
+    light_data = bpy.data.lights.new("Key Light", type="AREA")
+    light_data.energy = 20
+    light = bpy.data.objects.new("Key Light", light_data)
+    light.location = centre + Vector((-0.6, -0.8, 0.6))
+    light.rotation_euler = (centre - light.location).to_track_quat("-Z", "Y").to_euler()
+    for item in (camera, light):
+        scene.collection.objects.link(item)
+    scene.camera = camera
+    scene.render.engine = "CYCLES"
+    scene.cycles.device = "CPU"
+    scene.cycles.samples = samples
+    scene.render.resolution_x = scene.render.resolution_y = size
+    scene.render.filepath = str(path)
+    bpy.ops.render.render(write_still=True)
+    return path
 
 
 def main(argv=None) -> int:
@@ -138,17 +235,13 @@ def main(argv=None) -> int:
         say("no usable photo: nothing to generate from (see the statuses above)")
         return 1
 
-    # 5. The pipeline as far as it goes, in the engine's Python as a separate process.
-    from smoke_pipeline import run_pipeline_process
-
-    result_dir = out / "result"
+    # 5. The generation job, in the engine's Python as a separate process (python -m engine run).
     expressions = [item.text for item in settings.expressions if item.enabled]
-    run_pipeline_process(usable, expressions, models_root, result_dir, smoke=smoke, steps=args.steps,
-                         quick=args.quick)
+    job_dir = out / "job"
+    write_job_folder(job_dir, usable, expressions, models_root, smoke=smoke, steps=args.steps, quick=args.quick)
+    result_dir = run_worker(job_dir)
 
     # 6. Into Blender: one mesh, one shape key per expression; save and render.
-    from smoke_pipeline import import_result_into_blender, render_preview
-
     obj = import_result_into_blender(result_dir)
     blend = out / "head.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(blend))
