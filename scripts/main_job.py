@@ -84,7 +84,7 @@ def write_job_folder(job_dir: Path, photos, expressions, models_root: Path, *, s
     overrides = dict(QUICK_OVERRIDES if quick else SMOKE_OVERRIDES if smoke else {})
     if steps:
         overrides["geometry_steps"] = steps
-    write_job(job_dir, {"photos": [str(p) for p in photos], "expressions": ["neutral", *expressions],
+    write_job(job_dir, {"photos": [str(p) for p in photos], "expressions": list(expressions),  # neutral first
                         "preset": "test" if smoke else "preview", "overrides": overrides,
                         "models": str(models_root), "texture_size": 256 if smoke else None})
 

@@ -49,7 +49,10 @@ class TextureStage:
         cameras = sample_orbit_cameras(
             s.texture_views_per_step, seed=step_seed(self.seed, TEXTURE, step, CAMERAS),
             resolution=(s.texture_render_resolution, s.texture_render_resolution),
-            elevation_range_deg=tuple(s.elevation_range_deg), front_oversample=s.front_fraction, device=self.device)
+            elevation_range_deg=tuple(s.elevation_range_deg), front_oversample=s.front_fraction)
+        azimuths = cameras.azimuth_deg.tolist()  # on the CPU still: no device read-back
+        if self.device.type != "cpu":
+            cameras = cameras.to(self.device)
         verts = self.vertices + self.offsets[name]
         if self.albedo_lora:
             images = self.texture.render_albedo(verts, self.faces, self.layout, self.maps, cameras, background=1.0)
@@ -58,7 +61,6 @@ class TextureStage:
                                    device=self.device)
             images = self.texture.render_textured(verts, self.faces, self.layout, self.maps, cameras, lights,
                                                   background=1.0)
-        azimuths = cameras.azimuth_deg.detach().cpu().tolist()
         cond = self.prior.conditioning(self.embedding, name, view=azimuths)
         loss, _ = self.sds.step(images, cond, step, s.texture_steps,
                                 generator=step_generator(self.seed, TEXTURE, step, NOISE))

@@ -74,7 +74,7 @@ def test_base_prior_gets_shaded_renders_not_normal_maps(prior):
     # Re-render step 1 both ways with the same cameras and lights: SDS got the shaded one.
     with torch.no_grad():
         surface, _ = stage.dmtet()
-        cams, lights = stage.cameras(1), stage.lights(1)
+        cams, lights = stage.cameras(1)[0], stage.lights(1)
         shaded = render(surface.verts, surface.faces, cams, passes=("shaded",), lights=lights, background=1.0)["shaded"]
         p = render(surface.verts, surface.faces, cams, passes=("mask", "normal_camera"))
         normal_map = normals_to_image(p["normal_camera"], p["mask"], background=1.0)
@@ -93,7 +93,7 @@ def test_normal_lora_path_feeds_normal_maps(prior):
     seen = _record_sds_inputs(stage)
     with torch.no_grad():
         surface, _ = stage.dmtet()
-        cams = stage.cameras(0)
+        cams = stage.cameras(0)[0]
         p = render(surface.verts, surface.faces, cams, passes=("mask", "normal_camera"))
         expected = normals_to_image(p["normal_camera"], p["mask"], background=1.0)
     if stage.step(0).expression == "neutral":
@@ -131,7 +131,7 @@ def test_joint_loop_fit_through_rendering_recovers_a_known_jaw_opening():
         expression_offset_weight=0.0, geometry_lr=1e-3, expression_lr=1e-2, elevation_range_deg=(-30.0, 20.0),
         front_fraction=0.8)
 
-    def fit(images, name, cameras, step):
+    def fit(images, name, cameras, step, azimuths):
         with torch.no_grad():
             wanted = render_for_prior(targets[name], tf, cameras, normal_maps=True, shortcut=False)
         return (images - wanted).abs().mean()

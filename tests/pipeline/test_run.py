@@ -60,8 +60,8 @@ def test_nan_loss_gets_its_code_and_the_checkpoint_stays_finite(make_job, monkey
 
     original = GeometryStage.sds_loss
 
-    def diverging(self, images, name, cameras, step):  # a prior that diverges at step 3 (injected fault)
-        loss = original(self, images, name, cameras, step)
+    def diverging(self, images, name, cameras, step, azimuths):  # a prior that diverges at step 3 (injected fault)
+        loss = original(self, images, name, cameras, step, azimuths)
         return loss * float("nan") if step == 3 else loss
 
     monkeypatch.setattr(GeometryStage, "sds_loss", diverging)
