@@ -59,7 +59,8 @@ class GeometryStage:
     """The joint geometry + expression optimisation. ``step(i)`` runs step ``i`` of ``settings.geometry_steps``."""
 
     def __init__(self, settings, prior, embedding: np.ndarray, expressions: list[str], *, seed: int, device,
-                 normal_maps: bool):
+                 normal_maps: bool, objective=None):
+        """``objective(images, expression, cameras, step, azimuths) -> loss`` replaces SDS (fits to known targets)."""
         self.settings, self.prior, self.seed = settings, prior, int(seed)
         self.embedding = np.asarray(embedding, np.float32)
         self.device = torch.device(device)
@@ -78,7 +79,8 @@ class GeometryStage:
         self.weights = RegulariserWeights(laplacian=settings.laplacian,
                                           normal_consistency=settings.normal_consistency,
                                           sdf_sign=settings.sdf_sign, sdf_smoothness=settings.sdf_smoothness)
-        self.sds = ScoreDistillation(prior, SDSConfig(
+        self.objective = objective or self.sds_loss
+        self.sds = None if prior is None else ScoreDistillation(prior, SDSConfig(
             guidance_scale=settings.geometry_guidance, t_start=tuple(settings.geometry_t_start),
             t_end=tuple(settings.geometry_t_end), grad_clip=settings.grad_clip))
         self.shortcut_steps = int(round(settings.geometry_steps * settings.geometry_shortcut_fraction))
@@ -92,18 +94,22 @@ class GeometryStage:
             if should_stop():
                 return False
             n = min(PRETRAIN_CHUNK, self.settings.pretrain_steps - done)
-            pretrain_field(self.field, head_sdf, self.grid.vertices, steps=n, seed=self.seed + done)
+            pretrain_field(self.field, head_sdf, self.grid.vertices, steps=n, seed=self.seed + done,
+                           batch=self.settings.pretrain_batch)
             done += n
         return True
 
     # ---- one step ----------------------------------------------------------------------------
 
     def cameras(self, step: int):
+        """This step's cameras on the device, and their azimuths as host floats (no device read-back)."""
         s = self.settings
-        return sample_orbit_cameras(s.views_per_step, seed=step_seed(self.seed, GEOMETRY, step, CAMERAS),
+        cams = sample_orbit_cameras(s.views_per_step, seed=step_seed(self.seed, GEOMETRY, step, CAMERAS),
                                     resolution=(s.render_resolution, s.render_resolution),
                                     elevation_range_deg=tuple(s.elevation_range_deg),
-                                    front_oversample=s.front_fraction, device=self.device)
+                                    front_oversample=s.front_fraction)
+        azimuths = cams.azimuth_deg.tolist()  # still on the CPU here
+        return (cams if self.device.type == "cpu" else cams.to(self.device)), azimuths
 
     def lights(self, step: int):
         if self.normal_maps:
@@ -114,7 +120,7 @@ class GeometryStage:
     def step(self, step: int) -> StepOutput:
         s = self.settings
         name = pick_expression(self.names, s.neutral_fraction, step_rng(self.seed, GEOMETRY, step, CHOICE))
-        cameras = self.cameras(step)
+        cameras, azimuths = self.cameras(step)
         surface, sdf = self.dmtet()
         if surface.faces.shape[0] == 0:
             raise EngineError(f"the head surface vanished at geometry step {step + 1} (the SDF has no zero "
@@ -127,10 +133,7 @@ class GeometryStage:
             verts = verts + offsets
         images = render_for_prior(verts, surface.faces, cameras, normal_maps=self.normal_maps,
                                   lights=self.lights(step), shortcut=step < self.shortcut_steps)
-        azimuths = cameras.azimuth_deg.detach().cpu().tolist()  # host data already: cameras come from numpy
-        cond = self.prior.conditioning(self.embedding, name, view=azimuths)
-        loss, _ = self.sds.step(images, cond, step, s.geometry_steps,
-                                generator=step_generator(self.seed, GEOMETRY, step, NOISE))
+        loss = self.objective(images, name, cameras, step, azimuths)
         loss = loss + geometry_regularisers(surface, sdf, self.weights, self.grid.resolution)
         if offsets is not None:
             loss = loss + s.expression_offset_weight * offsets.pow(2).sum(-1).mean()
@@ -138,6 +141,13 @@ class GeometryStage:
         loss.backward()
         self.optimiser.step()
         return StepOutput(loss.detach(), name, images[0, ..., :3].detach(), verts.detach(), surface.faces)
+
+    def sds_loss(self, images, name: str, cameras, step: int, azimuths: list[float]) -> torch.Tensor:
+        """SDS with this expression's conditioning and blended view conditioning (one row per azimuth)."""
+        cond = self.prior.conditioning(self.embedding, name, view=azimuths)
+        loss, _ = self.sds.step(images, cond, step, self.settings.geometry_steps,
+                                generator=step_generator(self.seed, GEOMETRY, step, NOISE))
+        return loss
 
     # ---- checkpoints and result --------------------------------------------------------------
 

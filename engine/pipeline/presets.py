@@ -28,6 +28,7 @@ class Preset:
     grid: int  # tet grid resolution (cubes per side of the 0.32 m box)
     render_resolution: int  # geometry renders, square
     pretrain_steps: int  # fit of the field to the procedural head before SDS
+    pretrain_batch: int  # points per pretraining step
     geometry_steps: int
     views_per_step: int  # renders per SDS step (one batch)
     geometry_lr: float
@@ -57,6 +58,7 @@ class Preset:
     texture_t_start: tuple[float, float]
     texture_t_end: tuple[float, float]
     texture_size: int  # default UV texture size when job.json does not set one
+    quality_resolution: int  # renders scored by the quality report
     # bookkeeping
     checkpoint_every: int  # steps between checkpoints (plus one at every stage end)
 
@@ -76,27 +78,27 @@ _COMMON = dict(
 PRESETS: dict[str, Preset] = {
     "test": Preset(
         name="test", description="TEST PRESET: seconds on a CPU with tiny random priors; the head means nothing",
-        grid=16, render_resolution=32, pretrain_steps=40, geometry_steps=6, views_per_step=1,
+        grid=16, render_resolution=32, pretrain_steps=40, pretrain_batch=4096, geometry_steps=6, views_per_step=1,
         geometry_shortcut_fraction=0.5, target_faces=0,
-        texture_steps=3, texture_render_resolution=32, texture_views_per_step=1, texture_size=64,
+        texture_steps=3, texture_render_resolution=32, texture_views_per_step=1, texture_size=64, quality_resolution=128,
         checkpoint_every=2, **_COMMON),
     "preview": Preset(
         name="preview", description="a quick look: half the standard steps at 256^2 renders",
-        grid=96, render_resolution=256, pretrain_steps=300, geometry_steps=2000, views_per_step=1,
+        grid=96, render_resolution=256, pretrain_steps=300, pretrain_batch=16384, geometry_steps=2000, views_per_step=1,
         geometry_shortcut_fraction=0.5, target_faces=20000,
-        texture_steps=1000, texture_render_resolution=256, texture_views_per_step=1, texture_size=1024,
+        texture_steps=1000, texture_render_resolution=256, texture_views_per_step=1, texture_size=1024, quality_resolution=256,
         checkpoint_every=200, **_COMMON),
     "standard": Preset(
         name="standard", description="the default: 512^2 renders, 5k geometry steps (HumanNorm/Fantasia3D scale)",
-        grid=128, render_resolution=512, pretrain_steps=500, geometry_steps=5000, views_per_step=2,
+        grid=128, render_resolution=512, pretrain_steps=500, pretrain_batch=16384, geometry_steps=5000, views_per_step=2,
         geometry_shortcut_fraction=0.3, target_faces=40000,
-        texture_steps=2000, texture_render_resolution=512, texture_views_per_step=2, texture_size=2048,
+        texture_steps=2000, texture_render_resolution=512, texture_views_per_step=2, texture_size=2048, quality_resolution=256,
         checkpoint_every=250, **_COMMON),
     "high": Preset(
         name="high", description="the slowest: 10k geometry steps, 4 views per step, grid 192",
-        grid=192, render_resolution=512, pretrain_steps=800, geometry_steps=10000, views_per_step=4,
+        grid=192, render_resolution=512, pretrain_steps=800, pretrain_batch=16384, geometry_steps=10000, views_per_step=4,
         geometry_shortcut_fraction=0.2, target_faces=80000,
-        texture_steps=4000, texture_render_resolution=512, texture_views_per_step=4, texture_size=4096,
+        texture_steps=4000, texture_render_resolution=512, texture_views_per_step=4, texture_size=4096, quality_resolution=256,
         checkpoint_every=500, **{**_COMMON, "geometry_t_end": (0.02, 0.4), "texture_t_end": (0.02, 0.2)}),
 }
 
@@ -134,7 +136,7 @@ def _check_value(name: str, kind, value, default):
 # Ranges a run cannot work outside of (checked after overrides).
 def _check_ranges(p: Preset) -> None:
     positive = ("grid", "render_resolution", "views_per_step", "texture_render_resolution",
-                "texture_views_per_step", "checkpoint_every", "texture_size")
+                "texture_views_per_step", "checkpoint_every", "texture_size", "quality_resolution")
     for name in positive:
         if getattr(p, name) < 1:
             raise OverrideError(f"{name} must be at least 1, got {getattr(p, name)}")

@@ -9,7 +9,6 @@ before every step (a final checkpoint is written, then :class:`Cancelled` is rai
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import tempfile
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__, protocol
+from .. import protocol
 from ..errors import EngineError
 from . import checkpoint as ckpt
 from .failures import Cancelled, classify, nan_loss
@@ -63,9 +62,9 @@ class _Job:
         self.stages = ["identity", "prior", "geometry"]
         if spec.stop_after != "geometry":
             self.stages.append("texture")
-        self.stages.append("export")
         if spec.stop_after != "geometry" and spec.output.get("quality_report", True):
-            self.stages.append("quality")
+            self.stages.append("quality")  # before export: its report and renders go into the result
+        self.stages.append("export")
         self.timings: dict[str, float] = {}
         self.total_steps = self.settings.geometry_steps + (
             self.settings.texture_steps if "texture" in self.stages else 0)
@@ -137,13 +136,16 @@ class _Job:
             textures = self.texture(prior, embedding, vertices, faces, offsets, albedo_lora, state, canonical_state)
             self.end_stage()
 
-        self.stage("export")
-        folder, glb = self.export(vertices, faces, offsets, textures)
-        self.end_stage()
+        head = self.head_mesh(vertices, faces, offsets, textures)
+        quality = sheet = None
         if "quality" in self.stages:
             self.stage("quality")
-            self.quality(folder, prior, embedding)
+            quality, sheet = self.quality(head, textures, embedding)
             self.end_stage()
+
+        self.stage("export")
+        folder, glb = self.export(head, textures, quality, sheet)
+        self.end_stage()
         self.send("result", folder=str(folder), glb=str(glb) if glb else None)
         return folder
 
@@ -204,6 +206,7 @@ class _Job:
             self.send("warning", code="base_prior",
                       message="no normal-map prior under loras/normal: geometry uses shaded renders with the base prior")
         self.models_tiny = _is_tiny(root)
+        self.model_files = _hash_model_files(root)
         if self.models_tiny:
             self.send("warning", code="tiny_models",
                       message="the models are tiny random test models: the head will not be a likeness")
@@ -302,7 +305,7 @@ class _Job:
                 save(i + 1)
         save(s.texture_steps)
         albedo, roughness = stage.images()
-        return {"albedo": albedo, "roughness": roughness, "uvs": stage.layout.corner_uvs(), "stage": stage}
+        return {"albedo": albedo, "roughness": roughness, "uvs": stage.layout.corner_uvs()}
 
     # ---- export and quality ------------------------------------------------------------------
 
@@ -315,62 +318,63 @@ class _Job:
                 versions[name] = __import__(name).__version__
             except Exception:  # optional in this report
                 pass
-        return {"format": "idto3d-result", "format_version": 1, "engine_version": __version__,
-                "job": self.spec.resolved_dict(), "seed": self.spec.seed,
-                "models": {"root": str(self.models_root), "tiny_test_models": bool(getattr(self, "models_tiny", False))},
+        return {"job": self.spec.resolved_dict(), "seed": self.spec.seed,
+                "models": {"root": str(self.models_root), "tiny_test_models": bool(getattr(self, "models_tiny", False)),
+                           "files": getattr(self, "model_files", {})},
                 "versions": versions, "timings_s": dict(self.timings)}
 
-    def export(self, vertices, faces, offsets, textures):
+    def head_mesh(self, vertices, faces, offsets, textures):
         from ..result_format import HeadMesh
 
         names = list(offsets)
-        head = HeadMesh(vertices=vertices, faces=faces, expression_names=names,
+        return HeadMesh(vertices=vertices, faces=faces, expression_names=names,
                         expression_offsets=np.stack([offsets[n] for n in names]),
                         uvs=None if textures is None else np.asarray(textures["uvs"], np.float32))
+
+    def export(self, head, textures, quality, sheet):
+        from ..export import write_result
+
         folder = self.job_dir / RESULT
         info = self.info()
-        info["mesh"] = {"vertices": int(len(vertices)), "faces": int(len(faces)), "expressions": names}
-        try:
-            from ..export import write_result
-        except ImportError:
-            write_result = None
-        if write_result is None:
-            if textures is not None:
-                raise EngineError("the export room is not installed", code="export_unavailable",
-                                  hint="update the engine")
-            self.send("warning", code="export_minimal",
-                      message="engine.export is not installed: the result holds head.npz and result.json only")
-            return _write_minimal_result(folder, head, info), None
-        if textures is None:  # stop_after geometry: a plain material
-            size = 4
-            albedo = np.full((size, size, 3), 0.7, np.float32)
-            roughness = np.full((size, size, 1), 0.6, np.float32)
+        if quality is not None:
+            info["quality"] = quality
+        want_glb = bool(self.spec.output.get("glb", True))
+        if textures is None:  # stop_after geometry: head.npz, result.json and a glb with a plain material
+            paths = write_result(folder, head, info=info, glb=want_glb)
         else:
-            albedo, roughness = textures["albedo"], textures["roughness"]
-            info["textures"] = {"albedo": "albedo.png", "roughness": "roughness.png",
-                                "size": self.spec.resolved_texture_size}
-        paths = write_result(folder, head, albedo=albedo, roughness=roughness, info=info,
-                             contact_sheet=None, glb=bool(self.spec.output.get("glb", True)))
-        return folder, paths.get("glb")
+            paths = write_result(folder, head, albedo=textures["albedo"], roughness=textures["roughness"],
+                                 info=info, contact_sheet=sheet, glb=want_glb)
+        return folder, paths.get("head.glb")
 
-    def quality(self, folder: Path, prior, embedding) -> None:
-        try:
-            from ..export.quality import quality_report
-        except ImportError:
-            self.send("warning", code="quality_unavailable", message="engine.export.quality is not installed")
-            return
-        quality_report(folder, identity=embedding, models_root=self.models_root, device=self.device.type)
+    def quality(self, head, textures, embedding):
+        """The report (per expression and view: ArcFace cosine, dlib distance) and a contact sheet."""
+        from ..export.quality import contact_sheet, quality_report
+
+        report, renders = quality_report(
+            head=head, albedo=textures["albedo"], roughness=textures["roughness"], photos=list(self.spec.photos),
+            identity_embedding=embedding, models_root=self.models_root,
+            resolution=self.settings.quality_resolution, device=self.device.type)
+        sheet = contact_sheet(renders) if self.spec.output.get("contact_sheet", True) else None
+        return report, sheet
 
 
-def _write_minimal_result(folder: Path, head, info: dict) -> Path:
-    from ..atomic import replace_dir_atomic, write_text_atomic
-    from ..result_format import write_head_mesh
+def _hash_model_files(root: Path) -> dict[str, str]:
+    """sha256 of every file the prior reads (folders from the prior's own file check, LoRAs, ArcFace)."""
+    import hashlib
 
-    def write(staging: Path) -> None:
-        write_head_mesh(staging, head)
-        write_text_atomic(staging / "result.json", json.dumps(info, indent=1, ensure_ascii=False) + "\n")
+    from ..prior.weights import check_files
 
-    return replace_dir_atomic(folder, write)
+    folders = [Path(p) for p in check_files(root).values()] + [root / "loras"]
+    files = sorted({f for d in folders if d.is_dir() for f in d.rglob("*") if f.is_file()}
+                   | {f for f in [root / "arc2face" / "arcface.onnx"] if f.is_file()})
+    out = {}
+    for f in files:
+        digest = hashlib.sha256()
+        with open(f, "rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
+        out[f.relative_to(root).as_posix()] = digest.hexdigest()
+    return out
 
 
 def _is_tiny(root: Path) -> bool:

@@ -17,7 +17,6 @@ from ..render import sample_lights, sample_orbit_cameras
 from .seeds import TEXTURE, pick_expression, step_generator, step_rng, step_seed
 
 CAMERAS, LIGHTS, NOISE, CHOICE = 0, 1, 2, 3
-DILATE_PIXELS = 8  # texels of colour pushed past every chart border (no black seams when mip-mapped)
 
 
 class TextureStage:
@@ -50,7 +49,10 @@ class TextureStage:
         cameras = sample_orbit_cameras(
             s.texture_views_per_step, seed=step_seed(self.seed, TEXTURE, step, CAMERAS),
             resolution=(s.texture_render_resolution, s.texture_render_resolution),
-            elevation_range_deg=tuple(s.elevation_range_deg), front_oversample=s.front_fraction, device=self.device)
+            elevation_range_deg=tuple(s.elevation_range_deg), front_oversample=s.front_fraction)
+        azimuths = cameras.azimuth_deg.tolist()  # on the CPU still: no device read-back
+        if self.device.type != "cpu":
+            cameras = cameras.to(self.device)
         verts = self.vertices + self.offsets[name]
         if self.albedo_lora:
             images = self.texture.render_albedo(verts, self.faces, self.layout, self.maps, cameras, background=1.0)
@@ -59,7 +61,6 @@ class TextureStage:
                                    device=self.device)
             images = self.texture.render_textured(verts, self.faces, self.layout, self.maps, cameras, lights,
                                                   background=1.0)
-        azimuths = cameras.azimuth_deg.detach().cpu().tolist()
         cond = self.prior.conditioning(self.embedding, name, view=azimuths)
         loss, _ = self.sds.step(images, cond, step, s.texture_steps,
                                 generator=step_generator(self.seed, TEXTURE, step, NOISE))
@@ -77,8 +78,6 @@ class TextureStage:
 
     @torch.no_grad()
     def images(self) -> tuple[np.ndarray, np.ndarray]:
-        """(albedo [S, S, 3], roughness [S, S, 1]) in [0, 1], dilated across the chart borders."""
-        mask = self.texture.coverage_mask(self.layout, self.size)
-        albedo = self.texture.dilate(self.maps.albedo().cpu().numpy(), mask, DILATE_PIXELS)
-        roughness = self.texture.dilate(self.maps.roughness().cpu().numpy(), mask, DILATE_PIXELS)
-        return np.asarray(albedo, np.float32), np.asarray(roughness, np.float32)
+        """(albedo [S, S, 3] linear, roughness [S, S, 1]) in [0, 1]; the export dilates across seams."""
+        return (self.maps.albedo().cpu().numpy().astype(np.float32),
+                self.maps.roughness().cpu().numpy().astype(np.float32))

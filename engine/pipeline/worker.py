@@ -112,4 +112,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_worker(args.job_dir, resume=args.resume)
+    code = run_worker(args.job_dir, resume=args.resume)
+    # Everything is written and ``done`` is sent: leave now. Interpreter teardown with torch and
+    # diffusers loaded takes seconds, and the add-on waits for the exit after a cancel.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -42,6 +42,11 @@ def test_main_job_generates_a_head_with_moving_shape_keys_and_renders_it(tmp_pat
     assert pixels.shape[:2] == (96, 96)
     assert summary["render_statistics"]["foreground_fraction"] > 0.05 and pixels.std() > 0.02
     assert (out / "head.blend").stat().st_size > 10_000
+    job = Path(summary["job"])
+    result = json.loads((job / "result" / "result.json").read_text())
+    assert result["models"]["tiny_test_models"] is True
+    assert result["mesh"]["expressions"] == ["neutral", "smiling", "with curly red hair"]
+    assert (job / "result" / "head.glb").is_file() and (job / "job.json").is_file()
     # The photos went through the add-on's Check Photos: all three derived photos are usable.
     assert done.stdout.count(": OK") + done.stdout.count(": SEVERAL_FACES") == 3
 
@@ -58,20 +63,4 @@ def test_main_job_refuses_an_output_folder_it_did_not_write(tmp_path):
     assert (out / "thesis.txt").read_text() == "irreplaceable"
 
 
-def test_the_worker_stops_when_blender_goes_away(tmp_path, tiny_models_root, photos_dir):
-    """Blender quitting closes the worker's stdin: the worker must stop and say so, not run on."""
-    from engine import protocol
-    from engine.pipeline.job import write_job
-
-    job_dir = tmp_path / "job"
-    write_job(job_dir, {"job_version": 1, "photos": [str(photos_dir / "grace_hopper.jpg")],
-                        "expressions": ["neutral", "smiling"], "preset": "test", "models": str(tiny_models_root),
-                        "texture_size": 64})
-    done = subprocess.run([sys.executable, "-m", "engine", "run", str(job_dir)], stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
-                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
-    messages = [protocol.decode(line) for line in done.stdout.splitlines()]
-    assert messages[0]["type"] == "hello"
-    assert messages[-1]["type"] == "done" and messages[-1]["ok"] is False and messages[-1]["code"] == "cancelled"
-    assert done.returncode == 130
-    assert not (job_dir / "result" / "head.npz").exists()
+# Blender quitting closes the worker's stdin: tests/pipeline/test_worker.py::test_stdin_closing_cancels.
