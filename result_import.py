@@ -149,13 +149,17 @@ def _remove_material(material) -> None:
     bpy.data.materials.remove(material)
 
 
-def quality_scores(folder: Path | str) -> dict[str, float]:
-    """Mean identity score (ArcFace cosine) per expression from result.json's quality report."""
+def quality_scores(folder: Path | str) -> dict[str, float | None]:
+    """Mean identity score (ArcFace cosine) per expression from result.json's quality report;
+    None for an expression whose renders showed no face the recogniser could find."""
     try:
         info = json.loads((Path(folder) / "result.json").read_text(encoding="utf-8"))
         per_expression = info["quality"]["expressions"]
-        return {str(name): float(entry["mean_arcface_cosine"]) for name, entry in per_expression.items()
-                if isinstance(entry, dict) and isinstance(entry.get("mean_arcface_cosine"), (int, float))}
+        scores = {}
+        for name, entry in per_expression.items():
+            value = entry.get("mean_arcface_cosine") if isinstance(entry, dict) else None
+            scores[str(name)] = float(value) if isinstance(value, (int, float)) else None
+        return scores
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
 

@@ -8,7 +8,7 @@ from . import SidebarPanel
 from ..operators.head import head_key
 from ..result_import import quality_scores
 
-_scores: dict[str, dict[str, float]] = {}  # result folder -> scores, read once per folder
+_scores: dict[str, dict[str, float | None]] = {}  # result folder -> scores, read once per folder
 
 
 def scores_for(obj) -> dict[str, float]:
@@ -29,9 +29,10 @@ class IDTO3D_UL_shape_keys(bpy.types.UIList):
             row.label(text="neutral (Basis)", icon="PINNED")
             return
         row.label(text=item.name, icon="SHAPEKEY_DATA")
-        score = scores_for(context.active_object).get(item.name)
-        if score is not None:
-            row.label(text=f"ID {score:.2f}")
+        scores = scores_for(context.active_object)
+        if item.name in scores:  # identity score of this expression's renders (ArcFace cosine)
+            score = scores[item.name]
+            row.label(text="ID –" if score is None else f"ID {score:.2f}")
         row.prop(item, "value", text="", slider=True)
         row.operator("idto3d.expression_solo", text="", icon="SOLO_ON").name = item.name
 

@@ -108,6 +108,13 @@ def test_snapshots_streamed_into_the_same_object_before_the_result(generated):
     assert streamed[0][1:] != (len(final.data.vertices), float(np.abs(co).sum()))
 
 
+def test_the_browser_reads_the_quality_report_of_the_result(generated, blender_addon):
+    panel = importlib.import_module(f"{blender_addon}.panels.head")
+    scores = panel.scores_for(generated["job"].head_object())
+    assert set(scores) == set(EXPRESSIONS)  # one entry per expression (None: no face found in its renders)
+    assert all(value is None or -1.0 <= value <= 1.0 for value in scores.values())
+
+
 def test_progress_stage_and_previews_reached_the_panel_state(generated):
     job, panel = generated["job"], generated["panel"]
     assert job.progress == 1.0 and job.stage_count >= 5
