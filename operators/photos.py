@@ -144,7 +144,7 @@ def _check_folder() -> str:
         old = sorted(Path(base).glob("check-*"), key=lambda p: p.stat().st_mtime)
         for folder in old[: max(0, len(old) - (KEEP_CHECK_FOLDERS - 1))]:
             shutil.rmtree(folder, ignore_errors=True)
-    return tempfile.mkdtemp(prefix="check-", dir=base)
+    return tempfile.mkdtemp(prefix="check-", dir=base or None)  # "" would mean the current folder
 
 
 def apply_check_results(settings, checked_items, summary: dict) -> dict[str, int]:
