@@ -41,16 +41,21 @@ class Refusal(Exception):
 
 # ------------------------------------------------------------------------------- checks before a job
 
+
 def photos_in_use(settings) -> list[str]:
     """Absolute paths of the ticked photos; refuses when none is ticked or a file is gone."""
     paths = [bpy.path.abspath(photo.path) for photo in settings.photos if photo.enabled and photo.path]
     if not paths:
-        raise Refusal("no_photo", "No photo is in use: add photos of the person in the References panel "
-                                  "and tick at least one")
+        raise Refusal(
+            "no_photo",
+            "No photo is in use: add photos of the person in the References panel and tick at least one",
+        )
     for path in paths:
         if not os.path.isfile(path):
-            raise Refusal("photo_missing", f"Photo not found: {path}. Remove it from the list or put the file "
-                                           "back, then try again")
+            raise Refusal(
+                "photo_missing",
+                f"Photo not found: {path}. Remove it from the list or put the file back, then try again",
+            )
     return [os.path.abspath(path) for path in paths]
 
 
@@ -65,13 +70,18 @@ def expressions_in_use(settings) -> list[str]:
 
     names = [item.text for item in settings.expressions if item.enabled]
     if not names:
-        raise Refusal("no_expression", "No expression is in use: add one in the Expressions panel "
-                                       "(neutral is the Basis) or press Default Expressions")
+        raise Refusal(
+            "no_expression",
+            "No expression is in use: add one in the Expressions panel "
+            "(neutral is the Basis) or press Default Expressions",
+        )
     problems = check_expression_names(names)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise Refusal("bad_expressions", f"Expressions: {problems[0]}{more}. Rename or remove it in the "
-                                         "Expressions panel")
+        raise Refusal(
+            "bad_expressions",
+            f"Expressions: {problems[0]}{more}. Rename or remove it in the Expressions panel",
+        )
     return names if names[0] == NEUTRAL else [NEUTRAL, *[n for n in names if n != NEUTRAL]]
 
 
@@ -91,14 +101,21 @@ def check_engine_python(prefs) -> str:
     if key not in _probed:
         probe = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('torch') else 3)"
         try:
-            done = subprocess.run([python, "-c", probe], stdin=subprocess.DEVNULL, capture_output=True,
-                                  timeout=PROBE_TIMEOUT_S, env=engine_environment())
+            done = subprocess.run(
+                [python, "-c", probe],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=PROBE_TIMEOUT_S,
+                env=engine_environment(),
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             problem = f"Engine Python {python!r} does not start ({exc}). Set Engine Python in the add-on's preferences"
         else:
             if done.returncode == 3:
-                problem = (f"Engine Python {python!r} has no torch. Press Install Engine in the add-on's "
-                           "preferences, or choose a Python that has the engine's packages (docs/install.md)")
+                problem = (
+                    f"Engine Python {python!r} has no torch. Press Install Engine in the add-on's "
+                    "preferences, or choose a Python that has the engine's packages (docs/install.md)"
+                )
             elif done.returncode != 0:
                 last = (done.stderr.decode("utf-8", "replace").strip().splitlines() or ["no output"])[-1]
                 problem = f"Engine Python {python!r} does not start (exit {done.returncode}: {last})"
@@ -116,15 +133,20 @@ NEEDED_BEFORE_LAUNCH = ("sd15", "arc2face")
 
 
 def check_models_present(root: str, prefs) -> None:
-    blocking = [report for report in check_models(root) if report.blocking and report.spec.key in NEEDED_BEFORE_LAUNCH]
+    blocking = [
+        report for report in check_models(root) if report.blocking and report.spec.key in NEEDED_BEFORE_LAUNCH
+    ]
     if blocking:
         names = ", ".join(f"{r.spec.key}/" for r in blocking)
         from .operators.fetch_models import downloads_refused
 
         allowed = downloads_refused(prefs) is None
-        how = ("press Download Models" if allowed else
-               "put them there as docs/install.md explains (or allow downloads in the preferences and press "
-               "Download Models)")
+        how = (
+            "press Download Models"
+            if allowed
+            else "put them there as docs/install.md explains (or allow downloads in the preferences and press "
+            "Download Models)"
+        )
         raise Refusal("models_missing", f"Models missing in {root}: {names}. {how}", offer_download=allowed)
 
 
@@ -135,8 +157,11 @@ def jobs_root(settings) -> Path:
     try:
         return Path(bpy.utils.extension_path_user(ADDON_PACKAGE, path="jobs", create=True))
     except (ValueError, RuntimeError) as exc:
-        raise Refusal("output_unwritable", f"The extension's user folder cannot be used for jobs ({exc}); "
-                                           "choose an Output Folder in the Settings panel") from None
+        raise Refusal(
+            "output_unwritable",
+            f"The extension's user folder cannot be used for jobs ({exc}); "
+            "choose an Output Folder in the Settings panel",
+        ) from None
 
 
 def check_writable(folder: Path) -> None:
@@ -149,8 +174,11 @@ def check_writable(folder: Path) -> None:
     except OSError as exc:
         problem = exc.strerror or str(exc)
     if problem:
-        raise Refusal("output_unwritable", f"Cannot write job folders into {folder} ({problem}): choose another "
-                                           "Output Folder in the Settings panel")
+        raise Refusal(
+            "output_unwritable",
+            f"Cannot write job folders into {folder} ({problem}): choose another "
+            "Output Folder in the Settings panel",
+        )
 
 
 def job_request(settings, prefs, photos: list[str], expressions: list[str], models_root: str) -> dict:
@@ -197,6 +225,7 @@ def _claim(folder: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ the job
+
 
 class Job:
     """One running (or finished) generation for one scene, and what the panel shows of it."""
@@ -253,7 +282,11 @@ class Job:
         for index, msg in enumerate(messages):
             kind = msg["type"]
             if kind == "stage":
-                self.stage, self.stage_index, self.stage_count = str(msg["name"]), int(msg["index"]), int(msg["count"])
+                self.stage, self.stage_index, self.stage_count = (
+                    str(msg["name"]),
+                    int(msg["index"]),
+                    int(msg["count"]),
+                )
                 self.step, self.total = 0, 0
             elif kind == "progress":
                 self.step, self.total = int(msg["step"]), int(msg["total"])
@@ -268,7 +301,11 @@ class Job:
             elif kind == "warning":
                 self.warnings.append(str(msg["message"]))
             elif kind == "error":
-                self.error = {"code": str(msg["code"]), "message": str(msg["message"]), "hint": str(msg.get("hint") or "")}
+                self.error = {
+                    "code": str(msg["code"]),
+                    "message": str(msg["message"]),
+                    "hint": str(msg.get("hint") or ""),
+                }
             elif kind == "result":
                 self._apply_result(msg)
             elif kind == "done":
@@ -305,11 +342,19 @@ class Job:
         folder = Path(str(msg["folder"]))
         try:
             into = self.head_object()
-            obj = result_import.import_result(folder, name="Head", into=into, location=self.location,
-                                              collection=(bpy.data.scenes.get(self.scene_name) or bpy.context.scene).collection)
+            obj = result_import.import_result(
+                folder,
+                name="Head",
+                into=into,
+                location=self.location,
+                collection=(bpy.data.scenes.get(self.scene_name) or bpy.context.scene).collection,
+            )
         except (ResultFormatError, OSError, RuntimeError) as exc:
-            self.error = {"code": "import_failed", "message": f"The result could not be brought into Blender: {exc}",
-                          "hint": f"The result folder stays at {folder}; try Import Head Result on it"}
+            self.error = {
+                "code": "import_failed",
+                "message": f"The result could not be brought into Blender: {exc}",
+                "hint": f"The result folder stays at {folder}; try Import Head Result on it",
+            }
             return
         if into is None:
             obj.location = self.location
@@ -321,7 +366,11 @@ class Job:
         if not ok:
             self.stderr_tail = self.monitor.stderr_tail()
             if self.error is None and not self.cancelled:
-                self.error = {"code": "failed", "message": "The engine stopped without saying why.", "hint": ""}
+                self.error = {
+                    "code": "failed",
+                    "message": "The engine stopped without saying why.",
+                    "hint": "",
+                }
 
     @property
     def can_resume(self) -> bool:
@@ -365,8 +414,10 @@ def start_job(context, *, resume: bool = False) -> Job:
     scene = context.scene
     settings = scene.idto3d
     if running_job(scene) is not None:
-        raise Refusal("job_running", "A head is already being generated in this scene: wait for it or press "
-                                     "Cancel first")
+        raise Refusal(
+            "job_running",
+            "A head is already being generated in this scene: wait for it or press Cancel first",
+        )
     prefs = addon_prefs(context)
     root = models_root(prefs)
     if resume:
@@ -392,11 +443,20 @@ def start_job(context, *, resume: bool = False) -> Job:
         job_dir = new_job_folder(base)
         write_job(job_dir, request)
     command = [python, "-m", "engine", "run", str(job_dir)] + (["--resume"] if resume else [])
-    monitor = WorkerMonitor(command, cwd=str(ADDON_DIR), env=engine_environment(root),
-                            stderr_path=job_dir / "addon-worker-stderr.log")
+    monitor = WorkerMonitor(
+        command,
+        cwd=str(ADDON_DIR),
+        env=engine_environment(root),
+        stderr_path=job_dir / "addon-worker-stderr.log",
+    )
     job = Job(scene, job_dir, monitor, scene.cursor.location, resume)
     previous = _jobs.get(scene.name)
-    if resume and previous is not None and previous.head_object() is not None and previous.result_folder == "":
+    if (
+        resume
+        and previous is not None
+        and previous.head_object() is not None
+        and previous.result_folder == ""
+    ):
         job.object_name = previous.object_name  # keep streaming into the same unfinished head
     _jobs[scene.name] = job
     settings.last_job_dir = str(job_dir)

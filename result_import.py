@@ -23,8 +23,11 @@ from .engine.result_format import HeadMesh, ResultFormatError, read_head_mesh
 
 BASIS_NAME = "Basis"
 # image file, BSDF socket, colour space; normal goes through a Normal Map node
-TEXTURES = (("albedo.png", "Base Color", "sRGB"), ("roughness.png", "Roughness", "Non-Color"),
-            ("normal.png", "Normal", "Non-Color"))
+TEXTURES = (
+    ("albedo.png", "Base Color", "sRGB"),
+    ("roughness.png", "Roughness", "Non-Color"),
+    ("normal.png", "Normal", "Non-Color"),
+)
 
 
 def _fill_geometry(mesh: bpy.types.Mesh, vertices: np.ndarray, faces: np.ndarray) -> None:
@@ -51,7 +54,7 @@ def _geometry_problem(faces: np.ndarray) -> str | None:
         return f"{int(repeated.sum())} face(s) use a vertex twice (first: face {int(np.argmax(repeated))})"
     ordered = np.sort(faces.astype(np.int64), axis=1)
     count = int(ordered.max()) + 1
-    if count < 2 ** 21:  # one int64 key per face: sorting keys is far faster than unique rows
+    if count < 2**21:  # one int64 key per face: sorting keys is far faster than unique rows
         keys = (ordered[:, 0] * count + ordered[:, 1]) * count + ordered[:, 2]
         repeats = len(np.unique(keys)) != len(faces)
     else:
@@ -67,13 +70,16 @@ def build_mesh(name: str, head: HeadMesh) -> bpy.types.Mesh:
     if problem:
         raise ResultFormatError(
             f"{name}: Blender would reject the mesh ({problem}); generate the head again or report the result "
-            "folder as a bug")
+            "folder as a bug"
+        )
     mesh = bpy.data.meshes.new(name)
     try:
         _fill_geometry(mesh, head.vertices, head.faces)
         if head.uvs is not None:
             mesh.uv_layers.new(name="UVMap")
-            mesh.attributes["UVMap"].data.foreach_set("vector", np.ascontiguousarray(head.uvs, np.float32).ravel())
+            mesh.attributes["UVMap"].data.foreach_set(
+                "vector", np.ascontiguousarray(head.uvs, np.float32).ravel()
+            )
     except BaseException:
         bpy.data.meshes.remove(mesh)
         raise
@@ -90,14 +96,18 @@ def check_shape_key_names(names: list[str]) -> None:
 
     problems = check_expression_names(names)
     if problems:
-        raise ResultFormatError(f"expression names in the result cannot become shape keys: {'; '.join(problems)}")
+        raise ResultFormatError(
+            f"expression names in the result cannot become shape keys: {'; '.join(problems)}"
+        )
 
 
 def add_shape_keys(obj: bpy.types.Object, head: HeadMesh) -> None:
     """Basis = the first expression (neutral); one key per other expression, named exactly after it."""
     check_shape_key_names(head.expression_names)
     basis = obj.shape_key_add(name=BASIS_NAME, from_mix=False)
-    basis.points.foreach_set("co", np.ascontiguousarray(head.vertices + head.expression_offsets[0], np.float32).ravel())
+    basis.points.foreach_set(
+        "co", np.ascontiguousarray(head.vertices + head.expression_offsets[0], np.float32).ravel()
+    )
     for name, offsets in zip(head.expression_names[1:], head.expression_offsets[1:]):
         key = obj.shape_key_add(name=name, from_mix=False)
         if key.name != name:  # belt and braces: never a silently renamed expression
@@ -164,8 +174,14 @@ def quality_scores(folder: Path | str) -> dict[str, float | None]:
         return {}
 
 
-def import_result(folder: Path | str, name: str = "Head", collection=None, *, location=None,
-                  into: bpy.types.Object | None = None) -> bpy.types.Object:
+def import_result(
+    folder: Path | str,
+    name: str = "Head",
+    collection=None,
+    *,
+    location=None,
+    into: bpy.types.Object | None = None,
+) -> bpy.types.Object:
     """The head object from result ``folder``.
 
     A new object linked into ``collection`` (default: the scene's) at ``location`` (default: the
@@ -251,9 +267,13 @@ def read_snapshot(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
     except (OSError, ValueError, KeyError) as exc:
         raise ResultFormatError(f"snapshot {path} is unreadable ({exc})") from exc
     if vertices.ndim != 2 or vertices.shape[1:] != (3,) or vertices.dtype.kind != "f":
-        raise ResultFormatError(f"snapshot {path}: vertices must be float [V, 3], got {vertices.dtype} {list(vertices.shape)}")
+        raise ResultFormatError(
+            f"snapshot {path}: vertices must be float [V, 3], got {vertices.dtype} {list(vertices.shape)}"
+        )
     if faces.ndim != 2 or faces.shape[1:] != (3,) or faces.dtype.kind not in "iu":
-        raise ResultFormatError(f"snapshot {path}: faces must be integer [F, 3], got {faces.dtype} {list(faces.shape)}")
+        raise ResultFormatError(
+            f"snapshot {path}: faces must be integer [F, 3], got {faces.dtype} {list(faces.shape)}"
+        )
     if len(faces) and (faces.min() < 0 or faces.max() >= len(vertices)):
         raise ResultFormatError(f"snapshot {path}: face indices outside 0..{len(vertices) - 1}")
     if not np.isfinite(vertices).all():

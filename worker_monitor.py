@@ -100,14 +100,23 @@ class WorkerMonitor:
         try:
             # A list of arguments, never a shell: user text reaches the worker only inside job.json.
             self.process = subprocess.Popen(
-                self.command, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=self._stderr, bufsize=0,
+                self.command,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                bufsize=0,
             )
         except OSError:
             self._stderr.close()
             raise
-        self._reader = threading.Thread(target=_read_lines, args=(self.process.stdout, self._lines),
-                                        name="idto3d-worker-reader", daemon=True)
+        self._reader = threading.Thread(
+            target=_read_lines,
+            args=(self.process.stdout, self._lines),
+            name="idto3d-worker-reader",
+            daemon=True,
+        )
         self._reader.start()
 
     @property
@@ -139,10 +148,13 @@ class WorkerMonitor:
         if self._eof and not self.finished and self.process.poll() is not None:
             # The stream ended without `done`: the worker crashed or was killed.
             code = self.process.returncode
-            messages.extend(self._fail("worker_exited", f"The engine stopped unexpectedly (exit code {code}) "
-                                       "before it finished the job.",
-                                       "See the engine's log below; fix what it names and press Resume or "
-                                       "Generate Head again."))
+            messages.extend(
+                self._fail(
+                    "worker_exited",
+                    f"The engine stopped unexpectedly (exit code {code}) before it finished the job.",
+                    "See the engine's log below; fix what it names and press Resume or Generate Head again.",
+                )
+            )
         if self.finished:
             self._close_streams()
         return messages
@@ -158,25 +170,36 @@ class WorkerMonitor:
             else:
                 return self._accept(msg)
         if self.hello is None:
-            return self._fail("protocol_error", f"The engine did not start with a valid greeting ({problem}).",
-                              "The engine's Python may run another program or another version of the "
-                              "engine: check Engine Python in the add-on's preferences.")
+            return self._fail(
+                "protocol_error",
+                f"The engine did not start with a valid greeting ({problem}).",
+                "The engine's Python may run another program or another version of the "
+                "engine: check Engine Python in the add-on's preferences.",
+            )
         self.skipped_lines += 1  # after a good hello, a stray line is skipped, not trusted
-        return [protocol.message("warning", code="protocol_line_skipped",
-                                 message=f"skipped a line that is not a protocol message ({problem})")]
+        return [
+            protocol.message(
+                "warning",
+                code="protocol_line_skipped",
+                message=f"skipped a line that is not a protocol message ({problem})",
+            )
+        ]
 
     def _accept(self, msg: dict) -> list[dict]:
         if self.hello is None:
             if msg["type"] != "hello":
-                return self._fail("protocol_error",
-                                  f"The engine's first message was {msg['type']!r}, not its greeting (hello).",
-                                  "Check Engine Python in the add-on's preferences: it must run this "
-                                  "extension's engine.")
+                return self._fail(
+                    "protocol_error",
+                    f"The engine's first message was {msg['type']!r}, not its greeting (hello).",
+                    "Check Engine Python in the add-on's preferences: it must run this extension's engine.",
+                )
             self.hello = msg
             return [msg]
         if msg["type"] == "hello":
             self.skipped_lines += 1
-            return [protocol.message("warning", code="protocol_second_hello", message="the engine greeted twice")]
+            return [
+                protocol.message("warning", code="protocol_second_hello", message="the engine greeted twice")
+            ]
         if msg["type"] == "error":
             self.error = msg
         if msg["type"] == "done":
@@ -237,8 +260,9 @@ class WorkerMonitor:
                 grace = max(0.0, CANCEL_GRACE_S - (time.monotonic() - self.cancel_requested_at))
             else:
                 grace = EXIT_GRACE_S
-            self._reaper = threading.Thread(target=self._reap, args=(grace,), name="idto3d-worker-reaper",
-                                            daemon=True)
+            self._reaper = threading.Thread(
+                target=self._reap, args=(grace,), name="idto3d-worker-reaper", daemon=True
+            )
             self._reaper.start()
 
     def _reap(self, grace_s: float) -> None:
@@ -268,8 +292,14 @@ class CommandMonitor:
         self._answer: dict | None = None
         self._failure: Exception | None = None
         self._output: dict[str, bytes] = {}
-        self.process = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         self._thread = threading.Thread(target=self._collect, name="idto3d-command", daemon=True)
         self._thread.start()
 
@@ -287,7 +317,8 @@ class CommandMonitor:
                 self.stop()
                 self._failure = CommandFailed(
                     f"the engine did not answer within {self.timeout_s:.0f} s ({self.what}); "
-                    "check the Engine Python in the preferences")
+                    "check the Engine Python in the preferences"
+                )
                 raise self._failure
             return None
         stdout = self._output.get("stdout", b"").decode("utf-8", errors="replace")
@@ -300,7 +331,8 @@ class CommandMonitor:
             lines = text.strip().splitlines()
             self._failure = CommandFailed(
                 f"The engine's Python could not run {self.what} (exit {self.process.returncode}): "
-                f"{lines[-1] if lines else 'no output'}. Is it the Python with the engine's packages?")
+                f"{lines[-1] if lines else 'no output'}. Is it the Python with the engine's packages?"
+            )
             raise self._failure from None
         self._answer = answer
         return answer

@@ -39,12 +39,16 @@ def head_asset(folder: Path, rows: int = 317, cols: int = 316, expressions: int 
     theta = np.linspace(0.05, np.pi - 0.05, rows)
     phi = np.linspace(0, 2 * np.pi, cols, endpoint=False)
     t, p = np.meshgrid(theta, phi, indexing="ij")
-    vertices = np.stack([0.09 * np.sin(t) * np.cos(p), 0.1 * np.sin(t) * np.sin(p), 1.6 + 0.12 * np.cos(t)], -1)
+    vertices = np.stack(
+        [0.09 * np.sin(t) * np.cos(p), 0.1 * np.sin(t) * np.sin(p), 1.6 + 0.12 * np.cos(t)], -1
+    )
     vertices = vertices.reshape(-1, 3).astype(np.float32)
     index = np.arange(rows * cols).reshape(rows, cols)
     a, b = index[:-1], np.roll(index, -1, axis=1)[:-1]
     c, d = index[1:], np.roll(index, -1, axis=1)[1:]
-    faces = np.concatenate([np.stack([a, c, b], -1).reshape(-1, 3), np.stack([b, c, d], -1).reshape(-1, 3)]).astype(np.int32)
+    faces = np.concatenate(
+        [np.stack([a, c, b], -1).reshape(-1, 3), np.stack([b, c, d], -1).reshape(-1, 3)]
+    ).astype(np.int32)
     uv_grid = np.stack([(p / (2 * np.pi)), 1 - t / np.pi], -1).reshape(-1, 2).astype(np.float32)
     uvs = uv_grid[faces]
     names = ["neutral"] + [f"expression {i}" for i in range(1, expressions)]
@@ -73,8 +77,9 @@ def enable_addon() -> str:
 
     repo_dir = Path(tempfile.mkdtemp(prefix="idto3d-bench-ext-"))
     (repo_dir / "id_to_3d").symlink_to(REPO_ROOT, target_is_directory=True)
-    bpy.context.preferences.extensions.repos.new(name="bench", module="bench", custom_directory=str(repo_dir),
-                                                 source="USER")
+    bpy.context.preferences.extensions.repos.new(
+        name="bench", module="bench", custom_directory=str(repo_dir), source="USER"
+    )
     module = "bl_ext.bench.id_to_3d"
     addon_utils.enable(module, default_set=True)
     return module
@@ -129,19 +134,25 @@ def bench_pump(module: str, tiny_root: Path, photo: Path, jobs: Path) -> list[fl
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip-job", action="store_true", help="skip the pump() measurement on a real worker")
+    parser.add_argument(
+        "--skip-job", action="store_true", help="skip the pump() measurement on a real worker"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="idto3d-bench-import-"))
     started = time.perf_counter()
     head = head_asset(work / "result")
-    print(f"asset: {len(head.vertices)} vertices, {len(head.faces)} faces, {len(head.expression_names)} "
-          f"expressions, 2048² albedo/roughness/normal ({time.perf_counter() - started:.1f} s to write)")
+    print(
+        f"asset: {len(head.vertices)} vertices, {len(head.faces)} faces, {len(head.expression_names)} "
+        f"expressions, 2048² albedo/roughness/normal ({time.perf_counter() - started:.1f} s to write)"
+    )
     import bpy
 
     module = enable_addon()
     importer = importlib.import_module(f"{module}.result_import")
     ours = best_of(args.repeats, lambda: importer.import_result(work / "result"))
-    gltf = best_of(args.repeats, lambda: bpy.ops.import_scene.gltf(filepath=str(work / "result" / "head.glb")))
+    gltf = best_of(
+        args.repeats, lambda: bpy.ops.import_scene.gltf(filepath=str(work / "result" / "head.glb"))
+    )
     print(f"import, add-on (head.npz + PNGs): {ours:.2f} s  (best of {args.repeats})")
     print(f"import, Blender glTF importer (.glb): {gltf:.2f} s  (best of {args.repeats})")
     print(f"ratio glTF / add-on: {gltf / ours:.2f}x")
@@ -153,7 +164,9 @@ def main() -> int:
         started = time.perf_counter()
         importer.update_mesh_in_place(obj, moved, head.faces)
         snapshot_times.append(time.perf_counter() - started)
-    print(f"snapshot in place, {len(head.vertices)} vertices: {min(snapshot_times) * 1000:.0f} ms (best of {args.repeats})")
+    print(
+        f"snapshot in place, {len(head.vertices)} vertices: {min(snapshot_times) * 1000:.0f} ms (best of {args.repeats})"
+    )
     clear_scene()
 
     if not args.skip_job:
@@ -165,9 +178,11 @@ def main() -> int:
         photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
         durations, job = bench_pump(module, tiny, photo, work / "jobs")
         ms = [d * 1000 for d in durations]
-        print(f"pump() on the main thread while a real worker streamed (test preset, {job.snapshots_applied} "
-              f"snapshots applied, {len(ms)} pumps): median {statistics.median(ms):.2f} ms, worst {max(ms):.1f} ms "
-              f"(the worst includes importing the result)")
+        print(
+            f"pump() on the main thread while a real worker streamed (test preset, {job.snapshots_applied} "
+            f"snapshots applied, {len(ms)} pumps): median {statistics.median(ms):.2f} ms, worst {max(ms):.1f} ms "
+            f"(the worst includes importing the result)"
+        )
         without_result = sorted(ms)[:-1]
         print(f"  worst pump other than the final import: {max(without_result):.1f} ms")
     return 0

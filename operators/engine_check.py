@@ -32,8 +32,9 @@ def start(context):
     global _running
     prefs = addon_prefs(context)
     runtime = context.window_manager.idto3d_runtime
-    _running = start_engine_json(prefs, ["doctor", "--json"], "the engine check", timeout_s=TIMEOUT_S,
-                                 models_root=models_root(prefs))
+    _running = start_engine_json(
+        prefs, ["doctor", "--json"], "the engine check", timeout_s=TIMEOUT_S, models_root=models_root(prefs)
+    )
     runtime.engine_check_running = True
     return _running
 

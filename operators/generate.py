@@ -91,8 +91,10 @@ class _JobOperator:
 class IDTO3D_OT_generate_head(_JobOperator, bpy.types.Operator):
     bl_idname = "idto3d.generate_head"
     bl_label = "Generate Head"
-    bl_description = ("Generate the head from the photos and expressions in a background process; "
-                      "the head streams into the viewport while it optimises")
+    bl_description = (
+        "Generate the head from the photos and expressions in a background process; "
+        "the head streams into the viewport while it optimises"
+    )
 
 
 class IDTO3D_OT_resume_head(_JobOperator, bpy.types.Operator):
@@ -124,7 +126,9 @@ class IDTO3D_OT_cancel_head(bpy.types.Operator):
 class IDTO3D_OT_import_head_result(bpy.types.Operator):
     bl_idname = "idto3d.import_head_result"
     bl_label = "Import Head Result"
-    bl_description = "Bring a result folder (head.npz + textures) or a .glb written by the engine into the scene"
+    bl_description = (
+        "Bring a result folder (head.npz + textures) or a .glb written by the engine into the scene"
+    )
     bl_options = {"REGISTER", "UNDO"}
 
     filepath: StringProperty(subtype="FILE_PATH", options={"SKIP_SAVE"})
@@ -155,4 +159,9 @@ class IDTO3D_OT_import_head_result(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (IDTO3D_OT_generate_head, IDTO3D_OT_resume_head, IDTO3D_OT_cancel_head, IDTO3D_OT_import_head_result)
+CLASSES = (
+    IDTO3D_OT_generate_head,
+    IDTO3D_OT_resume_head,
+    IDTO3D_OT_cancel_head,
+    IDTO3D_OT_import_head_result,
+)

@@ -24,7 +24,10 @@ from ..engine_runner import ADDON_DIR
 from ..preferences import addon_prefs
 
 MARKER = ".idto3d-runtime.json"
-TORCH_INDEX = {"CPU": "https://download.pytorch.org/whl/cpu", "CUDA": "https://download.pytorch.org/whl/cu128"}
+TORCH_INDEX = {
+    "CPU": "https://download.pytorch.org/whl/cpu",
+    "CUDA": "https://download.pytorch.org/whl/cu128",
+}
 LOG_NAME = "install.log"
 
 
@@ -70,8 +73,9 @@ class Install:
         label, command = self.steps[self.index]
         self._log.write(f"== {label}: {' '.join(command)}\n")
         self._log.flush()
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, cwd=str(self.root))
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(self.root)
+        )
 
     @property
     def label(self) -> str:
@@ -103,7 +107,9 @@ class Install:
         old = self.root / "venv.old"
         if self.final.exists():
             if not _is_ours(self.final):
-                return self._fail(f"{self.final} exists and was not made by Install Engine; nothing was replaced")
+                return self._fail(
+                    f"{self.final} exists and was not made by Install Engine; nothing was replaced"
+                )
             os.replace(self.final, old)
         os.replace(self.partial, self.final)
         shutil.rmtree(old, ignore_errors=True)
@@ -129,25 +135,48 @@ class Install:
 _current: Install | None = None
 
 
-def install_steps(partial: Path, variant: str, *, requirements: Path, constraints: Path,
-                  pip_args: list[str], with_torch: bool = True) -> list[tuple[str, list[str]]]:
+def install_steps(
+    partial: Path,
+    variant: str,
+    *,
+    requirements: Path,
+    constraints: Path,
+    pip_args: list[str],
+    with_torch: bool = True,
+) -> list[tuple[str, list[str]]]:
     python = str(venv_python(partial))
     pip = [python, "-m", "pip", "install", "--disable-pip-version-check", *pip_args]
     steps = [("creating the environment", [sys.executable, "-m", "venv", str(partial)])]
     if with_torch:
-        steps.append((f"installing torch ({variant})",
-                      [*pip, pinned("torch", constraints), "--index-url", TORCH_INDEX[variant]]))
-    steps.append(("installing the engine's packages", [*pip, "-r", str(requirements), "-c", str(constraints)]))
+        steps.append(
+            (
+                f"installing torch ({variant})",
+                [*pip, pinned("torch", constraints), "--index-url", TORCH_INDEX[variant]],
+            )
+        )
+    steps.append(
+        ("installing the engine's packages", [*pip, "-r", str(requirements), "-c", str(constraints)])
+    )
     return steps
 
 
-def start_install(prefs, runtime, *, root: Path | None = None, requirements: Path | None = None,
-                  constraints: Path | None = None, pip_args: list[str] = (), with_torch: bool = True) -> Install:
+def start_install(
+    prefs,
+    runtime,
+    *,
+    root: Path | None = None,
+    requirements: Path | None = None,
+    constraints: Path | None = None,
+    pip_args: list[str] = (),
+    with_torch: bool = True,
+) -> Install:
     """Start installing the engine's environment (refused while offline or already running)."""
     global _current
     if not bpy.app.online_access:
-        raise InstallRefused("Blender's online access is off: enable it in Preferences > System > Network "
-                             "to install the engine")
+        raise InstallRefused(
+            "Blender's online access is off: enable it in Preferences > System > Network "
+            "to install the engine"
+        )
     if _current is not None and _current.outcome is None:
         raise InstallRefused("An engine install is already running")
     root = root or runtime_folder()
@@ -158,9 +187,14 @@ def start_install(prefs, runtime, *, root: Path | None = None, requirements: Pat
         shutil.rmtree(partial)  # a previous install that was interrupted
     partial.mkdir(parents=True)
     (partial / MARKER).write_text(json.dumps({"state": "installing"}), encoding="utf-8")
-    steps = install_steps(partial, prefs.torch_variant, requirements=requirements or ADDON_DIR / "requirements.txt",
-                          constraints=constraints or ADDON_DIR / "constraints.txt", pip_args=list(pip_args),
-                          with_torch=with_torch)
+    steps = install_steps(
+        partial,
+        prefs.torch_variant,
+        requirements=requirements or ADDON_DIR / "requirements.txt",
+        constraints=constraints or ADDON_DIR / "constraints.txt",
+        pip_args=list(pip_args),
+        with_torch=with_torch,
+    )
     _current = Install(root, steps)
     runtime.install_running, runtime.install_status = True, f"Install Engine: {_current.label}…"
     return _current
@@ -213,8 +247,10 @@ class InstallRefused(Exception):
 class IDTO3D_OT_install_engine(bpy.types.Operator):
     bl_idname = "idto3d.install_engine"
     bl_label = "Install Engine"
-    bl_description = ("Create a Python environment in the extension's user folder and install torch and the "
-                      "engine's pinned packages (several GB; needs Blender's online access)")
+    bl_description = (
+        "Create a Python environment in the extension's user folder and install torch and the "
+        "engine's pinned packages (several GB; needs Blender's online access)"
+    )
 
     def execute(self, context):
         prefs = addon_prefs(context)

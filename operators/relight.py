@@ -22,8 +22,11 @@ ROLE = "idto3d_rig"
 FRAME_FILL = 0.7  # the head fills this share of the frame height
 LENS_MM = 85.0
 # role, azimuth (deg, 0 = in front of the face), elevation (deg), distance (head heights), power (W), size
-LIGHTS = (("key", -40.0, 25.0, 3.0, 60.0, 0.6), ("fill", 45.0, 5.0, 3.5, 20.0, 1.0),
-          ("rim", 160.0, 35.0, 3.0, 45.0, 0.5))
+LIGHTS = (
+    ("key", -40.0, 25.0, 3.0, 60.0, 0.6),
+    ("fill", 45.0, 5.0, 3.5, 20.0, 1.0),
+    ("rim", 160.0, 35.0, 3.0, 45.0, 0.5),
+)
 
 
 def studio_hdris() -> list[str]:
@@ -72,11 +75,14 @@ def _look_at(obj, target: Vector) -> None:
 def _orbit_position(centre: Vector, azimuth_deg: float, elevation_deg: float, distance: float) -> Vector:
     """A point around the head; azimuth 0 is in front of the face (-Y), positive toward +X."""
     az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
-    return centre + distance * Vector((math.sin(az) * math.cos(el), -math.cos(az) * math.cos(el), math.sin(el)))
+    return centre + distance * Vector(
+        (math.sin(az) * math.cos(el), -math.cos(az) * math.cos(el), math.sin(el))
+    )
 
 
-def build_rig(scene, head, *, mode: str = "AREA", hdri: str = "studio.exr", turntable: bool = False,
-              frames: int = 120) -> dict[str, bpy.types.Object]:
+def build_rig(
+    scene, head, *, mode: str = "AREA", hdri: str = "studio.exr", turntable: bool = False, frames: int = 120
+) -> dict[str, bpy.types.Object]:
     """Make or update the studio rig for ``head``; returns the parts by role."""
     centre, height = head_bounds(head)
     collection = _rig_collection(scene)
@@ -92,7 +98,11 @@ def build_rig(scene, head, *, mode: str = "AREA", hdri: str = "studio.exr", turn
         obj.location = world_location - centre  # pivot has no rotation here
         _look_at(obj, Vector((0.0, 0.0, 0.0)) + (target - centre))
 
-    camera = _part(collection, "camera", lambda: bpy.data.objects.new("Studio Camera", bpy.data.cameras.new("Studio Camera")))
+    camera = _part(
+        collection,
+        "camera",
+        lambda: bpy.data.objects.new("Studio Camera", bpy.data.cameras.new("Studio Camera")),
+    )
     camera.data.lens = LENS_MM
     camera.data.sensor_fit = "AUTO"  # the sensor width spans the longer side of the frame
     aspect = scene.render.resolution_y / max(1, scene.render.resolution_x)
@@ -105,7 +115,9 @@ def build_rig(scene, head, *, mode: str = "AREA", hdri: str = "studio.exr", turn
 
     for role, azimuth, elevation, heights, power, size in LIGHTS:
         name = f"Studio {role.capitalize()}"
-        light = _part(collection, role, lambda n=name: bpy.data.objects.new(n, bpy.data.lights.new(n, "AREA")))
+        light = _part(
+            collection, role, lambda n=name: bpy.data.objects.new(n, bpy.data.lights.new(n, "AREA"))
+        )
         light.data.energy = power * (height / 0.25) ** 2  # the same look for any head size
         light.data.size = size * height
         light.hide_render = light.hide_viewport = mode != "AREA"
@@ -148,8 +160,12 @@ def _set_world(scene, mode: str, hdri: str) -> None:
     if tree is None:  # Blender before 5.0
         world.use_nodes = True
         tree = world.node_tree
-    background = next((n for n in tree.nodes if n.type == "BACKGROUND"), None) or tree.nodes.new("ShaderNodeBackground")
-    output = next((n for n in tree.nodes if n.type == "OUTPUT_WORLD"), None) or tree.nodes.new("ShaderNodeOutputWorld")
+    background = next((n for n in tree.nodes if n.type == "BACKGROUND"), None) or tree.nodes.new(
+        "ShaderNodeBackground"
+    )
+    output = next((n for n in tree.nodes if n.type == "OUTPUT_WORLD"), None) or tree.nodes.new(
+        "ShaderNodeOutputWorld"
+    )
     tree.links.new(background.outputs["Background"], output.inputs["Surface"])
     environment = next((n for n in tree.nodes if n.type == "TEX_ENVIRONMENT"), None)
     if mode == "HDRI":
@@ -194,8 +210,10 @@ def _active_head(context):
 class IDTO3D_OT_relight(bpy.types.Operator):
     bl_idname = "idto3d.relight"
     bl_label = "Relight in Cycles"
-    bl_description = ("Build (or update) a studio rig for the active head: key, fill and rim lights or a "
-                      "studio HDRI, a camera that frames it, optionally a 360° turntable")
+    bl_description = (
+        "Build (or update) a studio rig for the active head: key, fill and rim lights or a "
+        "studio HDRI, a camera that frames it, optionally a 360° turntable"
+    )
     bl_options = {"REGISTER", "UNDO"}
 
     @classmethod
@@ -205,8 +223,14 @@ class IDTO3D_OT_relight(bpy.types.Operator):
     def execute(self, context):
         settings = context.scene.idto3d
         try:
-            build_rig(context.scene, _active_head(context), mode=settings.light_mode, hdri=settings.studio_hdri,
-                      turntable=settings.turntable, frames=settings.turntable_frames)
+            build_rig(
+                context.scene,
+                _active_head(context),
+                mode=settings.light_mode,
+                hdri=settings.studio_hdri,
+                turntable=settings.turntable,
+                frames=settings.turntable_frames,
+            )
         except FileNotFoundError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
@@ -224,7 +248,9 @@ class IDTO3D_OT_render_preview(bpy.types.Operator):
 
     def execute(self, context):
         try:
-            folder = Path(bpy.utils.extension_path_user(__package__.rpartition(".")[0], path="renders", create=True))
+            folder = Path(
+                bpy.utils.extension_path_user(__package__.rpartition(".")[0], path="renders", create=True)
+            )
         except (ValueError, RuntimeError, OSError):
             folder = Path(bpy.app.tempdir or "/tmp")
         path = render_still(context.scene, folder / "preview.png")

@@ -48,7 +48,11 @@ def _eta(seconds) -> str:
     if seconds is None:
         return "ETA unknown"
     seconds = int(seconds)
-    return f"ETA {seconds // 3600}h {seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"ETA {seconds // 60}m {seconds % 60:02d}s"
+    return (
+        f"ETA {seconds // 3600}h {seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"ETA {seconds // 60}m {seconds % 60:02d}s"
+    )
 
 
 def draw_job(layout, job: generation.Job) -> None:
@@ -109,8 +113,9 @@ class IDTO3D_PT_generate(SidebarPanel, bpy.types.Panel):
         row.operator("idto3d.check_engine", icon="CHECKMARK")
         if runtime.download_running or runtime.download_status:
             layout.label(text=runtime.download_status, icon="IMPORT")
-        if runtime.offer_download or (runtime.engine_checked and not runtime.engine_ok
-                                      and "models/" in runtime.engine_summary):
+        if runtime.offer_download or (
+            runtime.engine_checked and not runtime.engine_ok and "models/" in runtime.engine_summary
+        ):
             row = layout.row()
             row.enabled = not runtime.download_running
             row.operator("idto3d.fetch_models", icon="IMPORT")

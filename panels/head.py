@@ -48,8 +48,9 @@ class IDTO3D_PT_head(SidebarPanel, bpy.types.Panel):
     def draw(self, context):
         obj = context.active_object
         layout = self.layout
-        layout.template_list("IDTO3D_UL_shape_keys", "", head_key(obj), "key_blocks", obj,
-                             "active_shape_key_index", rows=5)
+        layout.template_list(
+            "IDTO3D_UL_shape_keys", "", head_key(obj), "key_blocks", obj, "active_shape_key_index", rows=5
+        )
         if not scores_for(obj):
             layout.label(text="No identity scores (no quality report)", icon="INFO")
         row = layout.row(align=True)

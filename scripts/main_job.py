@@ -38,21 +38,46 @@ def say(message: str) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Build, install and run ID-to-3D Head headless.")
-    parser.add_argument("--images", nargs="+", type=Path, default=None,
-                        help="photos of one person (default: three views derived from a real photo "
-                             "shipped with matplotlib)")
-    parser.add_argument("--expressions", nargs="+", default=DEFAULT_EXPRESSIONS,
-                        help="expressions besides neutral (default: %(default)s)")
-    parser.add_argument("--models", "--prior", dest="models", type=Path, default=None,
-                        help="models root with sd15/, arc2face/, antelopev2/ (default: $IDTO3D_MODELS "
-                             "or the per-user folder)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "build" / "main-job",
-                        help="where everything is written (default: %(default)s)")
-    parser.add_argument("--preset", choices=("test", "preview", "standard", "high"), default=None,
-                        help="quality preset (default: standard with real weights, test on tiny models)")
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="photos of one person (default: three views derived from a real photo shipped with matplotlib)",
+    )
+    parser.add_argument(
+        "--expressions",
+        nargs="+",
+        default=DEFAULT_EXPRESSIONS,
+        help="expressions besides neutral (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--models",
+        "--prior",
+        dest="models",
+        type=Path,
+        default=None,
+        help="models root with sd15/, arc2face/, antelopev2/ (default: $IDTO3D_MODELS "
+        "or the per-user folder)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO_ROOT / "build" / "main-job",
+        help="where everything is written (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=("test", "preview", "standard", "high"),
+        default=None,
+        help="quality preset (default: standard with real weights, test on tiny models)",
+    )
     parser.add_argument("--render-size", type=int, default=256, help="size of the Cycles still (pixels)")
-    parser.add_argument("--quick", action="store_true",
-                        help="the smallest run that still goes through every step (used by the tests)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the smallest run that still goes through every step (used by the tests)",
+    )
     return parser.parse_args(argv)
 
 
@@ -67,7 +92,9 @@ def default_photos(folder: Path) -> list[Path]:
     variants = {
         "grace hopper.jpg": image,
         "grace hopper mirrored.png": ImageOps.mirror(image),
-        "grace hopper crop brighter.jpg": ImageEnhance.Brightness(image.crop((40, 0, 512, 560))).enhance(1.25),
+        "grace hopper crop brighter.jpg": ImageEnhance.Brightness(image.crop((40, 0, 512, 560))).enhance(
+            1.25
+        ),
     }
     paths = []
     for name, variant in variants.items():
@@ -149,9 +176,13 @@ def main(argv=None) -> int:
         for report in blocking:
             state = "folder missing" if not report.exists else "lacks " + ", ".join(report.missing)
             say(f"  {report.spec.key}/: {state} (get it from {report.spec.source})")
-        say("  -> get them as docs/install.md explains (or `python -m engine fetch-models` where "
-            "downloading is allowed), then run again with --models ROOT.")
-        say("SMOKE RUN: continuing on tiny RANDOM-weight models with the test preset; the head is NOT a likeness.")
+        say(
+            "  -> get them as docs/install.md explains (or `python -m engine fetch-models` where "
+            "downloading is allowed), then run again with --models ROOT."
+        )
+        say(
+            "SMOKE RUN: continuing on tiny RANDOM-weight models with the test preset; the head is NOT a likeness."
+        )
         from engine.tiny_models import write_tiny_models
 
         models_root = write_tiny_models(out / "tiny-models")
@@ -199,8 +230,10 @@ def main(argv=None) -> int:
     generation = sys.modules[f"{module}.generation"]
     job = generation.job_for(bpy.context.scene)
     obj = job.head_object()
-    say(f"head in the scene: {obj.name} ({len(obj.data.vertices)} vertices; "
-        f"{job.snapshots_applied} snapshot(s) streamed in while it optimised)")
+    say(
+        f"head in the scene: {obj.name} ({len(obj.data.vertices)} vertices; "
+        f"{job.snapshots_applied} snapshot(s) streamed in while it optimised)"
+    )
 
     # 6. Relight in Cycles, render, save.
     for other in bpy.context.view_layer.objects:
@@ -234,8 +267,10 @@ def main(argv=None) -> int:
         "seconds": round(time.perf_counter() - started, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    say(("SMOKE RUN (tiny random models) " if smoke else "") + f"done in {summary['seconds']} s: "
-        f"{obj.name} with {summary['vertices']} vertices and shape keys {summary['shape_keys']}")
+    say(
+        ("SMOKE RUN (tiny random models) " if smoke else "") + f"done in {summary['seconds']} s: "
+        f"{obj.name} with {summary['vertices']} vertices and shape keys {summary['shape_keys']}"
+    )
     say(f"saved {blend} and {render}")
     return 0
 

@@ -50,7 +50,9 @@ def test_check_photos_in_the_background(blender_addon, scene_with_photos):
     assert check.outcome[0] == "INFO" and "Checked 2 photo(s)" in check.outcome[1]
 
 
-def test_check_photos_without_a_writable_folder_says_so(blender_addon, scene_with_photos, tmp_path, monkeypatch):
+def test_check_photos_without_a_writable_folder_says_so(
+    blender_addon, scene_with_photos, tmp_path, monkeypatch
+):
     """The extension's folder unusable -> the system temp folder; that unusable too -> a message."""
     import tempfile
 

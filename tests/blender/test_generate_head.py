@@ -43,7 +43,9 @@ def generated(blender_addon, photos_dir, tiny_models_root, tmp_path_factory):
     """Generate Head once; record what the object looked like while the job streamed."""
     import bpy
 
-    _setup_scene(blender_addon, photos_dir / "grace_hopper.jpg", tiny_models_root, tmp_path_factory.mktemp("jobs"))
+    _setup_scene(
+        blender_addon, photos_dir / "grace_hopper.jpg", tiny_models_root, tmp_path_factory.mktemp("jobs")
+    )
     generation = _generation(blender_addon)
     before = set(bpy.data.objects)
     job = generation.start_job(bpy.context)
@@ -60,8 +62,12 @@ def generated(blender_addon, photos_dir, tiny_models_root, tmp_path_factory):
         assert time.monotonic() < deadline, "the job did not finish"
         time.sleep(0.05)
     assert job.ok, f"job failed: {job.error}\n{job.stderr_tail}"
-    return {"job": job, "streamed": streamed, "panel": panel,
-            "new_objects": [o for o in bpy.data.objects if o not in before]}
+    return {
+        "job": job,
+        "streamed": streamed,
+        "panel": panel,
+        "new_objects": [o for o in bpy.data.objects if o not in before],
+    }
 
 
 def test_one_head_object_with_uvs_at_the_cursor(generated):
@@ -156,7 +162,8 @@ def test_the_engines_glb_imports_as_one_head_with_its_shape_keys(generated, blen
 
 
 def test_cancel_stops_the_worker_within_two_seconds_and_leaves_a_valid_scene(
-        blender_addon, photos_dir, tiny_models_root, tmp_path):
+    blender_addon, photos_dir, tiny_models_root, tmp_path
+):
     import bpy
 
     _setup_scene(blender_addon, photos_dir / "grace_hopper.jpg", tiny_models_root, tmp_path / "jobs")
@@ -184,7 +191,10 @@ def test_cancel_stops_the_worker_within_two_seconds_and_leaves_a_valid_scene(
         # Cancelled mid-geometry, the worker left a checkpoint: Resume continues the same job folder.
         assert job.can_resume and bpy.ops.idto3d.resume_head.poll()
         resumed = generation.start_job(bpy.context, resume=True)
-        assert resumed.job_dir == job.job_dir and resumed.monitor.command[-2:] == [str(job.job_dir), "--resume"]
+        assert resumed.job_dir == job.job_dir and resumed.monitor.command[-2:] == [
+            str(job.job_dir),
+            "--resume",
+        ]
         while resumed.monitor.hello is None and resumed.pump():
             time.sleep(0.05)
         assert resumed.monitor.hello is not None, resumed.error

@@ -46,11 +46,14 @@ def test_empty_expression_name(ready_scene):
     _refused("Expressions: expression 4 is empty")
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("x" * 64, "longer than 63 bytes"),
-    ("Basis", "reserved"),
-    ("Neutral", "write the neutral face as 'neutral'"),
-])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("x" * 64, "longer than 63 bytes"),
+        ("Basis", "reserved"),
+        ("Neutral", "write the neutral face as 'neutral'"),
+    ],
+)
 def test_names_blender_would_change_are_refused_before_the_job(ready_scene, name, reason):
     ready_scene.expressions[1].text = name
     _refused(reason)
@@ -59,7 +62,9 @@ def test_names_blender_would_change_are_refused_before_the_job(ready_scene, name
 def test_engine_python_that_does_not_exist(ready_scene, blender_addon, tmp_path):
     import bpy
 
-    bpy.context.preferences.addons[blender_addon].preferences.python_executable = str(tmp_path / "nope" / "python")
+    bpy.context.preferences.addons[blender_addon].preferences.python_executable = str(
+        tmp_path / "nope" / "python"
+    )
     _refused("does not exist")
 
 

@@ -30,8 +30,15 @@ def _run(module, prefs, runtime, tmp_path, requirement_lines: str):
     requirements.write_text(requirement_lines)
     constraints = tmp_path / "constraints.txt"
     constraints.write_text("")
-    module.start_install(prefs, runtime, root=tmp_path / "runtime", requirements=requirements,
-                         constraints=constraints, pip_args=["--no-index"], with_torch=False)
+    module.start_install(
+        prefs,
+        runtime,
+        root=tmp_path / "runtime",
+        requirements=requirements,
+        constraints=constraints,
+        pip_args=["--no-index"],
+        with_torch=False,
+    )
     deadline = time.monotonic() + 240
     while module.pump(prefs, runtime):  # what the timer calls
         assert time.monotonic() < deadline, "the install did not end"

@@ -20,10 +20,20 @@ def head(blender_addon, tmp_path):
     count = len(sphere.data.vertices)
     co = np.zeros(count * 3, np.float32)
     sphere.data.vertices.foreach_get("co", co)
-    faces = np.array([list(p.vertices) for p in sphere.data.polygons if len(p.vertices) == 3]
-                     + [[p.vertices[0], p.vertices[1], p.vertices[2]] for p in sphere.data.polygons if len(p.vertices) == 4]
-                     + [[p.vertices[0], p.vertices[2], p.vertices[3]] for p in sphere.data.polygons if len(p.vertices) == 4],
-                     np.int32)
+    faces = np.array(
+        [list(p.vertices) for p in sphere.data.polygons if len(p.vertices) == 3]
+        + [
+            [p.vertices[0], p.vertices[1], p.vertices[2]]
+            for p in sphere.data.polygons
+            if len(p.vertices) == 4
+        ]
+        + [
+            [p.vertices[0], p.vertices[2], p.vertices[3]]
+            for p in sphere.data.polygons
+            if len(p.vertices) == 4
+        ],
+        np.int32,
+    )
     mesh = sphere.data
     bpy.data.objects.remove(sphere)
     bpy.data.meshes.remove(mesh)
@@ -68,7 +78,9 @@ def test_relight_frames_the_head_renders_it_and_the_key_light_matters(blender_ad
 
     settings = bpy.context.scene.idto3d
     settings.light_mode, settings.turntable = "AREA", False
-    bpy.context.scene.render.resolution_x = bpy.context.scene.render.resolution_y = 64  # framed for this shape
+    bpy.context.scene.render.resolution_x = bpy.context.scene.render.resolution_y = (
+        64  # framed for this shape
+    )
     assert bpy.ops.idto3d.relight() == {"FINISHED"}
     parts = _rig_objects()
     assert len(parts) == 5  # pivot, camera, key, fill, rim
@@ -91,7 +103,12 @@ def test_hdri_mode_and_turntable(blender_addon, head):
     import bpy
 
     settings = bpy.context.scene.idto3d
-    settings.light_mode, settings.studio_hdri, settings.turntable, settings.turntable_frames = "HDRI", "forest.exr", True, 48
+    settings.light_mode, settings.studio_hdri, settings.turntable, settings.turntable_frames = (
+        "HDRI",
+        "forest.exr",
+        True,
+        48,
+    )
     try:
         assert bpy.ops.idto3d.relight() == {"FINISHED"}
         world = bpy.context.scene.world
@@ -99,7 +116,9 @@ def test_hdri_mode_and_turntable(blender_addon, head):
         assert environment.image.filepath.endswith("forest.exr")
         lights = [o for o in bpy.data.collections["ID-to-3D Studio"].objects if o.type == "LIGHT"]
         assert lights and all(o.hide_render for o in lights)
-        pivot = next(o for o in bpy.data.collections["ID-to-3D Studio"].objects if o.get("idto3d_rig") == "pivot")
+        pivot = next(
+            o for o in bpy.data.collections["ID-to-3D Studio"].objects if o.get("idto3d_rig") == "pivot"
+        )
         scene = bpy.context.scene
         scene.frame_set(scene.frame_start + 12)
         assert pivot.rotation_euler.z == pytest.approx(math.pi / 2, abs=1e-4)  # a quarter turn, linearly
@@ -126,6 +145,8 @@ def test_browser_solo_reset_reel_and_scores(blender_addon, head):
     assert [k.value for k in keys[1:]] == pytest.approx([0.0, 1.0, 0.0])
     assert scene.frame_end >= 31
     panel = importlib.import_module(f"{blender_addon}.panels.head")
-    assert panel.scores_for(head) == pytest.approx({"neutral": 0.0, "smiling": 0.1, "angry": 0.2, "surprised": 0.3})
+    assert panel.scores_for(head) == pytest.approx(
+        {"neutral": 0.0, "smiling": 0.1, "angry": 0.2, "surprised": 0.3}
+    )
     head.data.shape_keys.animation_data_clear()
     scene.frame_set(1)

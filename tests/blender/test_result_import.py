@@ -229,3 +229,18 @@ def test_a_glb_comes_in_as_one_head_with_its_shape_keys_at_the_cursor(blender_ad
     finally:
         bpy.data.objects.remove(obj)
         bpy.context.scene.cursor.location = (0, 0, 0)
+
+
+def test_import_head_result_operator_takes_a_folder_or_a_file_in_it(blender_addon, tmp_path):
+    import bpy
+
+    write_head_mesh(tmp_path, _head())
+    assert bpy.ops.idto3d.import_head_result(filepath=str(tmp_path / "head.npz")) == {"FINISHED"}
+    obj = bpy.context.view_layer.objects.active
+    try:
+        assert obj.get("idto3d_result") == str(tmp_path) and obj.select_get()
+        assert [k.name for k in obj.data.shape_keys.key_blocks] == ["Basis", "smiling", "angry"]
+    finally:
+        bpy.data.objects.remove(obj)
+    with pytest.raises(RuntimeError, match="not found: is this a result folder"):
+        bpy.ops.idto3d.import_head_result(directory=str(tmp_path / "elsewhere"))

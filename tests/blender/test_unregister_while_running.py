@@ -41,8 +41,10 @@ def test_unregister_while_a_job_runs(blender_addon, photos_dir, tiny_models_root
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert job.monitor.running
-    tick_functions = [importlib.import_module(f"{blender_addon}.operators.{name}")._timer_tick
-                      for name in ("engine_check", "photos", "fetch_models", "install_engine")]
+    tick_functions = [
+        importlib.import_module(f"{blender_addon}.operators.{name}")._timer_tick
+        for name in ("engine_check", "photos", "fetch_models", "install_engine")
+    ]
     try:
         addon_utils.disable(blender_addon, default_set=True)
         assert job.monitor.process.poll() is not None, "the worker still runs after unregister"

@@ -20,8 +20,9 @@ def monitor_module(blender_addon):
 
 
 def _start(monitor_module, tmp_path, program: str):
-    return monitor_module.WorkerMonitor([sys.executable, "-c", program], cwd=str(tmp_path), env=None,
-                                        stderr_path=tmp_path / "stderr.log")
+    return monitor_module.WorkerMonitor(
+        [sys.executable, "-c", program], cwd=str(tmp_path), env=None, stderr_path=tmp_path / "stderr.log"
+    )
 
 
 def _pump_until_done(monitor, timeout_s: float = 20.0) -> list[dict]:
@@ -37,10 +38,17 @@ HELLO = json.dumps({"type": "hello", "protocol": 1, "engine_version": "test", "p
 
 
 def test_a_process_that_does_not_greet_is_stopped_and_refused(monitor_module, tmp_path):
-    monitor = _start(monitor_module, tmp_path, "import time; print('Hello, I am some other program', flush=True); time.sleep(60)")
+    monitor = _start(
+        monitor_module,
+        tmp_path,
+        "import time; print('Hello, I am some other program', flush=True); time.sleep(60)",
+    )
     messages = _pump_until_done(monitor)
     assert [m["type"] for m in messages] == ["error", "done"]
-    assert messages[0]["code"] == "protocol_error" and "did not start with a valid greeting" in messages[0]["message"]
+    assert (
+        messages[0]["code"] == "protocol_error"
+        and "did not start with a valid greeting" in messages[0]["message"]
+    )
     assert "Engine Python" in messages[0]["hint"]
     assert monitor.process.poll() is not None  # it was stopped, not left running for 60 s
 
@@ -61,8 +69,10 @@ def test_a_mismatched_protocol_version_is_refused(monitor_module, tmp_path):
 
 
 def test_a_worker_that_dies_without_done_is_reported_with_its_log(monitor_module, tmp_path):
-    program = (f"import sys; print({HELLO!r}, flush=True); "
-               "sys.stderr.write('RuntimeError: CUDA out of memory\\n'); sys.exit(3)")
+    program = (
+        f"import sys; print({HELLO!r}, flush=True); "
+        "sys.stderr.write('RuntimeError: CUDA out of memory\\n'); sys.exit(3)"
+    )
     monitor = _start(monitor_module, tmp_path, program)
     messages = _pump_until_done(monitor)
     assert [m["type"] for m in messages] == ["hello", "error", "done"]
@@ -72,8 +82,10 @@ def test_a_worker_that_dies_without_done_is_reported_with_its_log(monitor_module
 
 def test_stray_lines_after_hello_are_skipped_and_oversized_lines_never_reach_json(monitor_module, tmp_path):
     done = json.dumps({"type": "done", "ok": True})
-    program = (f"import sys; print({HELLO!r}); print('progress 50%'); "
-               f"sys.stdout.write('x' * {monitor_module.MAX_LINE_BYTES + 10} + '\\n'); print({done!r})")
+    program = (
+        f"import sys; print({HELLO!r}); print('progress 50%'); "
+        f"sys.stdout.write('x' * {monitor_module.MAX_LINE_BYTES + 10} + '\\n'); print({done!r})"
+    )
     monitor = _start(monitor_module, tmp_path, program)
     messages = _pump_until_done(monitor)
     assert [m["type"] for m in messages] == ["hello", "warning", "warning", "done"]
