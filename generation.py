@@ -85,7 +85,9 @@ def expressions_in_use(settings) -> list[str]:
     return names if names[0] == NEUTRAL else [NEUTRAL, *[n for n in names if n != NEUTRAL]]
 
 
-_probed: dict[tuple[str, float], str | None] = {}  # (python, mtime) -> problem or None, per session
+# Pythons proven to start with torch, per session ((path, mtime)); failures are probed again each
+# time, so installing torch into the same Python is seen at the next press.
+_probed: set[tuple[str, float]] = set()
 
 
 def check_engine_python(prefs) -> str:
@@ -121,9 +123,9 @@ def check_engine_python(prefs) -> str:
                 problem = f"Engine Python {python!r} does not start (exit {done.returncode}: {last})"
             else:
                 problem = None
-        _probed[key] = problem
-    if _probed[key]:
-        raise Refusal("engine_no_torch" if "no torch" in _probed[key] else "engine_python", _probed[key])
+        if problem:
+            raise Refusal("engine_no_torch" if "no torch" in problem else "engine_python", problem)
+        _probed.add(key)
     return python
 
 
