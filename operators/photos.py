@@ -194,8 +194,9 @@ def start_check(context) -> PhotoCheck:
         raise CheckRefused(f"Cannot write the photo check's crops ({exc.strerror or exc}): make the extension's "
                            "user folder writable or free some disk space") from None
     paths = [bpy.path.abspath(item.path) for item in items]
-    args = ["identity", *paths, "--json", "--out", out, "--models", root,
-            "--device", DEVICE_FROM_PREFS.get(prefs.device, "auto")]
+    # User values as --opt=value and the photo paths after "--": a path starting with "-" is data.
+    args = ["identity", "--json", f"--out={out}", f"--models={root}",
+            f"--device={DEVICE_FROM_PREFS.get(prefs.device, 'auto')}", "--", *paths]
     try:
         monitor = start_engine_json(prefs, args, "the photo check", timeout_s=CHECK_TIMEOUT_S, models_root=root)
     except EngineNotFound as exc:
