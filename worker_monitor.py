@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .engine import protocol
 
-MAX_LINE_BYTES = 1 << 20  # a protocol line is small; anything longer is not the worker talking
+MAX_LINE_BYTES = protocol.MAX_LINE_BYTES  # a protocol line is small; anything longer is not the worker
 STDERR_TAIL_LINES = 12
 CANCEL_GRACE_S = 1.0  # the worker checks for cancel between steps; after this it is terminated
 TERMINATE_GRACE_S = 0.5
@@ -48,19 +48,16 @@ def tail(path: Path | None, lines: int = STDERR_TAIL_LINES) -> str:
 
 
 def _read_lines(stream, lines: queue.Queue) -> None:
-    """Reader thread: whole lines (bytes) onto the queue, an over-long line as one marker."""
+    """Reader thread: whole lines (bytes) onto the queue; an over-long line as its ProtocolError."""
     try:
         while True:
-            line = stream.readline(MAX_LINE_BYTES + 1)
-            if not line:
-                break
-            if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
-                while True:  # drop the rest of the over-long line
-                    rest = stream.readline(MAX_LINE_BYTES)
-                    if not rest or rest.endswith(b"\n"):
-                        break
-                lines.put(ValueError(f"a line longer than {MAX_LINE_BYTES} bytes"))
+            try:
+                line = protocol.read_line(stream, MAX_LINE_BYTES)
+            except protocol.ProtocolError as exc:  # drained already: the stream goes on
+                lines.put(exc)
                 continue
+            if line is None:
+                break
             lines.put(line)
     except (OSError, ValueError):
         pass
@@ -94,6 +91,7 @@ class WorkerMonitor:
         self.skipped_lines = 0
         self.cancel_requested_at: float | None = None
         self._reaper: threading.Thread | None = None
+        self._protocol = protocol.Reader()
         self._lines: queue.Queue = queue.Queue()
         self._eof = False
         self._stderr = open(self.stderr_path, "wb")
@@ -160,19 +158,23 @@ class WorkerMonitor:
         return messages
 
     def _take(self, raw) -> list[dict]:
-        if isinstance(raw, Exception):
-            problem = str(raw)
-        else:
-            try:
-                msg = protocol.decode(raw)
-            except protocol.ProtocolError as exc:
-                problem = str(exc)
-            else:
-                return self._accept(msg)
+        """One line through the protocol's own reader (hello first, this version, nothing after done)."""
+        try:
+            msg = raw if isinstance(raw, Exception) else self._protocol.feed(raw)
+        except protocol.ProtocolError as exc:
+            msg = exc
+        if not isinstance(msg, Exception):
+            if msg["type"] == "hello":
+                self.hello = msg
+            elif msg["type"] == "error":
+                self.error = msg
+            elif msg["type"] == "done":
+                self.done = msg
+            return [msg]
         if self.hello is None:
             return self._fail(
                 "protocol_error",
-                f"The engine did not start with a valid greeting ({problem}).",
+                f"The engine did not start with a valid greeting ({msg}).",
                 "The engine's Python may run another program or another version of the "
                 "engine: check Engine Python in the add-on's preferences.",
             )
@@ -181,30 +183,9 @@ class WorkerMonitor:
             protocol.message(
                 "warning",
                 code="protocol_line_skipped",
-                message=f"skipped a line that is not a protocol message ({problem})",
+                message=f"skipped a line that is not a protocol message ({msg})",
             )
         ]
-
-    def _accept(self, msg: dict) -> list[dict]:
-        if self.hello is None:
-            if msg["type"] != "hello":
-                return self._fail(
-                    "protocol_error",
-                    f"The engine's first message was {msg['type']!r}, not its greeting (hello).",
-                    "Check Engine Python in the add-on's preferences: it must run this extension's engine.",
-                )
-            self.hello = msg
-            return [msg]
-        if msg["type"] == "hello":
-            self.skipped_lines += 1
-            return [
-                protocol.message("warning", code="protocol_second_hello", message="the engine greeted twice")
-            ]
-        if msg["type"] == "error":
-            self.error = msg
-        if msg["type"] == "done":
-            self.done = msg
-        return [msg]
 
     def _fail(self, code: str, message: str, hint: str) -> list[dict]:
         """The monitor's own failure: stop the worker and end the stream as the worker would."""

@@ -57,7 +57,7 @@ def test_a_first_message_other_than_hello_is_refused(monitor_module, tmp_path):
     stage = json.dumps({"type": "stage", "name": "identity", "index": 1, "count": 5})
     monitor = _start(monitor_module, tmp_path, f"print({stage!r}, flush=True); print({HELLO!r}, flush=True)")
     messages = _pump_until_done(monitor)
-    assert messages[0]["code"] == "protocol_error" and "'stage', not its greeting" in messages[0]["message"]
+    assert messages[0]["code"] == "protocol_error" and "first message is 'stage', not 'hello'" in messages[0]["message"]
     assert monitor.hello is None
 
 
@@ -90,7 +90,7 @@ def test_stray_lines_after_hello_are_skipped_and_oversized_lines_never_reach_jso
     messages = _pump_until_done(monitor)
     assert [m["type"] for m in messages] == ["hello", "warning", "warning", "done"]
     assert monitor.skipped_lines == 2 and monitor.done["ok"] is True
-    assert "longer than" in messages[2]["message"]
+    assert "exceeds the 1048576-byte limit" in messages[2]["message"]
 
 
 def test_pump_never_waits_for_a_silent_worker(monitor_module, tmp_path):
