@@ -304,7 +304,8 @@ def _edge_crossings(raster: Raster, depth: torch.Tensor, vertical: bool):
     vertical=True takes edges running mostly vertically (|dy| >= |dx|) and intersects them with
     pixel rows (horizontal pixel pairs); False takes the others with pixel columns. Returns
     (inside_pix, outside_pix, s): flat pixel indices and the crossing's distance from the inside
-    pixel's centre in pixel units, in [0, 1], differentiable w.r.t. the edge's vertices.
+    pixel's centre in pixel units, in [0, 1], differentiable w.r.t. the edge's vertices. One
+    pixel pair may appear several times here (see :func:`_one_crossing_per_pair`).
     """
     h, w = raster.resolution
     topo = raster.topology
@@ -365,31 +366,86 @@ def _edge_crossings(raster: Raster, depth: torch.Tensor, vertical: bool):
         flat_depth = depth.reshape(-1)
         # The edge is seen if its inside pixel is covered and the outside pixel shows nothing
         # or something farther away (an occluder in front would cover the outside pixel too).
-        ok &= torch.isfinite(flat_depth[pin]) & (flat_depth[pout] > edge_depth * (1.0 + 1e-4))
+        d_in, d_out = flat_depth[pin], flat_depth[pout]
+        ok &= torch.isfinite(d_in) & (d_out > edge_depth * (1.0 + 1e-4))
+        # The surface side is the nearer pixel: this also makes the orientation of a pair unique.
+        ok &= d_in < d_out
         ok &= raster.face_id.reshape(-1)[pin] != raster.face_id.reshape(-1)[pout]
     sel = torch.nonzero(ok).squeeze(1)
     s = (u_cross[sel] - inside_u[sel].to(u_cross.dtype)).abs()
     return pin[sel], pout[sel], s
 
 
+@torch.no_grad()
+def _one_crossing_per_pair(pin: torch.Tensor, pout: torch.Tensor, s: torch.Tensor, n_pixels: int) -> torch.Tensor:
+    """Indices of the crossings to keep: exactly one per pixel pair, the outermost (largest s).
+
+    Marching-tets silhouettes zigzag, and small front/back-facing patches near the outline add
+    contour edges of their own, so several edges may cross one pixel pair. Blending once per
+    edge over-blends such pairs (masks below 0 or above 1, gradients multiplied by the count);
+    nvdiffrast blends each pair once. Along the segment from the covered pixel to its
+    neighbour, the last contour crossing is where the projected surface ends (beyond it no edge
+    separates covered from uncovered, and the neighbour is uncovered or farther), so that is the
+    one kept.
+    """
+    if pin.numel() == 0:
+        return pin
+    key = torch.minimum(pin, pout)  # within one pass, a pixel pair is named by its lower pixel
+    best = torch.full((n_pixels,), -1.0, dtype=s.dtype, device=s.device)
+    best.scatter_reduce_(0, key, s.detach(), reduce="amax")
+    winner = s.detach() == best[key]
+    order = torch.arange(pin.numel(), device=pin.device)
+    big = pin.numel()
+    first = torch.full((n_pixels,), big, dtype=torch.long, device=pin.device)
+    first.scatter_reduce_(0, key, torch.where(winner, order, torch.full_like(order, big)), reduce="amin")
+    return first[torch.unique(key)]
+
+
+def antialias_weights(raster: Raster):
+    """The blends anti-aliasing applies: (target pixel, source pixel, weight), flat pixel indices.
+
+    ``antialias`` moves each target pixel's value toward its source pixel's by the weight. At
+    most one entry per pixel pair (the crossing kept by :func:`_one_crossing_per_pair`), each
+    weight in [0, 1/2]; where one pixel is blended by several of its four pairs (corners, thin
+    features) and its weights add up to more than 1, they are scaled to sum to 1. So every
+    blended value is a convex combination of neighbouring values: each pass stays within the
+    range of its unblended values (mask in [0, 1], unit normals in the unit ball).
+    Weights are differentiable w.r.t. the projected vertices of the silhouette edges.
+    """
+    b = raster.batch
+    h, w = raster.resolution
+    n_pixels = b * h * w
+    with torch.no_grad():
+        depth = scatter_pixels(raster.w.detach()[:, None], raster, fill=float("inf"))
+    targets, sources, weights = [], [], []
+    for vertical in (True, False):
+        inside, outside, s = _edge_crossings(raster, depth, vertical)
+        keep = _one_crossing_per_pair(inside, outside, s, n_pixels)
+        if keep.numel() == 0:
+            continue
+        inside, outside, s = inside[keep], outside[keep], s[keep]
+        near_side = s < 0.5
+        # Crossing in the inside pixel's half: that pixel is partly covered by what lies beyond;
+        # in the outside pixel's half: that pixel is partly covered by the surface.
+        targets.append(torch.where(near_side, inside, outside))
+        sources.append(torch.where(near_side, outside, inside))
+        weights.append((s - 0.5).abs())
+    if not targets:
+        empty = torch.zeros(0, dtype=torch.long, device=raster.face_id.device)
+        return empty, empty, raster.screen.new_zeros(0)
+    target, source, weight = torch.cat(targets), torch.cat(sources), torch.cat(weights)
+    total = weight.new_zeros(n_pixels).index_add(0, target, weight)
+    weight = weight / total.clamp_min(1.0)[target]
+    return target, source, weight
+
+
 def antialias(color: torch.Tensor, raster: Raster, faces: torch.Tensor | None = None) -> torch.Tensor:
     """Blend ``color`` [B, H, W, C] across visible silhouette edges (see the module docstring)."""
     b, h, w, c = color.shape
-    with torch.no_grad():
-        depth = scatter_pixels(raster.w.detach()[:, None], raster, fill=float("inf"))
     flat = color.reshape(-1, c)
-    delta = torch.zeros_like(flat)
-    for vertical in (True, False):
-        inside, outside, s = _edge_crossings(raster, depth, vertical)
-        if inside.numel() == 0:
-            continue
-        s = s.to(flat.dtype)
-        ci, co = flat[inside], flat[outside]
-        near_side = s < 0.5
-        # Crossing in the inside pixel's half: that pixel is partly covered by what lies beyond.
-        wi = torch.where(near_side, 0.5 - s, torch.zeros_like(s))[:, None]
-        # Crossing in the outside pixel's half: that pixel is partly covered by the surface.
-        wo = torch.where(near_side, torch.zeros_like(s), s - 0.5)[:, None]
-        delta = delta.index_add(0, inside, (co - ci) * wi)
-        delta = delta.index_add(0, outside, (ci - co) * wo)
-    return (flat + delta).reshape(b, h, w, c)
+    target, source, weight = antialias_weights(raster)
+    if target.numel() == 0:
+        return color
+    weight = weight.to(flat.dtype)[:, None]
+    delta = (flat[source] - flat[target]) * weight
+    return (flat + torch.zeros_like(flat).index_add(0, target, delta)).reshape(b, h, w, c)
