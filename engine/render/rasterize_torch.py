@@ -11,17 +11,21 @@ Three steps, mirroring nvdiffrast's rasterize / interpolate / antialias split:
    barycentrics are recomputed from the projected vertices, then made perspective-correct
    (b_i / w_i, renormalised). Interpolated attributes therefore carry gradients to both the
    attributes and the vertex positions ("interior" gradients).
-3. Anti-aliasing (differentiable), in the spirit of nvdiffrast's analytic antialias but driven by
-   the silhouette edges themselves rather than by the face seen in each pixel (so it still works
-   when faces are smaller than pixels, as on marching-tets meshes). Silhouette edges of a view
-   are mesh edges on the open boundary or between a front- and a back-facing face. Each one is
-   intersected with the lines joining adjacent pixel centres across it (pixel rows for mostly
-   vertical edges, columns for mostly horizontal ones). A crossing counts when the pixel on the
-   surface's side is covered and the pixel beyond shows nothing or something farther away than
-   the edge (else the edge is hidden). With s in [0, 1] the crossing's distance from the inside
-   pixel's centre, the pixel in whose half the crossing falls is blended toward its neighbour
-   by |s - 1/2|: along a scanline this reproduces the exact covered length, so mask sums match
-   the analytic area closely, and s depends on the edge's vertices: silhouette gradients.
+3. Anti-aliasing (differentiable), with nvdiffrast's semantics -- each pixel pair across which
+   the visible surface ends is blended once -- but driven by the silhouette edges themselves
+   rather than by the face seen in each pixel (so it still works when faces are smaller than
+   pixels, as on marching-tets meshes). Silhouette edges of a view are mesh edges on the open
+   boundary or between a front- and a back-facing face. Each one is intersected with the lines
+   joining adjacent pixel centres across it (pixel rows for mostly vertical edges, columns for
+   mostly horizontal ones). A crossing counts when the pixel on the surface's side is covered
+   and nearer, and the pixel beyond shows nothing or something farther away than the edge (else
+   the edge is hidden). Several contour edges may cross one pair on jagged meshes; only the
+   outermost crossing (where the projected surface ends) is kept. With s in [0, 1] its distance
+   from the inside pixel's centre, the pixel in whose half it falls is blended toward its
+   neighbour by |s - 1/2|: along a scanline this reproduces the exact covered length, so mask
+   sums match the area closely, and s depends on the edge's vertices: silhouette gradients.
+   A pixel blended by several pairs whose weights sum past 1 has them scaled to sum to 1, so
+   every output is a convex combination of input pixels (each pass stays in its range).
 
 Conventions: pixel (row i, column j) has its centre at screen (x=j, y=i); row 0 is the top.
 Triangles with a vertex at or behind the camera plane (w <= 0) are dropped, not clipped;
@@ -377,7 +381,7 @@ def _edge_crossings(raster: Raster, depth: torch.Tensor, vertical: bool):
 
 
 @torch.no_grad()
-def _one_crossing_per_pair(pin: torch.Tensor, pout: torch.Tensor, s: torch.Tensor, n_pixels: int) -> torch.Tensor:
+def _one_crossing_per_pair(pin: torch.Tensor, pout: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """Indices of the crossings to keep: exactly one per pixel pair, the outermost (largest s).
 
     Marching-tets silhouettes zigzag, and small front/back-facing patches near the outline add
@@ -390,15 +394,16 @@ def _one_crossing_per_pair(pin: torch.Tensor, pout: torch.Tensor, s: torch.Tenso
     """
     if pin.numel() == 0:
         return pin
-    key = torch.minimum(pin, pout)  # within one pass, a pixel pair is named by its lower pixel
-    best = torch.full((n_pixels,), -1.0, dtype=s.dtype, device=s.device)
-    best.scatter_reduce_(0, key, s.detach(), reduce="amax")
-    winner = s.detach() == best[key]
+    # Within one pass a pixel pair is named by its lower pixel; compact ids keep this O(crossings).
+    pairs, pair_of = torch.unique(torch.minimum(pin, pout), return_inverse=True)
+    n = pairs.numel()
+    best = torch.full((n,), -1.0, dtype=s.dtype, device=s.device)
+    best.scatter_reduce_(0, pair_of, s.detach(), reduce="amax")
     order = torch.arange(pin.numel(), device=pin.device)
     big = pin.numel()
-    first = torch.full((n_pixels,), big, dtype=torch.long, device=pin.device)
-    first.scatter_reduce_(0, key, torch.where(winner, order, torch.full_like(order, big)), reduce="amin")
-    return first[torch.unique(key)]
+    candidates = torch.where(s.detach() == best[pair_of], order, torch.full_like(order, big))
+    first = torch.full((n,), big, dtype=torch.long, device=pin.device)
+    return first.scatter_reduce_(0, pair_of, candidates, reduce="amin")  # ties: the first crossing
 
 
 def antialias_weights(raster: Raster):
@@ -412,15 +417,12 @@ def antialias_weights(raster: Raster):
     range of its unblended values (mask in [0, 1], unit normals in the unit ball).
     Weights are differentiable w.r.t. the projected vertices of the silhouette edges.
     """
-    b = raster.batch
-    h, w = raster.resolution
-    n_pixels = b * h * w
     with torch.no_grad():
         depth = scatter_pixels(raster.w.detach()[:, None], raster, fill=float("inf"))
     targets, sources, weights = [], [], []
     for vertical in (True, False):
         inside, outside, s = _edge_crossings(raster, depth, vertical)
-        keep = _one_crossing_per_pair(inside, outside, s, n_pixels)
+        keep = _one_crossing_per_pair(inside, outside, s)
         if keep.numel() == 0:
             continue
         inside, outside, s = inside[keep], outside[keep], s[keep]
@@ -434,8 +436,9 @@ def antialias_weights(raster: Raster):
         empty = torch.zeros(0, dtype=torch.long, device=raster.face_id.device)
         return empty, empty, raster.screen.new_zeros(0)
     target, source, weight = torch.cat(targets), torch.cat(sources), torch.cat(weights)
-    total = weight.new_zeros(n_pixels).index_add(0, target, weight)
-    weight = weight / total.clamp_min(1.0)[target]
+    blended, slot = torch.unique(target, return_inverse=True)
+    total = weight.new_zeros(blended.numel()).index_add(0, slot, weight)
+    weight = weight / total.clamp_min(1.0)[slot]
     return target, source, weight
 
 
@@ -448,4 +451,4 @@ def antialias(color: torch.Tensor, raster: Raster, faces: torch.Tensor | None = 
         return color
     weight = weight.to(flat.dtype)[:, None]
     delta = (flat[source] - flat[target]) * weight
-    return (flat + torch.zeros_like(flat).index_add(0, target, delta)).reshape(b, h, w, c)
+    return flat.index_add(0, target, delta).reshape(b, h, w, c)
