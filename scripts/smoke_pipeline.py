@@ -117,7 +117,7 @@ def _run_stages(args, send) -> None:
 
     send("stage", name="geometry", index=3, count=stages)
     grid = make_tet_grid(args.grid)
-    field = HashGridSDF(max_deformation=0.5 * grid.cell_size)
+    field = HashGridSDF(max_deformation=0.25 * grid.cell_size)  # DMTet refuses > 0.28 cell (tets invert)
     pretrain_field(field, head_sdf, grid.vertices, steps=args.pretrain_steps)
     dmtet = DMTet(grid, field)
     optimiser = torch.optim.Adam(field.parameters(), lr=args.lr)
