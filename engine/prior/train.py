@@ -3,6 +3,12 @@
 The loss is the ordinary ε-prediction loss of latent diffusion: encode an image, add noise at a
 random timestep, predict the noise conditioned on identity + expression/view, mean squared error.
 Only the LoRA parameters train (~0.2 % of the UNet at rank 8 on the attention projections).
+
+Precision, as diffusers' reference LoRA scripts do it: the frozen base stays in the prior's dtype
+(fp16 on CUDA by default), the trainable LoRA parameters are kept in fp32, the forward pass runs
+under ``torch.autocast`` in the half dtype, and with fp16 a gradient scaler multiplies the loss
+before the backward pass (and unscales before clipping and the step), so gradients of order 1e-5
+do not underflow to zero in fp16 activations. bf16 has fp32's range and needs no scaler.
 Conditioning is dropped (replaced by the unconditional prompt and an empty expression) with
 probability ``cond_dropout`` so classifier-free guidance keeps working.
 
@@ -15,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,11 +31,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..atomic import replace_dir_atomic, write_file_atomic
+from ..owned import record, remove_owned, replace_owned_entry, write_owned_file
 from .conditioning import ConditioningOptions
 from .dataset import load_image, read_dataset
 from .errors import PriorError
-from .lora import DEFAULT_TARGETS, AdapterInfo, save_task_adapter
+from .lora import DEFAULT_TARGETS, INFO_FILE, WEIGHTS_FILE, AdapterInfo, save_task_adapter
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
@@ -64,6 +69,10 @@ class TrainConfig:
     resume: bool = False
     device: str | None = None
     dtype: str | None = None
+    # "auto": autocast in the prior's half dtype on CUDA (fp16 -> with a gradient scaler), none in
+    # fp32; or "no", "fp16", "bf16" (these two also work on the CPU, with fp32 weights: tests).
+    mixed_precision: str = "auto"
+    text_mode: str = "blend"  # how expression/view text enters the prompt (ConditioningOptions)
     extra: dict = field(default_factory=dict)
 
 
@@ -91,10 +100,15 @@ class PriorTrainer:
         self.config = c = config
         self.report = report or _stderr_report
         self.samples_meta = read_dataset(c.data, c.domain)
-        options = ConditioningOptions(text_in_prompt=True, expression_scale=c.expression_scale)
+        # The same text recipe as the runs that will use this prior (recorded in prior_adapter.json).
+        options = ConditioningOptions(text_mode=c.text_mode, expression_scale=c.expression_scale)
         self.prior = load_prior(c.models_root, device=c.device, dtype=c.dtype, options=options)
+        if c.domain in self.prior.adapters:  # e.g. retraining ROOT/loras/normal: train afresh from the base
+            self.prior.unet.delete_adapters(c.domain)
+            del self.prior.adapters[c.domain]
         self.info = AdapterInfo(domain=c.domain, rank=c.rank, alpha=float(c.alpha or c.rank),
-                                target_modules=list(c.target_modules), expression_scale=c.expression_scale)
+                                target_modules=list(c.target_modules), expression_scale=c.expression_scale,
+                                extra={"text_mode": c.text_mode})
         devices = [self.prior.device] if self.prior.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # peft draws the LoRA init from the global RNG: seed it
             torch.manual_seed(c.seed)
@@ -103,6 +117,8 @@ class PriorTrainer:
         for p in self.params:
             p.data = p.data.float()  # adapters train in fp32 even on a half-precision base
         self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, weight_decay=0.0)
+        self.amp_dtype = _autocast_dtype(c.mixed_precision, self.prior.device, self.prior.dtype)
+        self.scaler = torch.amp.GradScaler(self.prior.device.type, enabled=self.amp_dtype == torch.float16)
         self.step = 0
         self._latents: dict[int, torch.Tensor] = {}
         self._conds: dict[int, tuple] = {}
@@ -137,7 +153,9 @@ class PriorTrainer:
 
     def diffusion_loss(self, latents, prompts, expression, noise, t) -> torch.Tensor:
         noisy = self.prior.scheduler.add_noise(latents, noise, t.cpu()).to(latents.device)
-        eps = self.prior.unet_eps(noisy, t.to(latents.device), prompts, expression, self.config.expression_scale)
+        with torch.autocast(self.prior.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            eps = self.prior.unet_eps(noisy, t.to(latents.device), prompts, expression, self.config.expression_scale)
         return F.mse_loss(eps.float(), noise.float())
 
     @torch.no_grad()
@@ -165,30 +183,49 @@ class PriorTrainer:
         def write(folder: Path) -> None:
             save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, folder / "lora_params.safetensors")
             torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
-            (folder / "state.json").write_text(json.dumps({"step": self.step, "config": _jsonable(asdict(self.config))},
-                                                          indent=2), encoding="utf-8")
+            state = {"step": self.step, "scaler": self.scaler.state_dict(), "config": _jsonable(asdict(self.config))}
+            (folder / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
 
-        replace_dir_atomic(target, write)
+        replace_owned_entry(target, write)  # --out is an owned folder (train_cli.prepare_output)
         old = sorted((self.config.out / CHECKPOINTS).glob("step_*"))[:-self.config.keep_checkpoints]
         for folder in old:
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_owned(folder, keep_foreign=True)  # a file the user put there stays
         return target
 
     def load_checkpoint(self, folder: Path) -> None:
         from safetensors.torch import load_file
 
-        state = load_file(folder / "lora_params.safetensors")
+        fix = f"delete {folder} to resume from the checkpoint before it, or start a new --out folder"
+        try:
+            state = load_file(folder / "lora_params.safetensors")
+            # weights_only: the optimizer state is tensors and numbers; nothing else is unpickled.
+            optimizer = torch.load(folder / "optimizer.pt", map_location=self.prior.device, weights_only=True)
+            saved = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+            step = saved["step"]
+        except Exception as exc:  # truncated or foreign files: safetensors, pickle and JSON each raise their own
+            raise PriorError(f"checkpoint {folder} is damaged ({type(exc).__name__}: {str(exc)[:200]})", fix,
+                             code="bad_checkpoint") from None
         missing = set(self.names) - set(state)
-        if missing:
-            raise PriorError(f"checkpoint {folder} does not match this LoRA configuration ({len(missing)} tensors "
-                             "missing)", "resume with the same --rank and --targets, or start a new --out folder")
+        shapes = {n: tuple(p.shape) for n, p in zip(self.names, self.params)}
+        wrong = [n for n in self.names if n in state and tuple(state[n].shape) != shapes[n]]
+        if missing or wrong or not isinstance(step, int) or step < 0:
+            detail = f"{len(missing)} tensors missing" if missing else \
+                (f"{wrong[0]} is {tuple(state[wrong[0]].shape)} there, {shapes[wrong[0]]} here: another --rank?"
+                 if wrong else f"step {step!r} in state.json")
+            raise PriorError(f"checkpoint {folder} does not match this LoRA configuration ({detail})",
+                             "resume with the same --rank and --targets, or start a new --out folder",
+                             code="bad_checkpoint")
+        try:
+            self.optimizer.load_state_dict(optimizer)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise PriorError(f"checkpoint {folder}: the optimizer state does not fit ({str(exc)[:200]})", fix,
+                             code="bad_checkpoint") from None
         with torch.no_grad():
             for name, p in zip(self.names, self.params):
                 p.copy_(state[name].to(p.device, p.dtype))
-        # weights_only: the optimizer state is tensors and numbers; nothing else is unpickled.
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=self.prior.device,
-                                                  weights_only=True))
-        self.step = int(json.loads((folder / "state.json").read_text(encoding="utf-8"))["step"])
+        self.step = step
+        if saved.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(saved["scaler"])
 
     # ---- validation samples --------------------------------------------------------------------
 
@@ -212,7 +249,7 @@ class PriorTrainer:
                 x = sampler.step(eps, t, x).prev_sample
             image = (self.prior.decode_latents(x)[0].cpu().numpy() * 255).round().astype(np.uint8)
             path = c.out / SAMPLES / f"step_{self.step:07d}_{k}.png"
-            write_file_atomic(path, lambda stream: Image.fromarray(image).save(stream, format="PNG"))
+            write_owned_file(path, lambda target: Image.fromarray(image).save(target, format="PNG"))
             paths.append(path)
         return paths
 
@@ -246,9 +283,12 @@ class PriorTrainer:
             if not torch.isfinite(loss):
                 log.warning("step %d: non-finite loss, batch skipped", self.step)
             else:
-                loss.backward()
+                # With the scaler off (fp32, bf16) these are plain backward / step calls.
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
-                self.optimizer.step()
+                self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
+                self.scaler.update()
             self.step += 1
             if self.step % c.log_every == 0 or self.step == c.steps:
                 rate = (time.perf_counter() - t0) / max(self.step - first, 1)
@@ -266,10 +306,22 @@ class PriorTrainer:
         end_loss = self.eval_loss()
         self.info.steps = self.step
         save_task_adapter(self.prior.unet, c.out, c.domain, self.info)
+        for name in (WEIGHTS_FILE, INFO_FILE):
+            record(c.out / name)
         samples += self.validation_samples() if c.validation_samples else []
         self.report({"kind": "done", "step": self.step, "total": c.steps, "eval_loss": end_loss,
                      "eval_loss_start": start_loss})
         return TrainResult(self.step, start_loss, end_loss, c.out, samples, resumed_from)
+
+
+def _autocast_dtype(mode: str, device, weights_dtype):
+    """The autocast dtype of the training forward pass (None: no autocast)."""
+    names = {"fp16": torch.float16, "bf16": torch.bfloat16, "no": None}
+    if mode == "auto":
+        return weights_dtype if weights_dtype in (torch.float16, torch.bfloat16) else None
+    if mode not in names:
+        raise PriorError(f"unknown mixed precision {mode!r}", "use auto, no, fp16 or bf16")
+    return names[mode]
 
 
 def _jsonable(value):
@@ -295,4 +347,10 @@ def _stderr_report(event: dict) -> None:
 
 def train_prior(config: TrainConfig, report: Callable[[dict], None] | None = None) -> TrainResult:
     """Train (or resume) a task prior; returns the eval losses and where things were written."""
-    return PriorTrainer(config, report).train()
+    from .train_cli import prepare_output
+
+    read_dataset(config.data, config.domain)  # a bad dataset is named before anything is written
+    prepare_output(config.out, config.resume, claim=False)  # a foreign --out is refused before any model loads
+    trainer = PriorTrainer(config, report)
+    prepare_output(config.out, config.resume)  # the models loaded: now the folder may be made
+    return trainer.train()
