@@ -332,7 +332,7 @@ def start_field(config: ExperimentConfig):
 
     torch.manual_seed(config.seed)
     grid = make_tet_grid(config.grid, size=GRID_SIZE)
-    field_ = HashGridSDF(size=GRID_SIZE, max_deformation=0.5 * grid.cell_size)
+    field_ = HashGridSDF(size=GRID_SIZE, max_deformation=0.28 * grid.cell_size)  # the most DMTet allows
     pretrain_field(field_, head_sdf, grid.vertices, steps=config.pretrain_steps, seed=config.seed)
     return DMTet(grid, field_)
 
