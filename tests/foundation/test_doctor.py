@@ -35,7 +35,7 @@ def test_doctor_names_every_missing_model_file_and_fails(tiny_models_root, tmp_p
                                              "arcface.onnx"]
     assert models["sd15"]["exists"] is False and "vae/config.json" in models["sd15"]["missing"]
     assert models["antelopev2"]["missing"] == ["scrfd_10g_bnkps.onnx", "arcface.onnx"]
-    assert models["loras"]["required"] is False
+    assert all(models[k]["required"] is False for k in ("loras/normal", "loras/albedo", "loras/view"))
     assert set(report["failed"]) == {"models/sd15", "models/arc2face", "models/antelopev2"}
 
     text = _doctor("--models", str(root))
