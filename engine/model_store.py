@@ -238,6 +238,11 @@ def fetch_models(models_root: Path | str, keys: list[str] | None = None, *, down
     """
     root = Path(models_root).expanduser()
     _check_root(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelsRootUnusable(f"the models folder {root} cannot be created ({exc.strerror or exc})",
+                                 hint="choose a folder you can write with --models") from None
     keys = keys or [item.key for item in MODEL_SPECS if item.required]
     downloader = downloader or Downloader()
     failures: list[str] = []
