@@ -303,18 +303,22 @@ class Prior:
         if names:
             self.unet.enable_adapters()
             self.unet.set_adapters(names, weights=weights)
+            if self.view_lora:
+                self._freeze_view()  # peft marks every active adapter trainable; the view LoRA is fixed
         elif self.adapters:
             self.unet.disable_adapters()
         self.task, self.task_scale = task, scale
+
+    def _freeze_view(self) -> None:
+        for name, param in self.unet.named_parameters():
+            if f".{VIEW_ADAPTER}." in name:
+                param.requires_grad_(False)
 
     def load_view_lora(self, path: Path | str, scale: float | None = None) -> None:
         """Load a view LoRA file (Arc2Avatar's, or any diffusers/peft UNet LoRA) that stays on
         under every task, at ``scale`` (default Arc2Avatar's 0.45)."""
         path = Path(path)
         load_lora_file(self.unet, path, VIEW_ADAPTER)
-        for name, param in self.unet.named_parameters():
-            if f".{VIEW_ADAPTER}." in name:
-                param.requires_grad_(False)  # a fixed prior: never trained with a task LoRA
         self.view_lora = path
         if scale is not None:
             self.view_scale = float(scale)
