@@ -10,6 +10,7 @@ in place of an ONNX graph) are fetched again. Standard library only at module le
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -24,7 +25,7 @@ from .errors import EngineError
 from .models import (ANTELOPEV2_URL, ARC2FACE_REPO, DETECTOR_FILE, INSIGHTFACE_ORIGINAL_RECOGNITION, MODEL_SPECS,
                      RECOGNITION_FILE, SD15_REPO, ModelSpec, Source, allow_hub_downloads, broken_files,
                      candidate_folders, check_models, default_models_root, enforce_offline, missing_files,
-                     resolve, resolve_model_folder, spec, verify_folder)
+                     resolve, user_offline, resolve_model_folder, spec, verify_folder)
 
 __all__ = ["ARC2FACE_REPO", "SD15_REPO", "ANTELOPEV2_URL", "DETECTOR_FILE", "RECOGNITION_FILE", "ModelsMissing",
            "IdentityModels", "resolve_identity_models", "candidate_folders", "resolve_model_folder", "fetch_models",
@@ -123,6 +124,8 @@ class Downloader:
 
     def url(self, url: str, target: Path) -> None:
         import urllib.request
+
+        allow_hub_downloads()  # the same "offline" switch for plain URLs
 
         def fetch(path: Path) -> None:
             with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as out:
@@ -227,6 +230,17 @@ def _check_root(root: Path) -> None:
                                  hint="choose a folder you own with --models, or fix the folder's permissions")
 
 
+def _make_parents(folder: Path) -> list[Path]:
+    """``mkdir -p`` that returns the folders it created (outermost first)."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        path.mkdir()
+    return list(reversed(missing))
+
+
 def fetch_models(models_root: Path | str, keys: list[str] | None = None, *, downloader=None,
                  log: Callable[[str], None] = print) -> dict[str, list[str]]:
     """Download what is missing or broken for each model ``key`` into ``models_root``, then verify.
@@ -238,14 +252,25 @@ def fetch_models(models_root: Path | str, keys: list[str] | None = None, *, down
     """
     root = Path(models_root).expanduser()
     _check_root(root)
+    keys = keys or [item.key for item in MODEL_SPECS if item.required]
+    if user_offline():
+        planned = plan_fetch(root, keys)
+        if planned:
+            raise ModelsMissing(
+                f"could not download the models: {user_offline()} is set in your environment, so nothing was "
+                "downloaded; "
+                f"{len(planned)} file(s) are missing or broken: "
+                + ", ".join(str(root / spec(p.key).folder / p.relative) for p in planned),
+                hint=f"unset {user_offline()} and run `python -m engine fetch-models --yes` again, or copy the files "
+                     "there by hand (docs/models.md lists their sources)")
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ModelsRootUnusable(f"the models folder {root} cannot be created ({exc.strerror or exc})",
                                  hint="choose a folder you can write with --models") from None
-    keys = keys or [item.key for item in MODEL_SPECS if item.required]
     downloader = downloader or Downloader()
-    failures: list[str] = []
+    failures: list[tuple[Path, str]] = []
+    made: list[Path] = []
     results: dict[str, list[str]] = {}
     for key in keys:
         item = spec(key)
@@ -257,7 +282,7 @@ def fetch_models(models_root: Path | str, keys: list[str] | None = None, *, down
             target = folder / planned.relative
             log(f"{key}: fetching {planned.relative} ({planned.reason}) from {planned.source.describe()}")
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
+                made += _make_parents(target.parent)
                 already = root / "arc2face" / planned.source_path
                 if planned.source.kind == "hf" and key != "arc2face" and planned.source.repo == ARC2FACE_REPO and \
                         not verify_folder_file("arc2face", root / "arc2face", planned.source_path):
@@ -270,17 +295,22 @@ def fetch_models(models_root: Path | str, keys: list[str] | None = None, *, down
                 else:
                     downloader.url(planned.source.url, target)
             except Exception as exc:  # network errors come in many classes; the message says which
-                failures.append(f"{target} ({type(exc).__name__}: {exc})")
+                failures.append((target, f"{type(exc).__name__}: {exc}"))
         if key == "arc2face" and folder.is_dir():
             try:
                 _convert_pickled_encoder(folder)
             except EngineError as exc:
-                failures.append(f"{folder / 'encoder'} ({exc.message})")
+                failures.append((folder / "encoder", exc.message))
         results[key] = verify_folder(key, folder)
     enforce_offline()
+    for folder in reversed(made):  # folders made for downloads that did not come: not left behind empty
+        with contextlib.suppress(OSError):
+            folder.rmdir()
     if failures:
+        causes = list(dict.fromkeys(cause for _, cause in failures))
         raise ModelsMissing(
-            "could not download the models: " + "; ".join(failures),
+            "could not download the models: " + ", ".join(str(path) for path, _ in failures)
+            + " (" + "; ".join(causes[:3]) + (f"; +{len(causes) - 3} more causes" if len(causes) > 3 else "") + ")",
             hint="connect to the internet (and accept each model's licence on its page) and run "
                  "`python -m engine fetch-models --yes` again, or download the files by hand into those paths "
                  "(sources: " + "; ".join(f"{s.key}: {s.source}" for s in MODEL_SPECS if s.key in keys) + ")")
