@@ -133,3 +133,11 @@ def test_pipeline_run_stays_offline(recorder, tmp_path, seeded_models, photos_di
                       "--preset", "test", "--out", str(tmp_path / "job"), "--models", str(seeded_models),
                       "--device", "cpu", timeout=900)
     _assert_offline(recorder, done, "generate/run")
+
+
+def test_fetch_models_respects_the_users_own_offline_switch(recorder, tmp_path):
+    env = {**online_env(recorder, tmp_path), "HF_HUB_OFFLINE": "1"}
+    done = run_engine(env, "fetch-models", "--models", str(tmp_path / "models"), "--yes")
+    _assert_offline(recorder, done, "fetch-models --yes with HF_HUB_OFFLINE=1")
+    assert done.returncode == 1 and "HF_HUB_OFFLINE is set in your environment" in done.stderr
+    assert "unset HF_HUB_OFFLINE" in done.stderr and not (tmp_path / "models").exists()
