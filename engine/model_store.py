@@ -184,6 +184,8 @@ def plan_fetch(models_root: Path | str, keys: list[str]) -> list[PlannedFile]:
             if required.name in missing or (present is None and not required.required):
                 reason = "missing"
             elif present is not None and present.relative_to(folder).as_posix() in broken:
+                if (folder / relative).is_file() and relative not in broken:
+                    continue  # e.g. a broken encoder/model.safetensors: converted again from the sound .bin
                 reason = "fails its check"
             else:
                 continue

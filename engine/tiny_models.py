@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -209,7 +210,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="models root to write sd15/ and arc2face/ into")
 
 
+def _unusable_out(out: Path) -> str | None:
+    """Why ``out`` cannot hold the tiny models (a file on the way, no write permission), or None."""
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"no write permission on {probe}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
-    root = write_tiny_models(args.out)
+    out = Path(args.out).expanduser()
+    why = _unusable_out(out)
+    if why is None:
+        try:
+            root = write_tiny_models(out)
+        except FileExistsError as exc:  # real models there: never replaced by random ones
+            why = str(exc)
+        except OSError as exc:
+            why = f"{exc.strerror or exc} ({exc.filename or out})"
+    if why is not None:
+        print(f"error: cannot write the tiny models into {out}: {why}\n"
+              "fix: pass an empty folder you can write (nothing was changed there)", file=sys.stderr)
+        return 2
     print(f"tiny random-weight models written to {root} (smoke runs and tests only)")
     return 0

@@ -171,3 +171,19 @@ def test_models_root_that_is_a_file_or_cannot_be_made(tmp_path, capsys):
     # A folder that cannot be created (even by root): /proc does not take new folders.
     assert main(["fetch-models", "--models", "/proc/idto3d-models", "--yes"]) == 2
     assert "/proc/idto3d-models" in capsys.readouterr().err
+
+
+def test_broken_converted_encoder_is_rebuilt_from_the_sound_pickle(models, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    encoder = models / "arc2face" / "encoder"
+    weights = {k: v.clone() for k, v in load_file(encoder / "model.safetensors").items()}  # not the mmap
+    torch.save(weights, encoder / "pytorch_model.bin")  # as Arc2Face publishes it
+    (encoder / "model.safetensors").write_bytes(b"\x00" * 64)  # the converted copy got damaged
+    downloader = MirrorDownloader(tmp_path / "no-mirror")
+    assert model_store.fetch_models(models, ["arc2face"], downloader=downloader, log=lambda t: None) == {
+        "arc2face": []}
+    assert downloader.calls == []  # nothing downloaded: converted again locally
+    rebuilt = load_file(encoder / "model.safetensors")
+    assert rebuilt.keys() == weights.keys() and all(torch.equal(rebuilt[k], weights[k]) for k in weights)

@@ -1,0 +1,41 @@
+"""Mistakes with the models commands get a message naming the path, the cause and the fix, an exit
+code, and leave the user's files as they were."""
+
+from __future__ import annotations
+
+import hashlib
+
+from engine.cli import main
+
+
+def _listing(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_make_tiny_models_into_a_file_or_under_one(tmp_path, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    for out in (a_file, a_file / "models"):
+        assert main(["make-tiny-models", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{a_file} is a file, not a folder" in err and "fix:" in err and "Traceback" not in err
+    assert a_file.read_text() == "mine"
+
+
+def test_make_tiny_models_never_replaces_real_models(tmp_path, capsys):
+    real = tmp_path / "models" / "sd15" / "vae"
+    real.mkdir(parents=True)
+    (real / "config.json").write_text('{"real": true}')
+    before = _listing(tmp_path / "models")
+    assert main(["make-tiny-models", str(tmp_path / "models")]) == 2
+    assert "not tiny test models" in capsys.readouterr().err
+    assert _listing(tmp_path / "models") == before
+
+
+def test_fetch_models_only_an_optional_lora_describes_its_source(tmp_path, capsys):
+    assert main(["fetch-models", "--models", str(tmp_path / "m"), "--only", "loras/view"]) == 3  # no terminal
+    err = capsys.readouterr().err
+    assert "dimgerogiannis/Arc2Avatar" in err and "7821be1a492ecb144069bcf4bee309cc280aa070" in err
+    assert "MIT" in err and str(tmp_path / "m" / "loras" / "view" / "pytorch_lora_weights.safetensors") in err
+    assert not (tmp_path / "m").exists()
