@@ -319,6 +319,20 @@ def fetch_models(models_root: Path | str, keys: list[str] | None = None, *, down
     return results
 
 
+def ensure_models(models_root: Path | str, keys: list[str], *, downloader=None,
+                  log: Callable[[str], None] = print) -> list[str]:
+    """For a caller allowed to download: fetch into ``models_root`` each model of ``keys`` that the
+    resolver cannot find, or whose resolved folder fails its checks. Returns the keys fetched."""
+    todo = []
+    for key in keys:
+        found = resolve(key, models_root)
+        if found.folder is None or verify_folder(key, found.folder):
+            todo.append(key)
+    if todo:
+        fetch_models(models_root, todo, downloader=downloader, log=log)
+    return todo
+
+
 def verify_folder_file(key: str, folder: Path, relative: str) -> list[str]:
     """Problems of one catalogue file of ``key`` in ``folder`` (empty: present and sound)."""
     from .models import FileProblem, kind_of, verify_file

@@ -392,15 +392,11 @@ def load_prior(root, *, device=None, dtype=None, task: str | None = None, memory
     memory = memory or MemoryOptions()
     device, dtype = resolve_device_dtype(device, dtype)
     root = Path(root).expanduser()
-    try:
-        paths = resolve_components(root)
-    except MissingWeightsError:
-        if not allow_download:
-            raise
-        from ..model_store import fetch_models
+    if allow_download:  # missing or broken files fetched by fetch-models, the one download path
+        from ..model_store import ensure_models
 
-        fetch_models(root, ["sd15", "arc2face"], log=log.info)  # the one download path; offline again after
-        paths = resolve_components(root)
+        ensure_models(root, ["sd15", "arc2face"], log=log.info)
+    paths = resolve_components(root)
     unet = _load_checked(UNet2DConditionModel, paths["unet"], "diffusion_pytorch_model.safetensors", "Arc2Face UNet",
                          dtype)
     vae = _load_checked(AutoencoderKL, paths["vae"], "diffusion_pytorch_model.safetensors", "SD 1.5 VAE", dtype)

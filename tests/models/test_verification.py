@@ -187,3 +187,19 @@ def test_broken_converted_encoder_is_rebuilt_from_the_sound_pickle(models, tmp_p
     assert downloader.calls == []  # nothing downloaded: converted again locally
     rebuilt = load_file(encoder / "model.safetensors")
     assert rebuilt.keys() == weights.keys() and all(torch.equal(rebuilt[k], weights[k]) for k in weights)
+
+
+def test_allowed_loader_fetches_only_what_is_missing_or_broken(models, tiny_models_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("IDTO3D_MODELS", str(tmp_path / "no-default"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    mirror = tmp_path / "mirror"
+    shutil.copytree(tiny_models_root / "arc2face", mirror / model_store.ARC2FACE_REPO)
+    downloader = MirrorDownloader(mirror)
+    assert model_store.ensure_models(models, ["sd15", "arc2face"], downloader=downloader, log=lambda t: None) == []
+    assert downloader.calls == []  # sound: nothing fetched
+    unet = models / UNET
+    unet.write_bytes(unet.read_bytes()[:-10])
+    assert model_store.ensure_models(models, ["sd15", "arc2face"], downloader=downloader,
+                                     log=lambda t: None) == ["arc2face"]
+    assert downloader.calls == [(model_store.ARC2FACE_REPO, UNET.removeprefix("arc2face/"))]
+    assert verify_folder("arc2face", models / "arc2face") == []
