@@ -157,14 +157,14 @@ def _files_of(item: ModelSpec) -> list[tuple[str, Source, str, float]]:
     rows = []
     extra = {rel: (source, path) for rel, source, path in item.extra_sources}
     for required in item.files:
-        first = required.fetched
-        if first in extra:
-            rows.append((first, extra[first][0], extra[first][1], required.approx_mb))
+        name = required.fetched
+        if name in extra:
+            rows.append((name, extra[name][0], extra[name][1], required.approx_mb))
         elif item.origin.kind == "hf":
-            rows.append((first, item.origin, first, required.approx_mb))
-        elif item.origin.kind == "url":
+            rows.append((name, item.origin, name, required.approx_mb))
+        elif item.origin.kind == "url":  # antelopev2: one member of the zip; the view LoRA: the file itself
             member = DETECTOR_FILE if item.key == "antelopev2" else ""
-            rows.append((first, item.origin, member, required.approx_mb))
+            rows.append((name, item.origin, member, required.approx_mb))
     return rows
 
 
@@ -212,8 +212,9 @@ def _fetch_antelopev2_detector(folder: Path, downloader) -> None:
 def _convert_pickled_encoder(folder: Path) -> None:
     """Arc2Face ships its encoder as a pickle: convert it once (weights-only) to safetensors."""
     encoder = folder / "encoder"
+    converted = encoder / "model.safetensors"
     if (encoder / "pytorch_model.bin").is_file() and (
-            not (encoder / "model.safetensors").is_file() or "encoder/model.safetensors" in broken_files("arc2face", folder)):
+            not converted.is_file() or "encoder/model.safetensors" in broken_files("arc2face", folder)):
         from .prior.weights import convert_encoder_to_safetensors
 
         convert_encoder_to_safetensors(encoder)
@@ -277,7 +278,7 @@ def fetch_models(models_root: Path | str, keys: list[str] | None = None, *, down
     for key in keys:
         item = spec(key)
         folder = root / item.folder
-        todo = [p for p in plan_fetch(root, [key])]
+        todo = plan_fetch(root, [key])
         if not todo:
             log(f"{key}: complete in {folder}")
         for planned in todo:
@@ -285,10 +286,10 @@ def fetch_models(models_root: Path | str, keys: list[str] | None = None, *, down
             log(f"{key}: fetching {planned.relative} ({planned.reason}) from {planned.source.describe()}")
             try:
                 made += _make_parents(target.parent)
-                already = root / "arc2face" / planned.source_path
-                if planned.source.kind == "hf" and key != "arc2face" and planned.source.repo == ARC2FACE_REPO and \
-                        not verify_folder_file("arc2face", root / "arc2face", planned.source_path):
-                    copy_file_atomic(already, target)  # Arc2Face's arcface.onnx serves both folders
+                local_copy = root / "arc2face" / planned.source_path  # Arc2Face's arcface.onnx serves both
+                if key != "arc2face" and planned.source.repo == ARC2FACE_REPO and not verify_folder_file(
+                        "arc2face", root / "arc2face", planned.source_path):
+                    copy_file_atomic(local_copy, target)
                 elif planned.source.kind == "hf":
                     downloader.hf_file(planned.source.repo, planned.source_path, target,
                                        revision=planned.source.revision)

@@ -192,7 +192,8 @@ MODEL_SPECS: tuple[ModelSpec, ...] = (
         files=(_file(DETECTOR_FILE, 17), _file(RECOGNITION_FILE, 250)),
         origin=Source("url", url=ANTELOPEV2_URL),
         licence="insightface pretrained models: non-commercial research use only",
-        extra_sources=((RECOGNITION_FILE, Source("hf", ARC2FACE_REPO, ARC2FACE_REVISION_UNVERIFIED), RECOGNITION_FILE),),
+        extra_sources=(
+            (RECOGNITION_FILE, Source("hf", ARC2FACE_REPO, ARC2FACE_REVISION_UNVERIFIED), RECOGNITION_FILE),),
     ),
     ModelSpec(
         key="loras/normal",
@@ -422,7 +423,8 @@ def _check_torch_pickle(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError) as exc:
-        raise FileProblem(f"{path} is not a torch checkpoint archive ({exc}); it is truncated or another file") from None
+        raise FileProblem(f"{path} is not a torch checkpoint archive ({exc}); it is truncated or another "
+                          "file") from None
     if not any(n.endswith("data.pkl") for n in names):
         raise FileProblem(f"{path} is a zip archive without data.pkl: not a torch checkpoint")
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from models_testkit import HUB_LIKE, online_env, run_engine, run_python
 
-LOAD = ("from engine.prior import load_prior; import sys; p = load_prior(sys.argv[1] if len(sys.argv) > 1 else {root!r},"
-        " device='cpu'); print('loaded', p.unet.config.cross_attention_dim)")
+LOAD = ("from engine.prior import load_prior; p = load_prior({root!r}, device='cpu'); "
+        "print('loaded', p.unet.config.cross_attention_dim)")
 
 
 def _heads(folder):

@@ -16,7 +16,8 @@ import pytest
 
 from engine import model_store
 from engine.cli import main
-from engine.models import ARC2FACE_REVISION_UNVERIFIED, FileProblem, check_models, read_safetensors_header, verify_file, verify_folder
+from engine.models import (ARC2FACE_REVISION_UNVERIFIED, FileProblem, check_models, read_safetensors_header,
+                           verify_file, verify_folder)
 
 UNET = "arc2face/arc2face/diffusion_pytorch_model.safetensors"  # under the models root
 
