@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    from .models import enforce_offline
+
+    enforce_offline()  # every command starts offline; only an allowed download (fetch-models) lifts it
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

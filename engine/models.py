@@ -534,26 +534,30 @@ def check_models(root: Path | str, overrides: dict[str, Path | str] | None = Non
 
 # ---- offline by default --------------------------------------------------------------------------
 
-OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+# Names of the offline variables the engine itself set (inherited by child processes with them), so
+# that they are never mistaken for the user's own "no downloads".
+ENGINE_SET_MARKER = "IDTO3D_OFFLINE_SET_BY_ENGINE"
 _TRUE = ("1", "on", "yes", "true")
-_user_offline: str | None = None  # the offline variable the user set (read before the engine sets its own)
 
 
 def user_offline() -> str | None:
-    """The name of an offline variable set in the user's environment (their "no downloads"), if any."""
-    global _user_offline
-    if _user_offline is None:
-        _user_offline = next((v for v in OFFLINE_VARIABLES if os.environ.get(v, "").strip().lower() in _TRUE), "")
-    return _user_offline or None
+    """The name of an offline variable the user set (their "no downloads"), if any."""
+    ours = set(os.environ.get(ENGINE_SET_MARKER, "").split(","))
+    return next((v for v in OFFLINE_VARIABLES
+                 if v not in ours and os.environ.get(v, "").strip().lower() in _TRUE), None)
 
 
 def enforce_offline() -> None:
     """Put the Hugging Face libraries in offline mode for this process (before or after they are
-    imported): whatever a config file says, they may not reach the network. Only ``fetch-models``
-    (a download the user asked for) lifts it, through :func:`allow_hub_downloads`."""
-    user_offline()  # remember the user's own setting before overwriting it
+    imported): whatever a config file says, they may not reach the network. Only an allowed
+    download (``fetch-models``) lifts it, through :func:`allow_hub_downloads`."""
+    ours = {v for v in os.environ.get(ENGINE_SET_MARKER, "").split(",") if v}
     for name in OFFLINE_VARIABLES:
-        os.environ[name] = "1"
+        if os.environ.get(name, "").strip().lower() not in _TRUE:
+            ours.add(name)
+            os.environ[name] = "1"
+    os.environ[ENGINE_SET_MARKER] = ",".join(sorted(ours))
     constants = sys.modules.get("huggingface_hub.constants")
     if constants is not None:
         constants.HF_HUB_OFFLINE = True
@@ -561,11 +565,12 @@ def enforce_offline() -> None:
 
 def allow_hub_downloads() -> None:
     """Lift :func:`enforce_offline` for an explicitly allowed download; refused when the user's own
-    environment says offline (``HF_HUB_OFFLINE=1`` and friends)."""
+    environment says offline (``HF_HUB_OFFLINE=1`` or ``TRANSFORMERS_OFFLINE=1``)."""
     if user_offline():
         raise OSError(f"{user_offline()} is set in your environment, so nothing is downloaded; unset it to download")
     for name in OFFLINE_VARIABLES:
         os.environ.pop(name, None)
+    os.environ.pop(ENGINE_SET_MARKER, None)
     constants = sys.modules.get("huggingface_hub.constants")
     if constants is not None:
         constants.HF_HUB_OFFLINE = False

@@ -53,7 +53,8 @@ def online_env(recorder: LoopbackRecorder, home: Path) -> dict[str, str]:
     """The child's environment: no offline switches (the code's own behaviour is tested), every
     proxy variable and the Hub endpoint pointed at the recorder, caches and homes in ``home``."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "NO_PROXY", "no_proxy")}
+           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "NO_PROXY", "no_proxy",
+                        "IDTO3D_OFFLINE_SET_BY_ENGINE")}
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         env[name] = recorder.url
     env.update(HF_ENDPOINT=recorder.url, HF_HOME=str(home / "hf"), HF_HUB_CACHE=str(home / "hf" / "hub"),

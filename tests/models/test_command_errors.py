@@ -39,3 +39,24 @@ def test_fetch_models_only_an_optional_lora_describes_its_source(tmp_path, capsy
     assert "dimgerogiannis/Arc2Avatar" in err and "7821be1a492ecb144069bcf4bee309cc280aa070" in err
     assert "MIT" in err and str(tmp_path / "m" / "loras" / "view" / "pytorch_lora_weights.safetensors") in err
     assert not (tmp_path / "m").exists()
+
+
+def test_offline_switch_set_by_the_engine_is_not_the_users(monkeypatch):
+    import os
+
+    import pytest
+
+    from engine.models import ENGINE_SET_MARKER, allow_hub_downloads, enforce_offline, user_offline
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", ENGINE_SET_MARKER):
+        monkeypatch.delenv(name, raising=False)
+    enforce_offline()
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and user_offline() is None  # a child inherits both: still ours
+    allow_hub_downloads()
+    assert "HF_HUB_OFFLINE" not in os.environ
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")  # the user's own "no downloads"
+    enforce_offline()
+    assert user_offline() == "TRANSFORMERS_OFFLINE"
+    with pytest.raises(OSError, match="TRANSFORMERS_OFFLINE is set in your environment"):
+        allow_hub_downloads()
+    enforce_offline()

@@ -83,7 +83,7 @@ def test_fetch_models_downloads_pinned_files_through_huggingface_hub(tiny_models
         env = {**__import__("os").environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"),
                "HF_HUB_CACHE": str(tmp_path / "hf" / "hub"), "IDTO3D_MODELS": str(tmp_path / "none"),
                "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
-        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "IDTO3D_OFFLINE_SET_BY_ENGINE", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
                      "http_proxy", "https_proxy", "all_proxy"):
             env.pop(name, None)
         root = tmp_path / "models"
