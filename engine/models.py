@@ -163,6 +163,9 @@ MODEL_SPECS: tuple[ModelSpec, ...] = (
             _file("tokenizer/tokenizer_config.json", required=False),
             _file("tokenizer/special_tokens_map.json", required=False),
             _file("scheduler/scheduler_config.json"),
+            # SD 1.5's own CLIP text encoder: optional, used by the prior's "blend" text mode (Arc2Avatar's recipe)
+            _file("text_encoder/config.json", required=False),
+            _file("text_encoder/model.safetensors", 492, required=False),
         ),
         origin=Source("hf", SD15_REPO, SD15_REVISION),
         licence="CreativeML OpenRAIL-M (use restrictions in the licence; accept it on the model page)",

@@ -16,6 +16,29 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "setup: creating $VENV" >&2
     "$PYTHON" -m venv "$VENV"
 fi
+# CLIP's BPE merges (OpenAI's bpe_simple_vocab_16e6.txt.gz, shipped inside the open-clip-torch
+# wheel): the real SD 1.5 / CLIP ViT-L/14 tokenizer is rebuilt from it offline by
+# engine/prior/fullsize_models.py for tests and benchmarks. Only that one file is kept, in a
+# git-ignored cache; nothing is installed. Idempotent: skipped once the file is there.
+CLIP_BPE=.cache/clip-bpe/bpe_simple_vocab_16e6.txt.gz
+if [ ! -s "$CLIP_BPE" ]; then
+    echo "setup: fetching CLIP's BPE merges (open-clip-torch 3.3.0 wheel, one file)" >&2
+    bpe_tmp="$(mktemp -d)"
+    "$VENV/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
+        open-clip-torch==3.3.0 -d "$bpe_tmp" 2> >(grep -v "^WARNING: Location" >&2)
+    mkdir -p "$(dirname "$CLIP_BPE")"
+    "$VENV/bin/python" - "$bpe_tmp" "$CLIP_BPE" <<'PY'
+import glob, os, sys, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "open_clip_torch-*.whl"))[0]
+with zipfile.ZipFile(wheel) as z:
+    data = z.read("open_clip/bpe_simple_vocab_16e6.txt.gz")
+with open(sys.argv[2] + ".part", "wb") as f:
+    f.write(data)
+os.replace(sys.argv[2] + ".part", sys.argv[2])
+PY
+    rm -rf "$bpe_tmp"
+fi
+
 want="$(cat requirements.txt constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -c "import torch, bpy" 2>/dev/null; then
     echo "setup: $VENV is up to date" >&2

@@ -2,8 +2,12 @@
 
 * Identity: the prompt "photo of a id person" whose "id" token embedding is replaced by the
   L2-normalised 512-d ArcFace embedding zero-padded to the token width (Arc2Face).
-* Expression / edit text ("smiling", "with curly red hair") and the view ("front view"): extra
-  prompt tokens after the identity prompt, and the tokens read by the expression branch.
+* Expression / edit text ("smiling", "with curly red hair") and the view ("front view") form one
+  phrase ("smiling, front view") that reaches the UNet in one of three ways (``text_mode``):
+  ``"blend"`` (default, Arc2Avatar's recipe): the exact Arc2Face identity prompt embedding, mixed
+  with a small weight of the phrase's plain text embedding; ``"append"``: the phrase appended to
+  the identity prompt's tokens; ``"identity"``: the identity prompt alone. The expression branch,
+  when active, reads the phrase in every mode.
 * Views: a label ("front", "side", "back") or an azimuth in degrees, which blends the three
   view embeddings with :func:`view_weights` (avoids the hard switch that causes Janus faces).
 """
@@ -54,11 +58,24 @@ def identity_prompt(extra: str) -> str:
     return f"{ID_PROMPT}, {extra}" if extra else ID_PROMPT
 
 
+TEXT_MODES = ("blend", "append", "identity")
+# Arc2Avatar's weight of the view text embedding in its blend with the identity prompt embedding.
+ARC2AVATAR_BLEND_WEIGHT = 0.1
+
+
 @dataclass(frozen=True)
 class ConditioningOptions:
     """How expression and view text enter the prior.
 
-    ``text_in_prompt``: append "expression, view" to the identity prompt (works with the base prior).
+    ``text_mode``: "blend" (default): prompt = (1 − w)·E_id + w·E_text(phrase), E_id Arc2Face's
+    embedding of "photo of a id person", E_text the plain text encoder's output for the phrase
+    (Arc2Avatar's recipe for view text, w = ``blend_weight``, 0.1 as Arc2Avatar); with no phrase
+    the prompt is E_id exactly. "append": the prompt "photo of a id person, smiling, front view"
+    (text the Arc2Face encoder was never fine-tuned on). "identity": E_id only (text through the
+    expression branch alone). ``text_in_prompt`` (older switch, kept working): True = "append",
+    False = "identity"; None = use ``text_mode``. ``blend_encoder``: which encoder makes
+    E_text in "blend": "sd15" (SD 1.5's own CLIP text encoder, ``ROOT/sd15/text_encoder``, as
+    Arc2Avatar does), "arc2face" (Arc2Face's fine-tuned encoder), "auto" (sd15 when present).
     ``expression_scale``: weight of the expression branch; ``None`` takes the loaded task prior's
     trained value (0 for the base prior, which reproduces Arc2Face exactly).
     ``uncond``: "empty" (the encoder's output for the empty prompt: what Arc2Face's own inference
@@ -66,10 +83,22 @@ class ConditioningOptions:
     ``negative``: optional negative text, used in place of the unconditional prompt.
     """
 
-    text_in_prompt: bool = True
+    text_mode: str = "blend"
+    blend_weight: float = ARC2AVATAR_BLEND_WEIGHT
+    text_in_prompt: bool | None = None
+    blend_encoder: str = "auto"
     expression_scale: float | None = None
     uncond: str = "empty"
     negative: str = ""
+
+    @property
+    def mode(self) -> str:
+        """The text mode in force (``text_in_prompt``, when set, wins over ``text_mode``)."""
+        if self.text_in_prompt is not None:
+            return "append" if self.text_in_prompt else "identity"
+        if self.text_mode not in TEXT_MODES:
+            raise ValueError(f"unknown text mode {self.text_mode!r}; use one of {', '.join(TEXT_MODES)}")
+        return self.text_mode
 
 
 @dataclass
@@ -77,7 +106,7 @@ class Conditioning:
     """Everything one UNet call needs besides the noisy latents and timesteps (torch tensors).
 
     ``prompt`` / ``uncond``: [B, 77, 768] prompt embeddings of the conditional and unconditional
-    passes. ``expression`` / ``expression_uncond``: [B, T, 768] tokens for the expression branch
+    passes, one row per view. ``expression`` / ``expression_uncond``: [B, T, 768] tokens for the expression branch
     (``None`` when the branch is off). ``expression_scale``: the branch's weight.
     """
 
@@ -93,7 +122,12 @@ class Conditioning:
         return int(self.prompt.shape[0])
 
     def repeat(self, n: int) -> "Conditioning":
-        """The same conditioning for ``n`` times as many views (one row per view)."""
-        rep = (lambda t: None if t is None else t.repeat_interleave(n, dim=0))
+        """The conditioning of ``n`` renders per view, in the batch order of renders.
+
+        Renders are ordered as ``n`` copies of the V views one after the other:
+        ``[v0, v1, …, vV−1, v0, v1, …]`` (render ``i`` belongs to view ``i % V``), which is what
+        ``torch.cat([renders_of_all_views] * n)`` gives. The rows follow that order.
+        """
+        rep = (lambda t: None if t is None else t.repeat(n, *([1] * (t.ndim - 1))))
         return Conditioning(rep(self.prompt), rep(self.uncond), rep(self.expression), rep(self.expression_uncond),
-                            self.expression_scale, [t for t in self.texts for _ in range(n)])
+                            self.expression_scale, list(self.texts) * n)

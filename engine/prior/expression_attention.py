@@ -6,10 +6,12 @@ encoder's output for e.g. "smiling, side view"). The layer's output becomes
 
     out = to_out( Attn(q, K_id, V_id) + scale · Attn(q, K_exp, V_exp) )
 
-with the same query. The new projections start as copies of the layer's ``to_k``/``to_v`` (so the
-branch reads text as the base model does) and are LoRA targets when a task prior is trained. When
-the scale is 0 or no expression tokens are given, the layer calls the stock diffusers processor
-and the UNet is exactly the base Arc2Face UNet.
+with the same query. The key projection starts as a copy of the layer's ``to_k`` (the branch
+attends to text as the base model does); the value projection starts at **zero**, so a fresh
+branch adds nothing at any scale: the UNet with an untrained branch is the base Arc2Face UNet (to
+float rounding), and training (LoRA on ``to_k_exp``/``to_v_exp``) moves it from there. A copy of
+``to_v`` at scale 1 would instead double the cross-attention output at step 0. When the scale is
+0 or no expression tokens are given, the layer calls the stock diffusers processor (bit for bit).
 
 Expression tokens reach the layers through ``cross_attention_kwargs`` (``expression_embeds``,
 ``expression_scale``). Every attention layer gets a processor of this class (self-attention
@@ -43,7 +45,9 @@ class ExpressionAttnProcessor(nn.Module):
             self.to_v_exp = nn.Linear(attn.to_v.in_features, attn.to_v.out_features, bias=attn.to_v.bias is not None)
             with torch.no_grad():
                 self.to_k_exp.load_state_dict(_base_linear(attn.to_k).state_dict())
-                self.to_v_exp.load_state_dict(_base_linear(attn.to_v).state_dict())
+                self.to_v_exp.weight.zero_()  # neutral start: see the module docstring
+                if self.to_v_exp.bias is not None:
+                    self.to_v_exp.bias.zero_()
             self.to_k_exp.to(attn.to_k.weight.device, attn.to_k.weight.dtype)
             self.to_v_exp.to(attn.to_v.weight.device, attn.to_v.weight.dtype)
 

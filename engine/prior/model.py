@@ -68,7 +68,7 @@ class Prior:
     """
 
     def __init__(self, *, unet, vae, text_encoder, tokenizer, scheduler, device, dtype, memory: MemoryOptions,
-                 root: Path, options: ConditioningOptions):
+                 root: Path, options: ConditioningOptions, blend_text_encoder=None):
         self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
         self.tokenizer, self.scheduler = tokenizer, scheduler
         self.device, self.dtype, self.memory, self.root = device, dtype, memory, root
@@ -87,7 +87,8 @@ class Prior:
         # Installed (or not) by load_prior before the Prior exists; asking the UNet walks all its
         # modules, far too slow for every UNet call.
         self.has_branch = has_expression_branch(unet)
-        self._text_cache: dict[str, torch.Tensor] = {}
+        self._text_cache: dict = {}
+        self.blend_text_encoder = blend_text_encoder
         self._identity_cache: dict[tuple, torch.Tensor] = {}
 
     # ---- text and identity -------------------------------------------------------------------
@@ -141,9 +142,14 @@ class Prior:
         return self._encode_ids_with_identity(ids, padded)
 
     def _encode_ids_with_identity(self, ids: torch.Tensor, padded: torch.Tensor) -> torch.Tensor:
-        where = ids == self.id_token_id
-        if not bool((where.sum(dim=1) == 1).all()):
-            raise ValueError("each prompt must hold the placeholder word exactly once")
+        # The placeholder is the first "id" of each prompt (Arc2Face's position, right after
+        # "photo of a"); an "id" in the user's own text after it ("with an id badge") stays a word.
+        found = ids == self.id_token_id
+        if not bool(found.any(dim=1).all()):
+            raise ValueError(f"each prompt must hold the placeholder word {ID_WORD!r}")
+        first = found.int().argmax(dim=1)
+        where = torch.zeros_like(found)
+        where[torch.arange(ids.shape[0], device=ids.device), first] = True
 
         def replace(_module, _inputs, output):
             output = output.clone()
@@ -179,6 +185,7 @@ class Prior:
 
         ``view``: None, a label ("front"/"side"/"back"), an azimuth in degrees (blended), or a list
         of those (one row per view). Returns a :class:`Conditioning` with B = number of views.
+        How the text enters the prompt follows ``options.mode`` (see :class:`ConditioningOptions`).
         """
         views = view if isinstance(view, (list, tuple)) else [view]
         padded = self.padded_identity(identity_embedding)
@@ -186,22 +193,25 @@ class Prior:
             raise ValueError("conditioning() takes one identity; average several embeddings first")
         scale = self.expression_scale()
         use_branch = scale != 0.0 and self.has_branch
+        mode = self.options.mode
         prompts, exprs, texts = [], [], []
         with torch.no_grad():
+            identity = self._identity_with_text(padded, "")  # Arc2Face's own prompt embedding
             for v in views:
                 weights = view_label_weights(v) or {None: 1.0}
-                p = e = 0
-                for label, w in weights.items():
-                    phrase = expression_phrase(expression_text, label)
-                    if self.options.text_in_prompt:
-                        p = p + w * self._identity_with_text(padded, phrase)
-                    if use_branch:
-                        e = e + w * self.encode_text(phrase)
-                if not self.options.text_in_prompt:
-                    p = self._identity_with_text(padded, "")
-                prompts.append(p)
-                exprs.append(e if use_branch else None)
-                texts.append(expression_phrase(expression_text, max(weights, key=weights.get)))
+                phrases = {label: expression_phrase(expression_text, label) for label in weights}
+                if mode == "append":
+                    prompt = sum(w * self._identity_with_text(padded, phrases[label]) for label, w in weights.items())
+                elif mode == "blend" and any(phrases.values()):
+                    text = sum(w * self.encode_blend_text(phrases[label]) for label, w in weights.items())
+                    beta = float(self.options.blend_weight)
+                    prompt = (1.0 - beta) * identity + beta * text
+                else:  # "identity", or "blend" with neither expression nor view: E_id exactly
+                    prompt = identity
+                prompts.append(prompt)
+                if use_branch:
+                    exprs.append(sum(w * self.encode_text(phrases[label]) for label, w in weights.items()))
+                texts.append(phrases[max(weights, key=weights.get)])
             uncond = self.unconditional()
         batch = len(views)
         return Conditioning(
@@ -209,6 +219,18 @@ class Prior:
             expression=torch.cat(exprs) if use_branch else None,
             expression_uncond=self.encode_text("").expand(batch, -1, -1).clone() if use_branch else None,
             expression_scale=scale if use_branch else 0.0, texts=texts)
+
+    @torch.no_grad()
+    def encode_blend_text(self, text: str) -> torch.Tensor:
+        """Plain text -> [1, 77, 768] with the encoder of the "blend" mode: SD 1.5's own CLIP text
+        encoder when ``sd15/text_encoder`` was loaded (what Arc2Avatar blends), else Arc2Face's."""
+        if self.blend_text_encoder is None:
+            return self.encode_text(text)
+        key = ("sd15", text)
+        if key not in self._text_cache:
+            with self._placed(self.blend_text_encoder) as encoder:
+                self._text_cache[key] = encoder(input_ids=self._tokens([text])).last_hidden_state.to(self.dtype)
+        return self._text_cache[key]
 
     def _identity_with_text(self, padded, phrase: str) -> torch.Tensor:
         # cached: a run asks for the same identity with a few expression/view phrases every step
@@ -359,7 +381,7 @@ def _load_text_encoder(folder: Path, dtype):
             return CLIPTextModel.from_pretrained(folder, dtype=dtype, use_safetensors=True, local_files_only=True)
         except (OSError, ValueError, RuntimeError) as exc:
             raise CorruptWeightsError(f"{folder / 'model.safetensors'} could not be loaded ({str(exc)[:300]})",
-                                      "download encoder/ again") from None
+                                      f"download {folder.parent.name}/{folder.name}/ again") from None
     # Arc2Face ships a pickle: read it with the weights-only loader and go through safetensors.
     state = load_encoder_bin_safely(folder / "pytorch_model.bin")
     check_shapes_against(skeleton, {k: ("", list(v.shape)) for k, v in state.items()},
@@ -375,6 +397,29 @@ def _load_text_encoder(folder: Path, dtype):
         return CLIPTextModel.from_pretrained(staging, dtype=dtype, use_safetensors=True, local_files_only=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _load_blend_encoder(sd15: Path, options: ConditioningOptions, hidden: int, dtype):
+    """SD 1.5's own text encoder for the "blend" mode (optional: ``text_encoder/`` in the resolved
+    ``sd15`` folder, normally ``ROOT/sd15/text_encoder``)."""
+    folder = sd15 / "text_encoder"
+    choice = options.blend_encoder
+    if choice not in ("auto", "sd15", "arc2face"):
+        raise ValueError(f"unknown blend encoder {choice!r}; use auto, sd15 or arc2face")
+    present = (folder / "config.json").is_file()
+    if choice == "arc2face" or (choice == "auto" and not present):
+        return None
+    if not present:
+        raise MissingWeightsError(f"{folder / 'config.json'} does not exist (blend_encoder='sd15')",
+                                  "download sd15/text_encoder/ from stable-diffusion-v1-5/stable-diffusion-v1-5, "
+                                  "or use blend_encoder='auto'")
+    encoder = _load_text_encoder(folder, dtype)
+    if encoder.config.hidden_size != hidden:
+        raise MismatchedWeightsError(f"the text encoder in {folder} makes {encoder.config.hidden_size}-d tokens, "
+                                     f"Arc2Face's {hidden}-d", "use SD 1.5's text_encoder/")
+    encoder.requires_grad_(False)
+    encoder.eval()
+    return encoder
 
 
 def load_prior(root, *, device=None, dtype=None, task: str | None = None, memory: MemoryOptions | None = None,
@@ -440,11 +485,15 @@ def load_prior(root, *, device=None, dtype=None, task: str | None = None, memory
         unet.to(memory_format=torch.channels_last)
     if memory.vae_tiling:
         vae.enable_tiling()
+    options = options or ConditioningOptions()
+    blend_encoder = _load_blend_encoder(paths["vae"].parent, options, hidden, dtype) if options.mode == "blend" else None
     home = "cpu" if memory.cpu_offload else device
-    for module in (unet, vae, text_encoder):
-        module.to(home)
+    for module in (unet, vae, text_encoder, blend_encoder):
+        if module is not None:
+            module.to(home)
     prior = Prior(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
-                  device=device, dtype=dtype, memory=memory, root=root, options=options or ConditioningOptions())
+                  device=device, dtype=dtype, memory=memory, root=root, options=options,
+                  blend_text_encoder=blend_encoder)
     from ..models import LORA_WEIGHTS_FILE, resolve
 
     lora_dirs = {k: Path(v) for k, v in (lora_dirs or {}).items()}

@@ -35,21 +35,33 @@ PRESETS = {
 }
 
 
-def step_tflop(vae: bool) -> float:
+@dataclass(frozen=True)
+class StepFlops:
+    """TFLOP per view of the parts of one SDS step (defaults: the counted SD 1.5 figures above;
+    bench/bench_full_size.py passes the figures it measured on the full-size models)."""
+
+    unet_cfg: float = UNET_CFG_TFLOP
+    vae_encode: float = VAE_ENCODE_TFLOP
+    vae_backward: float = VAE_ENCODE_BACKWARD_TFLOP
+
+
+def step_tflop(vae: bool, flops: StepFlops | None = None) -> float:
     """TFLOP of one SDS step for one view: UNet with CFG, plus VAE encode and its backward if used."""
-    return UNET_CFG_TFLOP + ((VAE_ENCODE_TFLOP + VAE_ENCODE_BACKWARD_TFLOP) if vae else 0.0)
+    f = flops or StepFlops()
+    return f.unet_cfg + ((f.vae_encode + f.vae_backward) if vae else 0.0)
 
 
-def preset_tflop(preset: PriorPreset) -> dict[str, float]:
+def preset_tflop(preset: PriorPreset, flops: StepFlops | None = None) -> dict[str, float]:
     shortcut = int(preset.geometry_steps * preset.geometry_shortcut_fraction)
-    geometry = preset.views_per_step * (shortcut * step_tflop(False)
-                                        + (preset.geometry_steps - shortcut) * step_tflop(True))
-    texture = preset.views_per_step * preset.texture_steps * step_tflop(True)
+    geometry = preset.views_per_step * (shortcut * step_tflop(False, flops)
+                                        + (preset.geometry_steps - shortcut) * step_tflop(True, flops))
+    texture = preset.views_per_step * preset.texture_steps * step_tflop(True, flops)
     return {"geometry": geometry, "texture": texture, "total": geometry + texture}
 
 
-def preset_minutes(preset: PriorPreset, peak_tflops: float, utilisation: float, overhead: float = 0.0) -> float:
+def preset_minutes(preset: PriorPreset, peak_tflops: float, utilisation: float, overhead: float = 0.0,
+                   flops: StepFlops | None = None) -> float:
     """Minutes of prior compute per head at ``utilisation`` of ``peak_tflops``; ``overhead`` adds a
     fraction for rendering, geometry extraction and optimiser steps (not counted in the FLOPs)."""
-    seconds = preset_tflop(preset)["total"] / (peak_tflops * utilisation)
+    seconds = preset_tflop(preset, flops)["total"] / (peak_tflops * utilisation)
     return seconds * (1.0 + overhead) / 60.0

@@ -10,11 +10,18 @@ injected with the surrogate loss ½‖z − sg(z − g)‖² / B, whose derivati
 mean over the B views, so learning rates do not depend on the batch size). The loss's value is
 ½‖g‖²/B, a useful magnitude to log but not an objective that goes down.
 
+Half precision (fp16 on CUDA): the UNet runs in fp16 but g is computed in fp32. On the way back
+through a half-precision VAE encoder, small gradients would underflow (fp16's smallest normal
+value is 6e-5), so g is multiplied by a power of two before the backward pass enters the VAE and
+divided by it again, in fp32, where the gradient reaches the render (a static loss scale chosen
+per step from max|g|). The render's gradient is always in the render's own dtype (fp32).
+
 Imported only by code that already needs torch.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -73,6 +80,27 @@ class _InjectGradient(torch.autograd.Function):
         return upstream * grad, None
 
 
+# Largest |value| of the scaled half-precision gradient on the latents: leaves fp16 headroom
+# (65504) for the VAE backward's growth, lifts small values far above the underflow floor.
+HALF_GRAD_TARGET = 256.0
+
+
+class _UnscaleGradient(torch.autograd.Function):
+    """Identity forward; the backward divides the incoming gradient by ``scale`` in fp32 and zeroes
+    non-finite values (an overflow inside a half-precision backward would otherwise reach the
+    geometry)."""
+
+    @staticmethod
+    def forward(ctx, x, holder):
+        ctx.holder = holder
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, upstream):
+        grad = upstream.float() / ctx.holder["scale"]
+        return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0).to(upstream.dtype), None
+
+
 class ScoreDistillation:
     """SDS with a loaded :class:`engine.prior.model.Prior` (see the module docstring)."""
 
@@ -111,13 +139,18 @@ class ScoreDistillation:
         and from there on the render. ``noise``/``t`` may be fixed (tests); else drawn (``generator``)."""
         timings = {}
         clock = self._clock(timings)
-        latents = self.to_latents(images_or_latents, generator)
+        holder = None
+        x = images_or_latents
+        if self.prior.dtype == torch.float16 and x.requires_grad and x.dtype != torch.float16:
+            holder = {"scale": 1.0}  # filled in by step_latents once g is known
+            x = _UnscaleGradient.apply(x, holder)
+        latents = self.to_latents(x, generator)
         clock("encode")
         return self.step_latents(latents, conditioning, step, total_steps, noise=noise, t=t, generator=generator,
-                                 _timings=timings, _clock=clock)
+                                 _timings=timings, _clock=clock, _scale_holder=holder)
 
     def step_latents(self, latents: torch.Tensor, conditioning: Conditioning, step: int, total_steps: int, *,
-                     noise=None, t=None, generator=None, _timings=None, _clock=None):
+                     noise=None, t=None, generator=None, _timings=None, _clock=None, _scale_holder=None):
         """SDS on latents [B, 4, h, w] already in the UNet's scale."""
         timings = {} if _timings is None else _timings
         clock = _clock or self._clock(timings)
@@ -151,7 +184,14 @@ class ScoreDistillation:
                 grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
             if self.config.grad_clip is not None:
                 grad = grad.clamp(-self.config.grad_clip, self.config.grad_clip)
-        loss = _InjectGradient.apply(latents, (grad / b).to(latents.dtype))
+        injected = grad / b
+        if _scale_holder is not None:  # half-precision backward ahead: lift g above fp16's floor
+            peak = float(injected.abs().max())
+            scale = 2.0 ** math.floor(math.log2(HALF_GRAD_TARGET / peak)) if peak > 0 else 1.0
+            _scale_holder["scale"] = scale = min(max(scale, 1.0), 2.0 ** 24)
+            injected = injected * scale
+            info["half_grad_scale"] = scale
+        loss = _InjectGradient.apply(latents, injected.to(latents.dtype))
         loss = loss + (0.5 * grad.pow(2).sum() / b).detach()  # value for logging, no gradient
         info.update(t=t.tolist(), w=w.flatten().tolist(), grad_norm=float(grad.norm()), loss=float(loss.detach()))
         clock("gradient")

@@ -3,6 +3,12 @@
 The loss is the ordinary ε-prediction loss of latent diffusion: encode an image, add noise at a
 random timestep, predict the noise conditioned on identity + expression/view, mean squared error.
 Only the LoRA parameters train (~0.2 % of the UNet at rank 8 on the attention projections).
+
+Precision, as diffusers' reference LoRA scripts do it: the frozen base stays in the prior's dtype
+(fp16 on CUDA by default), the trainable LoRA parameters are kept in fp32, the forward pass runs
+under ``torch.autocast`` in the half dtype, and with fp16 a gradient scaler multiplies the loss
+before the backward pass (and unscales before clipping and the step), so gradients of order 1e-5
+do not underflow to zero in fp16 activations. bf16 has fp32's range and needs no scaler.
 Conditioning is dropped (replaced by the unconditional prompt and an empty expression) with
 probability ``cond_dropout`` so classifier-free guidance keeps working.
 
@@ -64,6 +70,10 @@ class TrainConfig:
     resume: bool = False
     device: str | None = None
     dtype: str | None = None
+    # "auto": autocast in the prior's half dtype on CUDA (fp16 -> with a gradient scaler), none in
+    # fp32; or "no", "fp16", "bf16" (these two also work on the CPU, with fp32 weights: tests).
+    mixed_precision: str = "auto"
+    text_mode: str = "blend"  # how expression/view text enters the prompt (ConditioningOptions)
     extra: dict = field(default_factory=dict)
 
 
@@ -91,10 +101,12 @@ class PriorTrainer:
         self.config = c = config
         self.report = report or _stderr_report
         self.samples_meta = read_dataset(c.data, c.domain)
-        options = ConditioningOptions(text_in_prompt=True, expression_scale=c.expression_scale)
+        # The same text recipe as the runs that will use this prior (recorded in prior_adapter.json).
+        options = ConditioningOptions(text_mode=c.text_mode, expression_scale=c.expression_scale)
         self.prior = load_prior(c.models_root, device=c.device, dtype=c.dtype, options=options)
         self.info = AdapterInfo(domain=c.domain, rank=c.rank, alpha=float(c.alpha or c.rank),
-                                target_modules=list(c.target_modules), expression_scale=c.expression_scale)
+                                target_modules=list(c.target_modules), expression_scale=c.expression_scale,
+                                extra={"text_mode": c.text_mode})
         devices = [self.prior.device] if self.prior.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # peft draws the LoRA init from the global RNG: seed it
             torch.manual_seed(c.seed)
@@ -103,6 +115,8 @@ class PriorTrainer:
         for p in self.params:
             p.data = p.data.float()  # adapters train in fp32 even on a half-precision base
         self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, weight_decay=0.0)
+        self.amp_dtype = _autocast_dtype(c.mixed_precision, self.prior.device, self.prior.dtype)
+        self.scaler = torch.amp.GradScaler(self.prior.device.type, enabled=self.amp_dtype == torch.float16)
         self.step = 0
         self._latents: dict[int, torch.Tensor] = {}
         self._conds: dict[int, tuple] = {}
@@ -137,7 +151,9 @@ class PriorTrainer:
 
     def diffusion_loss(self, latents, prompts, expression, noise, t) -> torch.Tensor:
         noisy = self.prior.scheduler.add_noise(latents, noise, t.cpu()).to(latents.device)
-        eps = self.prior.unet_eps(noisy, t.to(latents.device), prompts, expression, self.config.expression_scale)
+        with torch.autocast(self.prior.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            eps = self.prior.unet_eps(noisy, t.to(latents.device), prompts, expression, self.config.expression_scale)
         return F.mse_loss(eps.float(), noise.float())
 
     @torch.no_grad()
@@ -165,8 +181,8 @@ class PriorTrainer:
         def write(folder: Path) -> None:
             save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, folder / "lora_params.safetensors")
             torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
-            (folder / "state.json").write_text(json.dumps({"step": self.step, "config": _jsonable(asdict(self.config))},
-                                                          indent=2), encoding="utf-8")
+            state = {"step": self.step, "scaler": self.scaler.state_dict(), "config": _jsonable(asdict(self.config))}
+            (folder / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
 
         replace_dir_atomic(target, write)
         old = sorted((self.config.out / CHECKPOINTS).glob("step_*"))[:-self.config.keep_checkpoints]
@@ -188,7 +204,10 @@ class PriorTrainer:
         # weights_only: the optimizer state is tensors and numbers; nothing else is unpickled.
         self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=self.prior.device,
                                                   weights_only=True))
-        self.step = int(json.loads((folder / "state.json").read_text(encoding="utf-8"))["step"])
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        self.step = int(state["step"])
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
 
     # ---- validation samples --------------------------------------------------------------------
 
@@ -246,9 +265,12 @@ class PriorTrainer:
             if not torch.isfinite(loss):
                 log.warning("step %d: non-finite loss, batch skipped", self.step)
             else:
-                loss.backward()
+                # With the scaler off (fp32, bf16) these are plain backward / step calls.
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
-                self.optimizer.step()
+                self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
+                self.scaler.update()
             self.step += 1
             if self.step % c.log_every == 0 or self.step == c.steps:
                 rate = (time.perf_counter() - t0) / max(self.step - first, 1)
@@ -270,6 +292,16 @@ class PriorTrainer:
         self.report({"kind": "done", "step": self.step, "total": c.steps, "eval_loss": end_loss,
                      "eval_loss_start": start_loss})
         return TrainResult(self.step, start_loss, end_loss, c.out, samples, resumed_from)
+
+
+def _autocast_dtype(mode: str, device, weights_dtype):
+    """The autocast dtype of the training forward pass (None: no autocast)."""
+    names = {"fp16": torch.float16, "bf16": torch.bfloat16, "no": None}
+    if mode == "auto":
+        return weights_dtype if weights_dtype in (torch.float16, torch.bfloat16) else None
+    if mode not in names:
+        raise PriorError(f"unknown mixed precision {mode!r}", "use auto, no, fp16 or bf16")
+    return names[mode]
 
 
 def _jsonable(value):

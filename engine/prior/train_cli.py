@@ -32,6 +32,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if present)")
     parser.add_argument("--dtype", default=None, choices=("fp32", "fp16", "bf16"), help="base model precision")
+    parser.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "fp16", "bf16"),
+                        help="autocast dtype of the forward pass (auto: the base precision on CUDA; fp16 adds a "
+                             "gradient scaler); LoRA weights always train in fp32")
+    parser.add_argument("--text-mode", default="blend", choices=("blend", "append", "identity"),
+                        help="how expression/view text enters the prompt (docs/prior.md)")
     parser.add_argument("--json", action="store_true", help="protocol JSON lines on stdout instead of text on stderr")
 
 
@@ -65,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         target_modules=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
         expression_scale=args.expression_scale, checkpoint_every=args.checkpoint_every,
         validate_every=args.validate_every, validation_samples=args.validation_samples, seed=args.seed,
-        resume=args.resume, device=args.device, dtype=args.dtype)
+        resume=args.resume, device=args.device, dtype=args.dtype, mixed_precision=args.mixed_precision,
+        text_mode=args.text_mode)
     try:
         result = train_prior(config, report)
     except (PriorError, ValueError) as exc:

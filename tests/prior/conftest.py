@@ -61,3 +61,23 @@ def prior_dataset(tmp_path_factory) -> Path:
 @pytest.fixture
 def make_heads():
     return write_heads
+
+
+@pytest.fixture(scope="session")
+def expected_sds_gradient():
+    """w(t)·(ε̂ − ε) from the definitions, independently of the code under test: ᾱ from the
+    scheduler, z_t by hand, two plain UNet calls (the base prior's expression branch is off), CFG
+    ε_u + s(ε_c − ε_u) and the weighting by hand."""
+    import torch
+
+    def compute(prior, latents, cond, noise, t, scale, weighting="sds"):
+        a = prior.scheduler.alphas_cumprod.float()[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+        with torch.no_grad():
+            eps_u = prior.unet(noisy, t, encoder_hidden_states=cond.uncond).sample
+            eps_c = prior.unet(noisy, t, encoder_hidden_states=cond.prompt).sample
+        eps_hat = eps_u + scale * (eps_c - eps_u)
+        w = {"sds": 1 - a, "uniform": torch.ones_like(a), "fantasia3d": a.sqrt() * (1 - a)}[weighting]
+        return w * (eps_hat - noise)
+
+    return compute

@@ -11,18 +11,14 @@ from engine.prior.schedules import SCHEDULES, timestep_bounds
 from engine.prior.sds import SDSConfig, ScoreDistillation, sds_weight
 
 
-def _by_hand(prior, latents, cond, noise, t, scale):
-    """ε̂ from two separate UNet passes (not the batched path under test)."""
-    a = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
-    noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+def _unet(prior, noisy, t, prompt):
+    """A plain UNet call (not the prior's wrapper): the expression branch is off in the base prior."""
     with torch.no_grad():
-        eps_u = prior.unet_eps(noisy, t, cond.uncond)
-        eps_c = prior.unet_eps(noisy, t, cond.prompt)
-    return eps_u + scale * (eps_c - eps_u), eps_c, eps_u
+        return prior.unet(noisy, t, encoder_hidden_states=prompt).sample
 
 
 @pytest.mark.parametrize("weighting", ["sds", "uniform", "fantasia3d"])
-def test_gradient_on_latents_is_weighted_noise_residual(base_prior, weighting):
+def test_gradient_on_latents_is_weighted_noise_residual(base_prior, weighting, expected_sds_gradient):
     prior = base_prior
     torch.manual_seed(0)
     cond = prior.conditioning(torch.randn(512), "smiling", view="front")
@@ -31,16 +27,16 @@ def test_gradient_on_latents_is_weighted_noise_residual(base_prior, weighting):
     sds = ScoreDistillation(prior, SDSConfig(guidance_scale=scale, weighting=weighting))
     loss, info = sds.step_latents(latents, cond, 0, 10, noise=noise, t=t)
     loss.backward()
-    eps_hat, _, _ = _by_hand(prior, latents.detach(), cond, noise, t, scale)
-    a = float(prior.alphas_cumprod[437])
+    expected = expected_sds_gradient(prior, latents.detach(), cond, noise, t, scale, weighting)
+    a = float(prior.scheduler.alphas_cumprod[437])
     w = {"sds": 1 - a, "uniform": 1.0, "fantasia3d": math.sqrt(a) * (1 - a)}[weighting]
-    expected = w * (eps_hat - noise)
     assert info["t"] == [437] and info["w"][0] == pytest.approx(w, rel=1e-6)
+    assert expected.abs().max() > 1e-3  # a real gradient, not two zeros compared
     torch.testing.assert_close(latents.grad, expected, rtol=1e-4, atol=1e-5)
     assert loss.item() == pytest.approx(0.5 * float(expected.pow(2).sum()), rel=1e-4)
 
 
-def test_batch_of_views_gets_mean_gradient_and_reaches_the_render(base_prior):
+def test_batch_of_views_gets_mean_gradient_and_reaches_the_render(base_prior, expected_sds_gradient):
     prior = base_prior
     cond = prior.conditioning(torch.randn(512), "", view=[0.0, 180.0])
     render = torch.rand(2, 64, 64, 3, requires_grad=True)
@@ -50,25 +46,67 @@ def test_batch_of_views_gets_mean_gradient_and_reaches_the_render(base_prior):
     latents.retain_grad()
     loss, _ = sds.step_latents(latents, cond, 0, 10, noise=noise, t=t)
     loss.backward()
-    eps_hat, _, _ = _by_hand(prior, latents.detach(), cond, noise, t, 3.0)
-    w = (1 - prior.alphas_cumprod[t]).view(-1, 1, 1, 1)
-    torch.testing.assert_close(latents.grad, w * (eps_hat - noise) / 2, rtol=1e-4, atol=1e-5)
+    expected = expected_sds_gradient(prior, latents.detach(), cond, noise, t, 3.0)
+    torch.testing.assert_close(latents.grad, expected / 2, rtol=1e-4, atol=1e-5)
     assert render.grad is not None and render.grad.abs().sum() > 0  # through the VAE encoder
+
+
+def test_k_renders_per_view_are_paired_with_their_own_view(base_prior, expected_sds_gradient):
+    """Renders come as k copies of the V views ([v0, v1, v2, v0, v1, v2]); each must get its own view's
+    conditioning. The three views' texts differ, so a mispairing changes the gradient."""
+    prior = base_prior
+    views = ["front", "side", "back"]
+    cond = prior.conditioning(torch.randn(512), "smiling", view=views)
+    repeated = cond.repeat(2)
+    assert repeated.texts == [f"smiling, {v} view" for v in views] * 2
+    g = torch.Generator().manual_seed(3)
+    latents = torch.randn(6, 4, 8, 8, generator=g, requires_grad=True)
+    noise, t = torch.randn(6, 4, 8, 8, generator=g), torch.tensor([200, 350, 500, 650, 800, 900])
+    sds = ScoreDistillation(prior, SDSConfig(guidance_scale=2.0))
+    loss, _ = sds.step_latents(latents, cond, 0, 10, noise=noise, t=t)
+    loss.backward()
+    for i in range(6):
+        v = i % 3
+        own = type(cond)(cond.prompt[v:v + 1], cond.uncond[v:v + 1])
+        expected = expected_sds_gradient(prior, latents.detach()[i:i + 1], own, noise[i:i + 1], t[i:i + 1], 2.0) / 6
+        torch.testing.assert_close(latents.grad[i:i + 1], expected, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(cond.prompt[0], cond.prompt[1])  # the views really differ
 
 
 def test_cfg_is_the_standard_form(base_prior):
     prior = base_prior
     cond = prior.conditioning(torch.randn(512), "angry")
     noisy, t = torch.randn(1, 4, 8, 8), torch.tensor([500])
+    eps_u, eps_c = _unet(prior, noisy, t, cond.uncond), _unet(prior, noisy, t, cond.prompt)
+    assert (eps_c - eps_u).abs().max() > 1e-4  # the two passes differ, so the scale matters
     for scale in (0.0, 1.0, 7.5):
-        eps_hat, eps_c, eps_u = prior.predict_noise(noisy, t, cond, scale)
-        torch.testing.assert_close(eps_hat, eps_u + scale * (eps_c - eps_u))
-    with torch.no_grad():
-        separate_u = prior.unet_eps(noisy, t, cond.uncond)
-        separate_c = prior.unet_eps(noisy, t, cond.prompt)
-    torch.testing.assert_close(prior.predict_noise(noisy, t, cond, 0.0)[0], separate_u, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(prior.predict_noise(noisy, t, cond, 1.0)[0], separate_c, rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(separate_u, separate_c)
+        eps_hat, _, _ = prior.predict_noise(noisy, t, cond, scale)
+        torch.testing.assert_close(eps_hat, eps_u + scale * (eps_c - eps_u), rtol=1e-4, atol=1e-5)
+
+
+def test_half_precision_prior_gives_fp32_render_gradients_without_underflow(tiny_models_root):
+    """fp16 on CUDA, stood in for on the CPU by the same tiny models cast to fp16 (load_prior refuses
+    half precision on the CPU): the render's gradient is fp32 and matches the fp32 prior's, even for
+    gradients small enough to underflow in an fp16 VAE backward without the loss scale."""
+    from engine.prior import load_prior
+
+    p32, p16 = load_prior(tiny_models_root, device="cpu"), load_prior(tiny_models_root, device="cpu")
+    for module in (p16.unet, p16.vae, p16.text_encoder):
+        module.half()
+    p16.dtype = torch.float16
+    emb, image = torch.randn(512), torch.rand(1, 64, 64, 3)
+    noise, t = torch.randn(1, 4, 8, 8), torch.tensor([400])
+    grads, infos = {}, {}
+    for name, prior in (("fp32", p32), ("fp16", p16)):
+        render = image.clone().requires_grad_(True)
+        sds = ScoreDistillation(prior, SDSConfig(guidance_scale=2.0, grad_scale=1e-5))
+        loss, infos[name] = sds.step(render, prior.conditioning(emb, "smiling", view="front"), 0, 10, noise=noise, t=t)
+        loss.backward()
+        grads[name] = render.grad
+    assert grads["fp16"].dtype == torch.float32 and torch.isfinite(grads["fp16"]).all()
+    assert infos["fp16"]["half_grad_scale"] > 1 and "half_grad_scale" not in infos["fp32"]
+    error = float((grads["fp16"] - grads["fp32"]).norm() / grads["fp32"].norm())
+    assert error < 0.03, error  # without the scale: ~2 (most values flushed to zero)
 
 
 @pytest.mark.parametrize("schedule", sorted(SCHEDULES))
