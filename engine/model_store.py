@@ -233,6 +233,10 @@ def _check_root(root: Path) -> None:
                                  hint="choose a folder you own with --models, or fix the folder's permissions")
 
 
+def _is_required(item: ModelSpec, relative: str) -> bool:
+    return next(f for f in item.files if relative in f.choices).required
+
+
 def _make_parents(folder: Path) -> list[Path]:
     """``mkdir -p`` that returns the folders it created (outermost first)."""
     missing = []
@@ -298,6 +302,10 @@ def fetch_models(models_root: Path | str, keys: list[str] | None = None, *, down
                 else:
                     downloader.url(planned.source.url, target)
             except Exception as exc:  # network errors come in many classes; the message says which
+                if not _is_required(item, planned.relative):
+                    log(f"{key}: optional {planned.relative} not fetched ({type(exc).__name__}: {exc}); "
+                        "the engine works without it")
+                    continue
                 failures.append((target, f"{type(exc).__name__}: {exc}"))
         if key == "arc2face" and folder.is_dir():
             try:
