@@ -43,7 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tolerant_streams() -> None:
+    # A file name that is not valid UTF-8 reaches us as a surrogate-escaped str; printing it must
+    # not crash a command after its work is done (it shows as \udcXX, the exact bytes).
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .errors import EXIT_INTERRUPTED, EngineError, exit_code_for
+
+    _tolerant_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     # Logs go to stderr: stdout is reserved for the JSON-lines protocol when run as a worker.
@@ -57,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     enforce_offline()  # every command starts offline; only an allowed download (fetch-models) lifts it
     try:
         return int(args._run(args) or 0)
+    except EngineError as exc:  # a command that does not report its own errors: same shape for all
+        print(f"{args.command}: error: {exc.message}" + (f"\nfix: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        return exit_code_for(exc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED

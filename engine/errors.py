@@ -24,3 +24,25 @@ class EngineError(Exception):
 
     def to_dict(self) -> dict:
         return {"code": self.code, "message": self.message, "hint": self.hint}
+
+
+# Exit statuses of the engine's commands, one per kind of failure (docs/guarantees.md):
+EXIT_OK = 0
+EXIT_NO_RESULT = 1  # the command ran but could not make its result (it says why)
+EXIT_BAD_INPUT = 2  # a bad option value or input file (named in the message); usage errors too
+EXIT_OUTPUT_REFUSED = 3  # the output folder is a file, not writable, or holds what the engine did not write
+EXIT_DEVICE = 4  # the requested device is not available in this Python
+EXIT_INTERRUPTED = 130
+
+_OUTPUT_CODES = {"out_not_a_folder", "out_not_writable", "foreign_folder", "foreign_entries", "not_owned"}
+_DEVICE_CODES = {"device_unavailable", "no_cuda"}
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit status for an error: output-folder refusals, device problems, everything else."""
+    code = getattr(exc, "code", None)
+    if code in _OUTPUT_CODES:
+        return EXIT_OUTPUT_REFUSED
+    if code in _DEVICE_CODES:
+        return EXIT_DEVICE
+    return EXIT_BAD_INPUT

@@ -15,9 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import sys
-import tempfile
 from pathlib import Path
 
 TINY_MARKER = "TINY_RANDOM_MODELS.txt"
@@ -167,38 +164,59 @@ def write_tiny_models(root: Path | str) -> Path:
     ``antelopev2/`` is not written: a detector with random weights would detect nothing, so the
     smoke run uses the dlib backend for faces instead.
     """
-    root = Path(root)
-    existing = [name for name in ("sd15", "arc2face") if (root / name).exists()]
-    if existing and not is_tiny(root):
-        # Never replace real (multi-GB) weights with random ones.
-        raise FileExistsError(
-            f"{root} already holds {', '.join(existing)} that are not tiny test models; "
-            "choose an empty folder for the tiny models")
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
-    try:
-        sd15, arc2face = staging / "sd15", staging / "arc2face"
-        write_tiny_tokenizer(sd15 / "tokenizer")
-        from transformers import CLIPTokenizer
+    from .owned import claim_dir, foreign_entries, owner_of, read_manifest, replace_owned_entry, write_owned_file
 
-        vocab_size = len(CLIPTokenizer.from_pretrained(sd15 / "tokenizer"))
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        from .owned import ForeignFolderError
+
+        raise ForeignFolderError(f"{root} is a file, not a folder; nothing was changed", code="out_not_a_folder",
+                                 hint="give a folder path for the models root")
+    # The models root is shared with the user's own models (antelopev2/, real weights): only the
+    # folders this function wrote before (recorded in the root's manifest, unchanged since) may be
+    # replaced. Real weights, or files copied into a tiny folder later, are never deleted.
+    manifest = read_manifest(root) if root.is_dir() else None
+    blocking = []
+    for name in ("sd15", "arc2face", TINY_MARKER):
+        target = root / name
+        if not os.path.lexists(target):
+            continue
+        recorded = manifest is not None and name in manifest["entries"] and owner_of(root) == root
+        blocking += foreign_entries(target) if recorded else [target]
+    if blocking:
+        from .owned import ForeignFolderError
+
+        shown = ", ".join(str(p) for p in blocking[:4]) + (f" and {len(blocking) - 4} more" if len(blocking) > 4 else "")
+        raise ForeignFolderError(
+            f"{root} already holds model files that are not tiny test models this command wrote, or that changed "
+            f"since ({shown}); nothing was changed", code="foreign_entries",
+            hint="choose an empty folder for the tiny models (they must never replace real weights)")
+    try:
+        claim_dir(root, "models", shared=True)
+    except OSError as exc:
+        from .owned import _not_writable
+
+        raise _not_writable(root, exc) from None
+
+    def write_sd15(sd15: Path) -> None:
+        write_tiny_tokenizer(sd15 / "tokenizer")
         _tiny_vae().save_pretrained(sd15 / "vae")
         _sd15_scheduler().save_pretrained(sd15 / "scheduler")
+
+    def write_arc2face(arc2face: Path) -> None:
+        from transformers import CLIPTokenizer
+
+        vocab_size = len(CLIPTokenizer.from_pretrained(root / "sd15" / "tokenizer"))
         _tiny_unet().save_pretrained(arc2face / "arc2face")
         _tiny_text_encoder(vocab_size).save_pretrained(arc2face / "encoder")
         write_arcface_onnx(arc2face / "arcface.onnx")
-        (staging / TINY_MARKER).write_text(
-            "Tiny models with RANDOM weights, for tests and smoke runs only. Anything generated\n"
-            "with them is meaningless. Real weights: see docs/install.md.\n", encoding="utf-8")
-        for name in ("sd15", "arc2face", TINY_MARKER):
-            target = root / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-            os.replace(staging / name, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    # Each folder is swapped in whole (old or new, never half); the marker goes last.
+    replace_owned_entry(root / "sd15", write_sd15)
+    replace_owned_entry(root / "arc2face", write_arc2face)
+    write_owned_file(root / TINY_MARKER, lambda path: path.write_text(
+        "Tiny models with RANDOM weights, for tests and smoke runs only. Anything generated\n"
+        "with them is meaningless. Real weights: see docs/install.md.\n", encoding="utf-8"))
     return root
 
 
@@ -210,31 +228,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="models root to write sd15/ and arc2face/ into")
 
 
-def _unusable_out(out: Path) -> str | None:
-    """Why ``out`` cannot hold the tiny models (a file on the way, no write permission), or None."""
-    probe = out
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"{probe} is a file, not a folder"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"no write permission on {probe}"
-    return None
-
-
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out).expanduser()
-    why = _unusable_out(out)
-    if why is None:
-        try:
-            root = write_tiny_models(out)
-        except FileExistsError as exc:  # real models there: never replaced by random ones
-            why = str(exc)
-        except OSError as exc:
-            why = f"{exc.strerror or exc} ({exc.filename or out})"
-    if why is not None:
-        print(f"error: cannot write the tiny models into {out}: {why}\n"
-              "fix: pass an empty folder you can write (nothing was changed there)", file=sys.stderr)
-        return 2
+    root = write_tiny_models(args.out)
     print(f"tiny random-weight models written to {root} (smoke runs and tests only)")
     return 0

@@ -182,9 +182,10 @@ class IDTO3D_OT_photos_check(bpy.types.Operator):
                 photo.status, photo.message = "UNCHECKED", "not in use: tick it to include it in the identity"
         prefs = addon_prefs(context)
         root = models_root(prefs)
-        args = ["identity", *[bpy.path.abspath(item.path) for item in items], "--json",
-                "--out", _check_folder(), "--models", root,
-                "--device", DEVICE_FROM_PREFS.get(prefs.device, "auto")]
+        # User values as --opt=value and the photo paths after "--": a path starting with "-" is data.
+        args = ["identity", "--json", f"--out={_check_folder()}", f"--models={root}",
+                f"--device={DEVICE_FROM_PREFS.get(prefs.device, 'auto')}",
+                "--", *[bpy.path.abspath(item.path) for item in items]]
         try:
             summary = run_engine_json(prefs, args, "the photo check", timeout_s=CHECK_TIMEOUT_S, models_root=root)
         except EngineNotFound as exc:

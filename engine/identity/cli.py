@@ -16,7 +16,12 @@ from pathlib import Path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", type=Path, metavar="IMG", help="photos of the person (1-10)")
+    parser.add_argument("images", nargs="*", type=Path, metavar="IMG",
+                        help="photos of the person (1-10); put them after `--` so a name starting with '-' "
+                             "is never read as an option")
+    parser.add_argument("--photos-from", type=Path, default=None, metavar="FILE",
+                        help="read the photo paths from FILE (one per line, or NUL-separated; any bytes a file "
+                             "name may hold), instead of or besides IMG")
     parser.add_argument("--out", type=Path, default=Path("identity_out"),
                         help="folder for embedding.npy, identity.json and crops/ (default: ./identity_out)")
     parser.add_argument("--backend", choices=("auto", "insightface", "dlib"), default="auto",
@@ -60,22 +65,25 @@ def format_table(report) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import EngineError
+    from ..errors import EngineError, exit_code_for
+    from ..options import read_list_file
     from . import analyse_photos
 
     try:
-        report = analyse_photos(args.images, backend=args.backend, models_root=args.models, out_dir=args.out,
+        listed = read_list_file(args.photos_from, "photo list") if args.photos_from else []
+        images = list(args.images) + [Path(name) for name in listed]
+        report = analyse_photos(images, backend=args.backend, models_root=args.models, out_dir=args.out,
                                 device=args.device, judge=not args.no_judge)
     except EngineError as exc:
         if args.json:
-            print(json.dumps({"error": exc.to_dict()}))
+            print(json.dumps({"error": exc.to_dict()}))  # ASCII JSON: any file name survives exactly
         else:
             print(f"error: {exc.message}" + (f"\nfix: {exc.hint}" if exc.hint else ""), file=sys.stderr)
-        return 2
+        return exit_code_for(exc)
     if args.json:
         summary = report.to_dict()
         summary["out_dir"] = report.out_dir
-        print(json.dumps(summary, ensure_ascii=False))
+        print(json.dumps(summary))
     else:
         print(format_table(report))
     return 0 if report.embedding is not None else 1

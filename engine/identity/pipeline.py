@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import EngineError
+from ..owned import check_replaceable, replace_owned_dir
 from ..model_store import FIX_HINT, ModelsMissing, resolve_identity_models
 from .aggregate import agreement, cosine_matrix, find_outliers, mean_embedding
 from .align import Face, align_face
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 MIN_FACE_PX = 40  # below this the 112-px crop is mostly interpolation: refused
 WARN_FACE_PX = 72  # below this the embedding is noticeably less reliable: warned
 BACKENDS = ("auto", "insightface", "dlib")
+IDENTITY_KIND = "identity"  # the owned-folder kind of an identity output folder
 
 
 def _importable(*modules: str) -> bool:
@@ -97,7 +99,8 @@ class _Engines:
                                      "decided by ArcFace similarity instead")
 
 
-def _analyse_one(index: int, path, engines: _Engines, max_side: int, crops_dir: Path | None) -> PhotoResult:
+def _analyse_one(index: int, path, engines: _Engines, max_side: int, crops_dir: Path | None,
+                 crops_final: Path | None = None) -> PhotoResult:
     result = PhotoResult(path=str(path))
     try:
         photo = load_photo(path, max_side=max_side)
@@ -144,9 +147,14 @@ def _analyse_one(index: int, path, engines: _Engines, max_side: int, crops_dir: 
         result.judge_descriptor = engines.judge.describe(photo.rgb, face)
     if crops_dir is not None:
         stem = re.sub(r"[^\w.-]+", "_", Path(path).stem)[:60] or "photo"
-        target = crops_dir / f"{index:02d}_{stem}.png"
-        write_png_atomic(target, result.crop)
-        result.crop_path = str(target)
+        name = f"{index:02d}_{stem}.png"
+        try:
+            write_png_atomic(crops_dir / name, result.crop)
+        except OSError as exc:  # the output folder's fault, not the photo's
+            raise EngineError(f"cannot write the face crop {(crops_final or crops_dir) / name} ({exc.strerror or exc})",
+                              code="out_not_writable",
+                              hint="choose an output folder you can write to, with free space") from None
+        result.crop_path = str((crops_final or crops_dir) / name)
     result.message = (f"{len(faces)} faces, used the largest" if len(faces) > 1 else "1 face") + \
         f" ({face.size} px)"
     return result
@@ -158,28 +166,41 @@ def analyse_photos(paths: Sequence[str | Path], *, backend: str = "auto", models
     """Run the identity step on ``paths``; see :mod:`engine.identity` for the result."""
     if not paths:
         raise EngineError("no photos given", code="no_photos", hint="add 1-10 photos of the person")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        check_replaceable(out, IDENTITY_KIND)  # refuse a foreign or unwritable folder before any work
     engines = _Engines(backend, models_root, device, judge)
-    crops_dir = Path(out_dir) / "crops" if out_dir is not None else None
-    if crops_dir is not None:
-        # Crops of an earlier run into the same folder would sit beside the new identity.json.
-        for old in crops_dir.glob("*.png") if crops_dir.is_dir() else []:
-            old.unlink()
-        crops_dir.mkdir(parents=True, exist_ok=True)
-    results = []
-    for index, path in enumerate(paths):
-        try:
-            results.append(_analyse_one(index, path, engines, max_side, crops_dir))
-        except EngineError:
-            raise  # a model problem concerns every photo: stop with its message
-        except Exception as exc:  # an unexpected failure on one photo must not cost the others
-            log.exception("identity step failed on %s", path)
-            results.append(PhotoResult(path=str(path), status=UNREADABLE, error_code="failed",
-                                       message=f"{Path(path).name}: processing failed "
-                                               f"({type(exc).__name__}: {exc})"))
-    report = _aggregate(results, engines)
-    if out_dir is not None:
-        report.save(out_dir)
-    return report
+
+    def analyse(crops_dir: Path | None) -> IdentityReport:
+        results = []
+        for index, path in enumerate(paths):
+            try:
+                results.append(_analyse_one(index, path, engines, max_side, crops_dir,
+                                            out / "crops" if out is not None else None))
+            except EngineError:
+                raise  # a model or output problem concerns every photo: stop with its message
+            except Exception as exc:  # an unexpected failure on one photo must not cost the others
+                log.exception("identity step failed on %s", path)
+                results.append(PhotoResult(path=str(path), status=UNREADABLE, error_code="failed",
+                                           message=f"{Path(path).name}: processing failed "
+                                                   f"({type(exc).__name__}: {exc})"))
+        return _aggregate(results, engines)
+
+    if out is None:
+        return analyse(None)
+    made: list[IdentityReport] = []
+
+    def write(staging: Path) -> None:
+        # crops, embedding.npy and identity.json are built in a staging folder and swapped in
+        # together: a reader sees the old identity or the new one, never a mix (or a stale crop).
+        (staging / "crops").mkdir()
+        report = analyse(staging / "crops")
+        report.save(staging)
+        made.append(report)
+
+    replace_owned_dir(out, IDENTITY_KIND, write)
+    made[0].out_dir = str(out)
+    return made[0]
 
 
 def _aggregate(results: list[PhotoResult], engines: _Engines) -> IdentityReport:

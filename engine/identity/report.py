@@ -115,11 +115,18 @@ class IdentityReport:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.out_dir = str(out)
+        # ASCII JSON: a photo name that is not valid UTF-8 (a surrogate-escaped str) is written as
+        # \udcXX escapes, which read back to the very same name, instead of failing the write.
+        text = json.dumps(self.to_dict(), indent=1, ensure_ascii=True)
         if self.embedding is not None:
             write_file_atomic(out / EMBEDDING_FILE, lambda f: np.save(f, self.embedding.astype(np.float32)))
-        else:
-            (out / EMBEDDING_FILE).unlink(missing_ok=True)  # never leave a stale identity behind
-        text = json.dumps(self.to_dict(), indent=1, ensure_ascii=False)
+        elif (out / EMBEDDING_FILE).is_file():
+            from ..owned import ForeignFolderError, remove_owned
+
+            try:  # never leave a stale identity behind, but never delete a file the engine did not write
+                remove_owned(out / EMBEDDING_FILE)
+            except ForeignFolderError:
+                pass
         write_text_atomic(out / SUMMARY_FILE, text)
         return out
 

@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import replace_dir_atomic
+from ..owned import check_replaceable, replace_owned_dir
 from .errors import DatasetError
 
 log = logging.getLogger(__name__)
 FORMAT = "id-to-3d-prior-dataset"
+DATASET_KIND = "prior-dataset"  # the owned-folder kind of a folder build-prior-dataset writes
 DOMAINS = ("normal", "albedo")
 
 
@@ -46,12 +47,30 @@ def _embedding(value, where: str, folder: Path) -> np.ndarray:
         except (ValueError, OSError) as exc:
             raise DatasetError(f"{where}: {path} is not a numpy array file ({exc})", "write it with numpy.save") from None
     else:
-        arr = np.asarray(value, dtype=np.float32)
-    arr = np.asarray(arr, dtype=np.float32).reshape(-1)
+        try:
+            arr = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise DatasetError(f"{where}: 'embedding' must be a file name or a list of 512 numbers",
+                               "see docs/prior-dataset.md") from None
+    try:
+        arr = np.asarray(arr, dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{where}: {value} does not hold numbers", "write it with numpy.save (512 floats)") from None
     if arr.shape != (512,) or not np.isfinite(arr).all() or not np.any(arr):
         raise DatasetError(f"{where}: the embedding must be 512 finite numbers, not all zero (got shape {arr.shape})",
                            "use the ArcFace embedding of the head's identity (engine.identity.analyse_photos)")
     return arr
+
+
+def _read_json_object(path: Path, example: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise DatasetError(f"{path} is not readable JSON ({exc})", f"fix it or delete it; it should be like {example}") \
+            from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path} holds a JSON {type(data).__name__}, not an object", f"it should be like {example}")
+    return data
 
 
 def read_dataset(folder: Path | str, domain: str | None = None) -> list[Sample]:
@@ -63,21 +82,30 @@ def read_dataset(folder: Path | str, domain: str | None = None) -> list[Sample]:
                            " or write it as docs/prior-dataset.md describes")
     info = {}
     if (folder / "dataset.json").is_file():
-        info = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+        info = _read_json_object(folder / "dataset.json", json.dumps({"format": FORMAT, "version": 1,
+                                                                          "domain": "normal", "resolution": 512}))
         if domain and info.get("domain") and info["domain"] != domain:
             raise DatasetError(f"{folder} holds {info['domain']} images, not {domain}",
                                f"use --domain {info['domain']} or a {domain} dataset")
     samples = []
-    for number, line in enumerate(meta_path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = meta_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{meta_path} is not readable UTF-8 text ({exc})", "one JSON object per line") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{meta_path}:{number}"
         try:
             row = json.loads(line)
+        except RecursionError:
+            raise DatasetError(f"{where} is nested too deeply", "one flat JSON object per line") from None
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{where} is not JSON ({exc.msg})", "one JSON object per line") from None
         if not isinstance(row, dict) or "file" not in row or "embedding" not in row:
             raise DatasetError(f"{where} lacks 'file' or 'embedding'", "see docs/prior-dataset.md")
+        if not isinstance(row["file"], str) or not isinstance(row.get("expression") or "", str):
+            raise DatasetError(f"{where}: 'file' and 'expression' must be strings", "see docs/prior-dataset.md")
         image = folder / row["file"]
         if not image.is_file():
             raise DatasetError(f"{where}: image {image} does not exist", "fix the path (relative to the dataset folder)")
@@ -125,9 +153,9 @@ def _check_output_folder(heads: Path, out: Path) -> None:
     if a == b or a in b.parents or b in a.parents:
         raise DatasetError(f"the output {out} overlaps the renders folder {heads}",
                            "write the dataset to a separate folder")
-    if out.exists() and any(out.iterdir()) and not (out / "dataset.json").is_file():
-        raise DatasetError(f"{out} is not empty and is not a dataset written by this command",
-                           "choose an empty or new output folder (nothing was changed)")
+    # Only an empty folder or one this command wrote (its manifest, nothing added since) is
+    # replaced; a folder that merely holds some dataset.json is someone's project, not ours.
+    check_replaceable(out, DATASET_KIND)
 
 
 def _read_meta(head: Path) -> dict:
@@ -161,7 +189,8 @@ def build_dataset(heads: Path | str, out: Path | str, domain: str, *, resolution
     _check_output_folder(heads, out)
     folders = sorted(p for p in heads.iterdir() if p.is_dir()) if heads.is_dir() else []
     if not folders:
-        raise DatasetError(f"{heads} holds no head folders", "one sub-folder per rendered head")
+        raise DatasetError(f"{heads} holds no head folders" if heads.is_dir() else f"{heads} is not a folder",
+                           "give --heads a folder with one sub-folder per rendered head")
     count = 0
 
     def write(staging: Path) -> None:  # out is replaced only if everything was written
@@ -197,5 +226,5 @@ def build_dataset(heads: Path | str, out: Path | str, domain: str, *, resolution
         (staging / "dataset.json").write_text(json.dumps({"format": FORMAT, "version": 1, "domain": domain,
                                                           "resolution": resolution}, indent=2), encoding="utf-8")
 
-    replace_dir_atomic(out, write)  # checked above: out is empty, new, or a dataset this command wrote
+    replace_owned_dir(out, DATASET_KIND, write)  # checked again there, then swapped whole
     return count

