@@ -1,16 +1,22 @@
 """ID-to-3D Head: Blender extension entry point.
 
 Registers the add-on's classes and properties and nothing heavy: the engine (torch, diffusion
-models) runs in a separate process started by the operators. Unregister removes everything.
+models) runs in a separate process started by the operators. Unregister removes everything and
+ends every process the add-on started (a generation, a check, a download, an install); quitting
+Blender does the same through an ``atexit`` hook that unregister removes again.
 """
 
 from __future__ import annotations
 
+import atexit
+
 import bpy
 
-from . import preferences, properties
-from .operators import engine_check, expressions as expression_operators, fetch_models, photos as photo_operators
-from .panels import expressions as expression_panels, generate, references, settings
+from . import generation, preferences, properties
+from .operators import engine_check, expressions as expression_operators, fetch_models, generate
+from .operators import head as head_operators, install_engine, photos as photo_operators, relight
+from .panels import expressions as expression_panels, generate as generate_panel, head as head_panels
+from .panels import references, settings
 
 # Registration order: property groups before the pointers that use them; panels in the order
 # they appear in the sidebar.
@@ -21,24 +27,41 @@ CLASSES = (
     *expression_operators.CLASSES,
     *engine_check.CLASSES,
     *fetch_models.CLASSES,
+    *install_engine.CLASSES,
+    *generate.CLASSES,
+    *head_operators.CLASSES,
+    *relight.CLASSES,
     *references.CLASSES,
     *expression_panels.CLASSES,
     *settings.CLASSES,
-    *generate.CLASSES,
+    *generate_panel.CLASSES,
+    *head_panels.CLASSES,
 )
+
+
+def _end_processes() -> None:
+    """Every process and timer of the add-on, ended (unregister, and Blender quitting)."""
+    generation.stop_all()
+    engine_check.stop()
+    photo_operators.stop_check()
+    install_engine.stop_install()
+    if bpy.app.timers.is_registered(fetch_models._timer_tick):
+        bpy.app.timers.unregister(fetch_models._timer_tick)
+    fetch_models.stop_download()
 
 
 def register():
     for cls in CLASSES:
         bpy.utils.register_class(cls)
     properties.register_properties()
+    atexit.register(_end_processes)
 
 
 def unregister():
-    if bpy.app.timers.is_registered(fetch_models._timer_tick):
-        bpy.app.timers.unregister(fetch_models._timer_tick)
-    fetch_models.stop_download()
+    atexit.unregister(_end_processes)
+    _end_processes()
     references.unregister_previews()  # thumbnails are loaded on first draw; free them
+    generate_panel.unregister_previews()
     properties.unregister_properties()
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

@@ -72,6 +72,23 @@ def run_engine(prefs, args: list[str], timeout_s: float = 120.0, models_root: st
         ) from exc
 
 
+def start_engine_json(prefs, args: list[str], what: str, timeout_s: float = 120.0,
+                      models_root: str | None = None):
+    """Start an engine command that answers with one JSON object, in the background.
+
+    Returns a :class:`worker_monitor.CommandMonitor`: ``pump()`` is None while it runs, then the
+    answer (or raises :class:`worker_monitor.CommandFailed`); ``wait()`` blocks.
+    """
+    from .worker_monitor import CommandMonitor
+
+    command = engine_command(prefs, args)
+    try:
+        return CommandMonitor(command, cwd=str(ADDON_DIR), env=engine_environment(models_root), what=what,
+                              timeout_s=timeout_s)
+    except OSError as exc:
+        raise EngineNotFound(f"could not start the engine's Python {command[0]!r}: {exc}") from exc
+
+
 def run_engine_json(prefs, args: list[str], what: str, timeout_s: float = 120.0,
                     models_root: str | None = None) -> dict:
     """Run an engine command that prints one JSON object (``--json``) and return that object.

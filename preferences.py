@@ -48,6 +48,14 @@ class IDTO3D_AP_preferences(bpy.types.AddonPreferences):
         default=False,
     )
 
+    torch_variant: EnumProperty(
+        name="Torch Build",
+        description="Which torch Install Engine puts into the engine's environment",
+        items=(("CUDA", "CUDA (NVIDIA GPU)", "For an NVIDIA GPU (large download)"),
+               ("CPU", "CPU only", "No GPU: works everywhere, very slowly")),
+        default="CUDA",
+    )
+
     def draw(self, context):
         layout = self.layout
         layout.prop(self, "python_executable")
@@ -62,6 +70,41 @@ class IDTO3D_AP_preferences(bpy.types.AddonPreferences):
         row = layout.row(align=True)
         row.operator("idto3d.check_engine", icon="CHECKMARK")
         row.operator("idto3d.fetch_models", icon="IMPORT")
+        runtime = context.window_manager.idto3d_runtime
+        draw_engine_report(layout.box(), runtime)
+        box = layout.box()
+        row = box.row(align=True)
+        row.prop(self, "torch_variant")
+        install = row.row()
+        install.enabled = bpy.app.online_access and not runtime.install_running
+        install.operator("idto3d.install_engine", icon="CONSOLE")
+        if not bpy.app.online_access:
+            box.label(text="Install Engine needs Blender's online access (Preferences > System > Network)",
+                      icon="INFO")
+        if runtime.install_status:
+            box.label(text=runtime.install_status, icon="SORTTIME" if runtime.install_running else "INFO")
+
+
+def draw_engine_report(layout, runtime) -> None:
+    """What the last Check Engine (``python -m engine doctor --json``) found, one row per check."""
+    if runtime.engine_check_running:
+        layout.label(text="Checking the engine…", icon="SORTTIME")
+        return
+    if not runtime.engine_report:
+        layout.label(text=runtime.engine_summary or "Press Check Engine to see what the engine's Python has",
+                     icon="QUESTION")
+        return
+    import json
+
+    report = json.loads(runtime.engine_report)
+    layout.label(text=runtime.engine_summary, icon="CHECKMARK" if report.get("ok") else "ERROR")
+    column = layout.column(align=True)
+    for check in report.get("checks", []):
+        icon = "CHECKMARK" if check.get("ok") else ("ERROR" if check.get("required") else "DOT")
+        column.label(text=f"{check.get('name')}: {check.get('detail', '')}", icon=icon)
+    for model in report.get("models", []):
+        state = "complete" if model.get("complete") else "missing " + ", ".join(model.get("missing", [])[:2])
+        column.label(text=f"models/{model.get('key')}: {state}", icon="CHECKMARK" if model.get("complete") else "ERROR")
 
 
 def addon_prefs(context) -> IDTO3D_AP_preferences:

@@ -6,6 +6,8 @@ checks that are not worth saving live on ``window_manager.idto3d_runtime``.
 
 from __future__ import annotations
 
+import os
+
 import bpy
 from bpy.app.handlers import persistent
 from bpy.props import (
@@ -48,6 +50,18 @@ class IDTO3D_PG_expression(bpy.types.PropertyGroup):
     enabled: BoolProperty(name="Use", default=True, description="Generate a shape key for it")
 
 
+_hdri_items: list[tuple[str, str, str]] = []  # kept alive: Blender does not copy dynamic enum strings
+
+
+def _studio_hdri_items(self, context):
+    from .operators.relight import studio_hdris
+
+    names = studio_hdris()
+    _hdri_items[:] = [(name, os.path.splitext(name)[0].capitalize(), f"Blender's studio light {name}")
+                      for name in names] or [("studio.exr", "Studio", "Blender's studio light")]
+    return _hdri_items
+
+
 class IDTO3D_PG_settings(bpy.types.PropertyGroup):
     photos: CollectionProperty(type=IDTO3D_PG_photo)
     photo_index: IntProperty(name="Active Photo", default=0)
@@ -57,6 +71,7 @@ class IDTO3D_PG_settings(bpy.types.PropertyGroup):
     preset: EnumProperty(
         name="Quality",
         items=(
+            ("TEST", "Test", "Seconds-long run on tiny settings: checks the setup, the head is rough"),
             ("PREVIEW", "Preview", "Fast, coarse head to check identity and expressions"),
             ("STANDARD", "Standard", "Balanced quality and time"),
             ("HIGH", "High", "Finest geometry and texture; slowest"),
@@ -64,6 +79,25 @@ class IDTO3D_PG_settings(bpy.types.PropertyGroup):
         default="STANDARD",
     )
     seed: IntProperty(name="Seed", default=0, min=0, description="Same seed, same inputs: same head")
+    texture_size: IntProperty(
+        name="Texture Size", default=1024, min=64, max=4096,
+        description="Width and height of the albedo and roughness textures (1024, 2048 or 4096; the "
+                    "Test quality also allows 64-512)",
+    )
+    last_job_dir: StringProperty(name="Last Job", subtype="DIR_PATH", default="",
+                                 description="Job folder of this scene's latest generation (kept for Resume)")
+    light_mode: EnumProperty(
+        name="Lighting",
+        items=(("AREA", "Key, Fill, Rim", "Three area lights (a classic portrait setup)"),
+               ("HDRI", "Studio HDRI", "One of Blender's bundled studio environment images")),
+        default="AREA",
+    )
+    studio_hdri: EnumProperty(name="HDRI", items=_studio_hdri_items,
+                              description="Blender's bundled environment image to light the head with")
+    turntable: BoolProperty(name="Turntable", default=False,
+                            description="Animate the camera and lights 360° around the head")
+    turntable_frames: IntProperty(name="Frames", default=120, min=8, max=10000,
+                                  description="Length of one turn")
     output_dir: StringProperty(
         name="Output Folder",
         subtype="DIR_PATH",
@@ -76,6 +110,12 @@ class IDTO3D_PG_runtime(bpy.types.PropertyGroup):
     engine_checked: BoolProperty(default=False)
     engine_ok: BoolProperty(default=False)
     engine_summary: StringProperty(default="")
+    engine_report: StringProperty(default="")  # the doctor's JSON, drawn in the preferences
+    engine_check_running: BoolProperty(default=False)
+    photos_check_running: BoolProperty(default=False)
+    install_running: BoolProperty(default=False)
+    install_status: StringProperty(default="")
+    offer_download: BoolProperty(default=False)  # the last Generate Head was refused for missing models
     download_running: BoolProperty(default=False)
     download_status: StringProperty(default="")
 

@@ -24,6 +24,9 @@ COMMANDS = (
     # prior commands (issue 5) go here
     ("train-prior", ".prior.train_cli", "train a task prior (normal or albedo LoRA) on a dataset folder"),
     ("build-prior-dataset", ".prior.dataset_cli", "build a task-prior dataset from a folder of rendered heads"),
+    # pipeline commands (issue 8)
+    ("run", ".pipeline.worker", "run the job in a job folder (the add-on's worker: JSON-lines protocol on stdout)"),
+    ("generate", ".pipeline.generate", "photos + expressions in, a head out: writes OUT/job.json and runs it"),
 )
 
 

@@ -38,6 +38,9 @@ class HeadMesh:
     uvs: np.ndarray | None = None
 
     def validate(self, source: str = "head mesh") -> "HeadMesh":
+        _check_kinds(source, vertices=(self.vertices, "f"), faces=(self.faces, "iu"),
+                     expression_offsets=(self.expression_offsets, "f"),
+                     **({} if self.uvs is None else {"uvs": (self.uvs, "f")}))
         v, f, o = self.vertices, self.faces, self.expression_offsets
         if v.ndim != 2 or v.shape[1] != 3 or len(v) < 4:
             raise ResultFormatError(f"{source}: vertices must be [V>=4, 3], got {list(v.shape)}")
@@ -50,11 +53,25 @@ class HeadMesh:
                 f"{source}: expression_offsets must be [{len(self.expression_names)}, {len(v)}, 3], got {list(o.shape)}")
         if len(set(self.expression_names)) != len(self.expression_names):
             raise ResultFormatError(f"{source}: expression names repeat: {self.expression_names}")
+        if not all(isinstance(name, str) for name in self.expression_names):
+            raise ResultFormatError(f"{source}: expression names must be text")
         if not (np.isfinite(v).all() and np.isfinite(o).all()):
             raise ResultFormatError(f"{source}: vertices or offsets contain NaN/inf")
         if self.uvs is not None and self.uvs.shape != (len(f), 3, 2):
             raise ResultFormatError(f"{source}: uvs must be [F, 3, 2], got {list(self.uvs.shape)}")
         return self
+
+
+def _check_kinds(source: str, **arrays: tuple[np.ndarray, str]) -> None:
+    """Each array must be a numpy array of the expected kind (float, or integer for faces).
+
+    Float face indices are refused, not truncated: a truncated index points at another vertex.
+    """
+    for name, (value, kinds) in arrays.items():
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in kinds:
+            got = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
+            wanted = "integers" if kinds == "iu" else "floating-point numbers"
+            raise ResultFormatError(f"{source}: {name} must hold {wanted}, got {got}")
 
 
 def write_head_mesh(folder: Path | str, mesh: HeadMesh) -> Path:
@@ -81,12 +98,18 @@ def read_head_mesh(folder: Path | str) -> HeadMesh:
         raise ResultFormatError(f"{path} not found: is this a result folder of ID-to-3D?")
     try:
         with np.load(path, allow_pickle=False) as data:
+            names = data["expression_names"]
+            if names.ndim != 1 or names.dtype.kind != "U":
+                raise ResultFormatError(
+                    f"{path}: expression_names must be a list of text, got {names.dtype} {list(names.shape)}")
             mesh = HeadMesh(
                 vertices=data["vertices"], faces=data["faces"],
-                expression_names=[str(name) for name in data["expression_names"]],
+                expression_names=[str(name) for name in names],
                 expression_offsets=data["expression_offsets"],
                 uvs=data["uvs"] if "uvs" in data.files else None,
             )
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+    except ResultFormatError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise ResultFormatError(f"{path} is unreadable or incomplete ({exc}); generate the head again") from exc
     return mesh.validate(str(path))

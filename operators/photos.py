@@ -1,9 +1,9 @@
 """Reference photos: add (multi-select file browser), remove, clear, and Check Photos.
 
 Check Photos runs ``python -m engine identity ... --json`` in the engine's Python (never in
-Blender's) and writes each photo's status and message back into ``scene.idto3d.photos``. It
-blocks for the few seconds the check takes (faces are detected on CPU); the generation itself
-runs in a background worker instead.
+Blender's) in the background and writes each photo's status and message back into
+``scene.idto3d.photos`` when it ends: from the UI a timer calls :func:`pump_check`; EXEC mode
+(scripts, tests) waits.
 """
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import bpy
 from bpy.props import BoolProperty, CollectionProperty, StringProperty
 
 from . import has_active, remove_active
-from ..engine_runner import EngineNotFound, run_engine_json
+from ..engine_runner import EngineNotFound, start_engine_json
+from ..worker_monitor import CommandFailed
 from ..preferences import addon_prefs, models_root
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
@@ -142,7 +144,7 @@ def _check_folder() -> str:
         old = sorted(Path(base).glob("check-*"), key=lambda p: p.stat().st_mtime)
         for folder in old[: max(0, len(old) - (KEEP_CHECK_FOLDERS - 1))]:
             shutil.rmtree(folder, ignore_errors=True)
-    return tempfile.mkdtemp(prefix="check-", dir=base)
+    return tempfile.mkdtemp(prefix="check-", dir=base or None)  # "" would mean the current folder
 
 
 def apply_check_results(settings, checked_items, summary: dict) -> dict[str, int]:
@@ -161,48 +163,139 @@ def apply_check_results(settings, checked_items, summary: dict) -> dict[str, int
     return counts
 
 
+class PhotoCheck:
+    """One background photo check: the engine process and which scene's photos it answers for."""
+
+    def __init__(self, monitor, scene_name: str, paths: list[str]):
+        self.monitor, self.scene_name, self.paths = monitor, scene_name, paths
+        self.outcome: tuple[str, str] | None = None  # (report level, text) once it has ended
+
+
+_running: PhotoCheck | None = None  # at most one check at a time
+
+
+def start_check(context) -> PhotoCheck:
+    """Start the identity check of the ticked photos in the background (raises CheckRefused)."""
+    global _running
+    settings = context.scene.idto3d
+    items = [photo for photo in settings.photos if photo.path and photo.enabled]
+    if not items:
+        raise CheckRefused("No photo is in use: tick the photos to check")
+    if _running is not None:
+        raise CheckRefused("A photo check is already running")
+    for photo in settings.photos:
+        if photo.path and not photo.enabled:
+            photo.status, photo.message = "UNCHECKED", "not in use: tick it to include it in the identity"
+    prefs = addon_prefs(context)
+    root = models_root(prefs)
+    try:
+        out = _check_folder()
+    except OSError as exc:
+        raise CheckRefused(f"Cannot write the photo check's crops ({exc.strerror or exc}): make the extension's "
+                           "user folder writable or free some disk space") from None
+    paths = [bpy.path.abspath(item.path) for item in items]
+    # User values as --opt=value and the photo paths after "--": a path starting with "-" is data.
+    args = ["identity", "--json", f"--out={out}", f"--models={root}",
+            f"--device={DEVICE_FROM_PREFS.get(prefs.device, 'auto')}", "--", *paths]
+    try:
+        monitor = start_engine_json(prefs, args, "the photo check", timeout_s=CHECK_TIMEOUT_S, models_root=root)
+    except EngineNotFound as exc:
+        raise CheckRefused(str(exc)) from None
+    _running = PhotoCheck(monitor, context.scene.name, paths)
+    context.window_manager.idto3d_runtime.photos_check_running = True
+    return _running
+
+
+def pump_check(runtime) -> bool:
+    """Follow the running check once; True while it runs. Writes the statuses when it ends."""
+    global _running
+    check = _running
+    if check is None:
+        runtime.photos_check_running = False
+        return False
+    try:
+        summary = check.monitor.pump()
+    except CommandFailed as exc:
+        check.outcome = ("ERROR", str(exc))
+        summary = None
+    if summary is None and check.outcome is None:
+        return True
+    _running = None
+    runtime.photos_check_running = False
+    if check.outcome is not None:
+        return False
+    scene = bpy.data.scenes.get(check.scene_name)
+    if "error" in summary:
+        error = summary["error"]
+        fix = f" Fix: {error['hint']}" if error.get("hint") else ""
+        check.outcome = ("ERROR", f"{error.get('message')}{fix}")
+        return False
+    if scene is None:
+        check.outcome = ("WARNING", "The scene of the photo check is gone")
+        return False
+    wanted = {os.path.normpath(path) for path in check.paths}
+    items = [p for p in scene.idto3d.photos if os.path.normpath(bpy.path.abspath(p.path)) in wanted]
+    counts = apply_check_results(scene.idto3d, items, summary)
+    text = ", ".join(f"{n} {status.lower().replace('_', ' ')}" for status, n in sorted(counts.items()))
+    warnings = "".join(f" {w}" for w in summary.get("warnings", []))
+    usable = counts.get("OK", 0) + counts.get("SEVERAL_FACES", 0)
+    check.outcome = ("INFO" if usable else "WARNING", f"Checked {len(items)} photo(s): {text}.{warnings}")
+    return False
+
+
+def stop_check() -> None:
+    global _running
+    if _running is not None:
+        _running.monitor.stop()
+        _running = None
+    if bpy.app.timers.is_registered(_timer_tick):
+        bpy.app.timers.unregister(_timer_tick)
+
+
+def _timer_tick():
+    window_manager = bpy.context.window_manager
+    running = window_manager is not None and pump_check(window_manager.idto3d_runtime)
+    for window in getattr(window_manager, "windows", ()):
+        for area in window.screen.areas:
+            area.tag_redraw()
+    return 0.5 if running else None
+
+
+class CheckRefused(Exception):
+    """The photo check cannot start; the message says why."""
+
+
 class IDTO3D_OT_photos_check(bpy.types.Operator):
     bl_idname = "idto3d.photos_check"
     bl_label = "Check Photos"
     bl_description = ("Find the face in each photo and check that all photos show the same person "
-                      "(runs the engine's identity step)")
+                      "(runs the engine's identity step in the background)")
 
     @classmethod
     def poll(cls, context):
-        return any(photo.path for photo in context.scene.idto3d.photos)
+        return _running is None and any(photo.path for photo in context.scene.idto3d.photos)
 
-    def execute(self, context):
-        settings = context.scene.idto3d
-        items = [photo for photo in settings.photos if photo.path and photo.enabled]
-        if not items:
-            self.report({"ERROR"}, "No photo is in use: tick the photos to check")
-            return {"CANCELLED"}
-        for photo in settings.photos:
-            if photo.path and not photo.enabled:
-                photo.status, photo.message = "UNCHECKED", "not in use: tick it to include it in the identity"
-        prefs = addon_prefs(context)
-        root = models_root(prefs)
-        # User values as --opt=value and the photo paths after "--": a path starting with "-" is data.
-        args = ["identity", "--json", f"--out={_check_folder()}", f"--models={root}",
-                f"--device={DEVICE_FROM_PREFS.get(prefs.device, 'auto')}",
-                "--", *[bpy.path.abspath(item.path) for item in items]]
+    def invoke(self, context, event):
         try:
-            summary = run_engine_json(prefs, args, "the photo check", timeout_s=CHECK_TIMEOUT_S, models_root=root)
-        except EngineNotFound as exc:
+            start_check(context)
+        except CheckRefused as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        if "error" in summary:
-            error = summary["error"]
-            fix = f" Fix: {error['hint']}" if error.get("hint") else ""
-            self.report({"ERROR"}, f"{error.get('message')}{fix}")
-            return {"CANCELLED"}
-        counts = apply_check_results(settings, items, summary)
-        for warning in summary.get("warnings", []):
-            self.report({"WARNING"}, warning)
-        text = ", ".join(f"{n} {status.lower().replace('_', ' ')}" for status, n in sorted(counts.items()))
-        usable = counts.get("OK", 0) + counts.get("SEVERAL_FACES", 0)
-        self.report({"INFO"} if usable else {"WARNING"}, f"Checked {len(items)} photo(s): {text}")
+        bpy.app.timers.register(_timer_tick, first_interval=0.3)
         return {"FINISHED"}
+
+    def execute(self, context):
+        try:
+            check = start_check(context)
+        except CheckRefused as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        runtime = context.window_manager.idto3d_runtime
+        while pump_check(runtime):
+            time.sleep(0.05)
+        level, text = check.outcome
+        self.report({level}, text)
+        return {"CANCELLED"} if level == "ERROR" else {"FINISHED"}
 
 
 CLASSES = (IDTO3D_OT_photos_add, IDTO3D_OT_photo_remove, IDTO3D_OT_photos_clear, IDTO3D_OT_photos_check)

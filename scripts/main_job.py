@@ -2,13 +2,16 @@
 
 1. build the extension zip with Blender's own tool and validate it;
 2. install and enable it in real Blender (the bpy module) inside a throwaway user folder;
-3. load the reference photos into the scene and check the engine and the photos through the
-   add-on's own operators (which run ``python -m engine`` as a separate process);
-4. run the pipeline as far as it goes today (see ``smoke_pipeline.py``) and bring the head into
-   the Blender scene with one shape key per expression; save the .blend and a Cycles render.
+3. add the reference photos and the expressions through the add-on's operators, check the engine
+   and the photos (background checks; EXEC mode waits for them);
+4. press Generate Head headless: ``bpy.ops.idto3d.generate_head()`` in EXEC mode writes job.json,
+   starts ``python -m engine run JOB_DIR`` and blocks until the head is in the scene, exactly as
+   ``blender -b --python`` scripts and render farms use it;
+5. relight the head in Cycles (the add-on's studio rig), render a still, save the .blend and a
+   summary of what is in the scene (vertex counts, shape-key offsets, render statistics).
 
 Real weights absent (as on a machine without them): it says so, says how to get them, and runs
-the same code on tiny random-weight models, labelled a SMOKE RUN everywhere.
+the same path on tiny random-weight models with the test preset, labelled a SMOKE RUN everywhere.
 """
 
 from __future__ import annotations
@@ -35,19 +38,46 @@ def say(message: str) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Build, install and run ID-to-3D Head headless.")
-    parser.add_argument("--images", nargs="+", type=Path, default=None,
-                        help="photos of one person (default: three views derived from a real photo "
-                             "shipped with matplotlib)")
-    parser.add_argument("--expressions", nargs="+", default=DEFAULT_EXPRESSIONS,
-                        help="expressions besides neutral (default: %(default)s)")
-    parser.add_argument("--models", "--prior", dest="models", type=Path, default=None,
-                        help="models root with sd15/, arc2face/, antelopev2/ (default: $IDTO3D_MODELS "
-                             "or the per-user folder)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "build" / "main-job",
-                        help="where everything is written (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=None, help="geometry SDS steps (default: per run kind)")
-    parser.add_argument("--quick", action="store_true",
-                        help="the smallest run that still goes through every stage (used by the tests)")
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="photos of one person (default: three views derived from a real photo shipped with matplotlib)",
+    )
+    parser.add_argument(
+        "--expressions",
+        nargs="+",
+        default=DEFAULT_EXPRESSIONS,
+        help="expressions besides neutral (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--models",
+        "--prior",
+        dest="models",
+        type=Path,
+        default=None,
+        help="models root with sd15/, arc2face/, antelopev2/ (default: $IDTO3D_MODELS "
+        "or the per-user folder)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO_ROOT / "build" / "main-job",
+        help="where everything is written (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=("test", "preview", "standard", "high"),
+        default=None,
+        help="quality preset (default: standard with real weights, test on tiny models)",
+    )
+    parser.add_argument("--render-size", type=int, default=256, help="size of the Cycles still (pixels)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the smallest run that still goes through every step (used by the tests)",
+    )
     return parser.parse_args(argv)
 
 
@@ -62,7 +92,9 @@ def default_photos(folder: Path) -> list[Path]:
     variants = {
         "grace hopper.jpg": image,
         "grace hopper mirrored.png": ImageOps.mirror(image),
-        "grace hopper crop brighter.jpg": ImageEnhance.Brightness(image.crop((40, 0, 512, 560))).enhance(1.25),
+        "grace hopper crop brighter.jpg": ImageEnhance.Brightness(image.crop((40, 0, 512, 560))).enhance(
+            1.25
+        ),
     }
     paths = []
     for name, variant in variants.items():
@@ -71,17 +103,51 @@ def default_photos(folder: Path) -> list[Path]:
     return paths
 
 
+def prepare_output(out: Path) -> bool:
+    """Empty ``out`` if an earlier run of this job made it; refuse any other non-empty folder."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            say(f"{out} is not empty and was not written by this job: choose another --out (nothing changed)")
+            return False
+        shutil.rmtree(out)  # a previous run of this job: replace it
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by scripts/main_job.py; replaced on the next run\n", encoding="utf-8")
+    return True
+
+
+def shape_key_offsets(obj) -> dict[str, float]:
+    """Largest vertex displacement (metres) of each shape key from the Basis."""
+    import numpy as np
+
+    keys = obj.data.shape_keys.key_blocks
+    count = len(obj.data.vertices)
+    basis = np.zeros(count * 3, np.float32)
+    keys[0].data.foreach_get("co", basis)
+    out = {}
+    for key in keys[1:]:
+        co = np.zeros(count * 3, np.float32)
+        key.data.foreach_get("co", co)
+        out[key.name] = float(np.abs(co - basis).reshape(-1, 3).max())
+    return out
+
+
+def image_statistics(path: Path) -> dict[str, float]:
+    """How much of the render is not background, and its contrast."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(path).convert("RGB"), np.float32) / 255
+    corner = np.median(pixels[:8, :8].reshape(-1, 3), axis=0)
+    differs = np.abs(pixels - corner).max(axis=-1) > 0.05
+    return {"std": float(pixels.std()), "foreground_fraction": float(differs.mean())}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     out = args.out.resolve()
-    if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).is_file():
-            say(f"{out} is not empty and was not written by this job: choose another --out (nothing changed)")
-            return 2
-        shutil.rmtree(out)  # a previous run of this job: replace it
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by scripts/main_job.py; replaced on the next run\n", encoding="utf-8")
+    if not prepare_output(out):
+        return 2
 
     # 1. Build and validate the extension with Blender's tool.
     from extension_tools import build_extension, install_and_enable, validate_extension
@@ -110,9 +176,13 @@ def main(argv=None) -> int:
         for report in blocking:
             state = "folder missing" if not report.exists else "lacks " + ", ".join(report.missing)
             say(f"  {report.spec.key}/: {state} (get it from {report.spec.source})")
-        say("  -> get them as docs/install.md explains (or `python -m engine fetch-models` where "
-            "downloading is allowed), then run again with --models ROOT.")
-        say("SMOKE RUN: continuing on tiny RANDOM-weight models; the head is NOT a likeness.")
+        say(
+            "  -> get them as docs/install.md explains (or `python -m engine fetch-models` where "
+            "downloading is allowed), then run again with --models ROOT."
+        )
+        say(
+            "SMOKE RUN: continuing on tiny RANDOM-weight models with the test preset; the head is NOT a likeness."
+        )
         from engine.tiny_models import write_tiny_models
 
         models_root = write_tiny_models(out / "tiny-models")
@@ -122,7 +192,11 @@ def main(argv=None) -> int:
     runtime = bpy.context.window_manager.idto3d_runtime
     say(f"engine check: {runtime.engine_summary}")
 
-    # 4. Photos and expressions into the scene, through the add-on's operators.
+    # 4. A clean stage (the startup file's cube would enclose the head), then photos and
+    #    expressions into the scene through the add-on's operators.
+    for name in ("Cube", "Light", "Camera"):
+        if name in bpy.data.objects:
+            bpy.data.objects.remove(bpy.data.objects[name])
     photos = [p.resolve() for p in args.images] if args.images else default_photos(out / "photos")
     settings = bpy.context.scene.idto3d
     for photo in photos:
@@ -133,42 +207,71 @@ def main(argv=None) -> int:
     bpy.ops.idto3d.photos_check()
     for photo in settings.photos:
         say(f"photo {Path(photo.path).name}: {photo.status} {photo.message}")
-    usable = [Path(bpy.path.abspath(p.path)) for p in settings.photos if p.enabled and p.status in ("OK", "SEVERAL_FACES")]
-    if not usable:
+        photo.enabled = photo.status in ("OK", "SEVERAL_FACES")
+    if not any(photo.enabled for photo in settings.photos):
         say("no usable photo: nothing to generate from (see the statuses above)")
         return 1
 
-    # 5. The pipeline as far as it goes, in the engine's Python as a separate process.
-    from smoke_pipeline import run_pipeline_process
+    # 5. Generate Head, headless: EXEC mode blocks until the head is in the scene.
+    preset = args.preset or ("test" if smoke or args.quick else "standard")
+    settings.preset = preset.upper()
+    settings.texture_size = 128 if preset == "test" else 1024
+    settings.output_dir = str(out / "jobs")
+    say(f"Generate Head (preset {preset}) ...")
+    try:
+        bpy.ops.idto3d.generate_head()
+    except RuntimeError as exc:  # the operator's error report, raised by bpy.ops
+        say(f"Generate Head failed: {exc}")
+        generation = sys.modules[f"{module}.generation"]
+        job = generation.job_for(bpy.context.scene)
+        if job is not None and job.stderr_tail:
+            say("engine log (tail):\n" + job.stderr_tail)
+        return 1
+    generation = sys.modules[f"{module}.generation"]
+    job = generation.job_for(bpy.context.scene)
+    obj = job.head_object()
+    say(
+        f"head in the scene: {obj.name} ({len(obj.data.vertices)} vertices; "
+        f"{job.snapshots_applied} snapshot(s) streamed in while it optimised)"
+    )
 
-    result_dir = out / "result"
-    expressions = [item.text for item in settings.expressions if item.enabled]
-    run_pipeline_process(usable, expressions, models_root, result_dir, smoke=smoke, steps=args.steps,
-                         quick=args.quick)
-
-    # 6. Into Blender: one mesh, one shape key per expression; save and render.
-    from smoke_pipeline import import_result_into_blender, render_preview
-
-    obj = import_result_into_blender(result_dir)
+    # 6. Relight in Cycles, render, save.
+    for other in bpy.context.view_layer.objects:
+        other.select_set(False)
+    obj.select_set(True)
+    bpy.context.view_layer.objects.active = obj
+    scene = bpy.context.scene
+    scene.render.resolution_x = scene.render.resolution_y = 96 if args.quick else args.render_size
+    bpy.ops.idto3d.relight()
+    relight = sys.modules[f"{module}.operators.relight"]
+    render = relight.render_still(scene, out / "render.png", samples=8 if args.quick else 32)
     blend = out / "head.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(blend))
-    preview = render_preview(obj, out / "render.png", samples=4 if args.quick else 16)
-    keys = [key.name for key in obj.data.shape_keys.key_blocks]
+    result = json.loads((job.job_dir / "result" / "result.json").read_text(encoding="utf-8"))
     summary = {
         "smoke_run": smoke,
+        "preset": preset,
         "object": obj.name,
         "vertices": len(obj.data.vertices),
         "faces": len(obj.data.polygons),
-        "shape_keys": keys,
+        "uv_layers": [layer.name for layer in obj.data.uv_layers],
+        "shape_keys": [key.name for key in obj.data.shape_keys.key_blocks],
+        "shape_key_max_offset_m": shape_key_offsets(obj),
+        "snapshots_streamed": job.snapshots_applied,
+        "render": str(render),
+        "render_statistics": image_statistics(render),
         "blend": str(blend),
-        "render": str(preview),
-        "result": str(result_dir),
+        "job": str(job.job_dir),
+        "result_mesh": result.get("mesh"),
+        "tiny_test_models": bool(result.get("models", {}).get("tiny_test_models")),
         "seconds": round(time.perf_counter() - started, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    say(("SMOKE RUN (tiny random models) " if smoke else "") + f"done in {summary['seconds']} s: "
-        f"{obj.name} with {summary['vertices']} vertices and shape keys {keys}")
-    say(f"saved {blend} and {preview}")
+    say(
+        ("SMOKE RUN (tiny random models) " if smoke else "") + f"done in {summary['seconds']} s: "
+        f"{obj.name} with {summary['vertices']} vertices and shape keys {summary['shape_keys']}"
+    )
+    say(f"saved {blend} and {render}")
     return 0
 
 

@@ -16,6 +16,23 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "setup: creating $VENV" >&2
     "$PYTHON" -m venv "$VENV"
 fi
+# Khronos' glTF-Validator (npm), for the export tests: a project folder, git-ignored, pinned.
+GLTF_VALIDATOR_VERSION=2.0.0-dev.3.10
+GLTF_VALIDATOR_DIR=.tools/gltf-validator
+gltf_validator_package="$GLTF_VALIDATOR_DIR/node_modules/gltf-validator/package.json"
+if ! grep -q "\"version\": *\"$GLTF_VALIDATOR_VERSION\"" "$gltf_validator_package" 2>/dev/null; then
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "setup: npm (Node.js 18+) is needed for the glTF validator the export tests use;" \
+             "install Node.js and run setup again" >&2
+        exit 1
+    fi
+    echo "setup: installing gltf-validator $GLTF_VALIDATOR_VERSION into $GLTF_VALIDATOR_DIR" >&2
+    mkdir -p "$GLTF_VALIDATOR_DIR"
+    npm install --prefix "$GLTF_VALIDATOR_DIR" --save-exact --no-audit --no-fund --loglevel=error \
+        "gltf-validator@$GLTF_VALIDATOR_VERSION" >&2
+    grep -q "\"version\": *\"$GLTF_VALIDATOR_VERSION\"" "$gltf_validator_package" || {
+        echo "setup: gltf-validator did not install into $GLTF_VALIDATOR_DIR" >&2; exit 1; }
+fi
 # CLIP's BPE merges (OpenAI's bpe_simple_vocab_16e6.txt.gz, shipped inside the open-clip-torch
 # wheel): the real SD 1.5 / CLIP ViT-L/14 tokenizer is rebuilt from it offline by
 # engine/prior/fullsize_models.py for tests and benchmarks. Only that one file is kept, in a

@@ -1,6 +1,8 @@
-"""Quality presets of the prior stages and a FLOP-based time estimate (standard library only).
+"""FLOP constants of the prior and a time estimate per preset (standard library only).
 
-The pipeline reads the step counts, views per step and SDS settings from here; docs/benchmarks-prior.md
+The presets are engine/pipeline/presets.py (the table the pipeline reads); the estimate takes any
+object with ``geometry_steps``, ``texture_steps``, ``views_per_step``, ``geometry_shortcut_fraction``
+(and optionally ``texture_views_per_step``). docs/benchmarks-prior.md
 explains the estimate. FLOP figures are counted by ``python bench/bench_sds_step.py --flops``
 (torch's FlopCounterMode on the SD 1.5 configurations, meta tensors, 2 FLOPs per multiply-add).
 """
@@ -15,24 +17,14 @@ VAE_ENCODE_TFLOP = 1.117  # VAE encoder forward on a 512x512 render
 VAE_ENCODE_BACKWARD_TFLOP = 1.151  # backward to the render only (frozen VAE: no weight gradients)
 
 
-@dataclass(frozen=True)
-class PriorPreset:
-    name: str
-    geometry_steps: int
-    texture_steps: int
-    views_per_step: int  # renders per SDS step (one batch)
-    geometry_shortcut_fraction: float  # first part of geometry using the 4-channel latent shortcut (no VAE)
-    geometry_guidance: float
-    texture_guidance: float
-    geometry_t: tuple[tuple[float, float], tuple[float, float]]  # (start, end) timestep ranges
-    texture_t: tuple[tuple[float, float], tuple[float, float]]
+def __getattr__(name: str):
+    # The preset table itself lives with the pipeline that reads it (engine/pipeline/presets.py);
+    # ``PRESETS`` stays importable from here for the estimate's callers (bench_sds_step.py).
+    if name in ("PRESETS", "Preset", "PriorPreset"):
+        from ..pipeline import presets
 
-
-PRESETS = {
-    "preview": PriorPreset("preview", 2000, 1000, 1, 0.5, 3.0, 2.0, ((0.02, 0.98), (0.02, 0.5)), ((0.02, 0.5), (0.02, 0.3))),
-    "standard": PriorPreset("standard", 5000, 2000, 2, 0.3, 3.0, 2.0, ((0.02, 0.98), (0.02, 0.5)), ((0.02, 0.5), (0.02, 0.3))),
-    "high": PriorPreset("high", 10000, 4000, 4, 0.2, 3.0, 2.0, ((0.02, 0.98), (0.02, 0.4)), ((0.02, 0.5), (0.02, 0.2))),
-}
+        return presets.PRESETS if name == "PRESETS" else presets.Preset
+    raise AttributeError(name)
 
 
 @dataclass(frozen=True)
@@ -51,15 +43,16 @@ def step_tflop(vae: bool, flops: StepFlops | None = None) -> float:
     return f.unet_cfg + ((f.vae_encode + f.vae_backward) if vae else 0.0)
 
 
-def preset_tflop(preset: PriorPreset, flops: StepFlops | None = None) -> dict[str, float]:
+def preset_tflop(preset, flops: StepFlops | None = None) -> dict[str, float]:
     shortcut = int(preset.geometry_steps * preset.geometry_shortcut_fraction)
     geometry = preset.views_per_step * (shortcut * step_tflop(False, flops)
                                         + (preset.geometry_steps - shortcut) * step_tflop(True, flops))
-    texture = preset.views_per_step * preset.texture_steps * step_tflop(True, flops)
+    texture_views = getattr(preset, "texture_views_per_step", preset.views_per_step)
+    texture = texture_views * preset.texture_steps * step_tflop(True, flops)
     return {"geometry": geometry, "texture": texture, "total": geometry + texture}
 
 
-def preset_minutes(preset: PriorPreset, peak_tflops: float, utilisation: float, overhead: float = 0.0,
+def preset_minutes(preset, peak_tflops: float, utilisation: float, overhead: float = 0.0,
                    flops: StepFlops | None = None) -> float:
     """Minutes of prior compute per head at ``utilisation`` of ``peak_tflops``; ``overhead`` adds a
     fraction for rendering, geometry extraction and optimiser steps (not counted in the FLOPs)."""

@@ -79,3 +79,168 @@ def test_a_bad_result_raises_and_leaves_no_data_behind(blender_addon, tmp_path, 
     with pytest.raises(addon_error, match="head.npz"):
         _importer(blender_addon).import_result(tmp_path)
     assert (len(bpy.data.objects), len(bpy.data.meshes), len(bpy.data.materials)) == before
+
+
+def _datablock_counts():
+    import bpy
+
+    return {kind: len(getattr(bpy.data, kind)) for kind in ("objects", "meshes", "materials", "images", "shape_keys")}
+
+
+def _write_textures(folder, size=16):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / "albedo.png")
+    Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(folder / "roughness.png")
+    Image.fromarray(np.full((size, size, 3), (128, 128, 255), np.uint8)).save(folder / "normal.png")
+
+
+def test_textures_feed_the_principled_bsdf_in_the_right_colour_spaces_at_the_cursor(blender_addon, tmp_path):
+    import bpy
+
+    head = _head()
+    head.uvs = np.random.default_rng(1).random((12, 3, 2)).astype(np.float32)
+    write_head_mesh(tmp_path, head)
+    _write_textures(tmp_path)
+    bpy.context.scene.cursor.location = (0.5, -1.0, 2.0)
+    obj = _importer(blender_addon).import_result(tmp_path, name="Textured")
+    try:
+        assert tuple(obj.location) == pytest.approx((0.5, -1.0, 2.0))
+        tree = obj.data.materials[0].node_tree
+        bsdf = tree.nodes["Principled BSDF"]
+
+        def source(socket):
+            links = bsdf.inputs[socket].links
+            return links[0].from_node if links else None
+
+        assert source("Base Color").type == "TEX_IMAGE"
+        assert source("Base Color").image.colorspace_settings.name == "sRGB"
+        assert source("Roughness").image.colorspace_settings.name == "Non-Color"
+        normal_map = source("Normal")
+        assert normal_map.type == "NORMAL_MAP"
+        assert normal_map.inputs["Color"].links[0].from_node.image.colorspace_settings.name == "Non-Color"
+        uv = np.zeros(12 * 3 * 2, np.float32)
+        obj.data.uv_layers["UVMap"].data.foreach_get("uv", uv)
+        np.testing.assert_allclose(uv.reshape(12, 3, 2), head.uvs, atol=1e-6)
+        smooth = np.zeros(12, bool)
+        obj.data.polygons.foreach_get("use_smooth", smooth)
+        assert smooth.all()
+    finally:
+        bpy.data.objects.remove(obj)
+        bpy.context.scene.cursor.location = (0, 0, 0)
+
+
+def test_a_second_import_never_touches_the_first_head(blender_addon, tmp_path):
+    import bpy
+
+    write_head_mesh(tmp_path, _head())
+    _write_textures(tmp_path)
+    importer = _importer(blender_addon)
+    first = importer.import_result(tmp_path, name="Head")
+    first.data.materials[0].node_tree.nodes["Principled BSDF"].inputs["Metallic"].default_value = 0.3  # a user edit
+    second = importer.import_result(tmp_path, name="Head")
+    try:
+        assert first.name != second.name and first.data != second.data
+        assert first.data.materials[0] != second.data.materials[0]
+        images = lambda o: {n.image for n in o.data.materials[0].node_tree.nodes if n.type == "TEX_IMAGE"}  # noqa: E731
+        assert not images(first) & images(second)
+        assert first.data.materials[0].node_tree.nodes["Principled BSDF"].inputs["Metallic"].default_value == pytest.approx(0.3)
+    finally:
+        bpy.data.objects.remove(first)
+        bpy.data.objects.remove(second)
+
+
+@pytest.mark.parametrize("bad_face, reason", [((0, 0, 1), "use a vertex twice"), ((2, 0, 3), "repeat another face")])
+def test_a_mesh_blender_rejects_leaves_no_orphan_datablock(blender_addon, tmp_path, bad_face, reason):
+    faces = CUBE_FACES.copy()
+    faces[0] = bad_face  # Blender's validate() would delete such a face
+    write_head_mesh(tmp_path, HeadMesh(CUBE_VERTICES, faces, ["neutral"], np.zeros((1, 8, 3), np.float32)))
+    _write_textures(tmp_path)
+    before = _datablock_counts()
+    addon_error = importlib.import_module(f"{blender_addon}.engine.result_format").ResultFormatError
+    with pytest.raises(addon_error, match=f"Blender would reject the mesh .*{reason}"):
+        _importer(blender_addon).import_result(tmp_path)
+    assert _datablock_counts() == before
+
+
+@pytest.mark.parametrize("field, value, reason", [
+    ("faces", CUBE_FACES.astype(np.float32) + 0.4, "faces must hold integers, got float32"),
+    ("vertices", np.full((8, 3), "a"), "vertices must hold floating-point numbers"),
+    ("expression_names", np.array("neutral"), "expression_names must be a list of text"),
+    ("expression_names", np.array([1.0, 2.0, 3.0]), "expression_names must be a list of text"),
+    ("expression_offsets", np.zeros((3, 8, 3), np.int64), "expression_offsets must hold floating-point"),
+])
+def test_malformed_head_npz_is_the_format_error_never_a_type_error(tmp_path, field, value, reason):
+    write_head_mesh(tmp_path, _head())
+    with np.load(tmp_path / "head.npz") as raw:
+        arrays = dict(raw)
+    arrays[field] = value
+    np.savez(tmp_path / "head.npz", **arrays)
+    with pytest.raises(ResultFormatError, match=reason):
+        read_head_mesh(tmp_path)
+
+
+@pytest.mark.parametrize("names, reason", [
+    (("neutral", "Basis"), "reserved"),
+    (("neutral", "é" * 32), "longer than 63 bytes"),
+    (("neutral", "smiling", "Smiling"), "differ only by case"),
+])
+def test_names_a_shape_key_cannot_carry_are_refused_with_nothing_left(blender_addon, tmp_path, names, reason):
+    write_head_mesh(tmp_path, _head(names))
+    before = _datablock_counts()
+    addon_error = importlib.import_module(f"{blender_addon}.engine.result_format").ResultFormatError
+    with pytest.raises(addon_error, match=reason):
+        _importer(blender_addon).import_result(tmp_path)
+    assert _datablock_counts() == before
+
+
+def test_unusual_names_survive_exactly_into_shape_keys(blender_addon, tmp_path):
+    import bpy
+
+    names = ("neutral", "with curly red hair", "--steps=99999999", "sourire ébahi 😮", "a" * 63)
+    write_head_mesh(tmp_path, _head(names))
+    obj = _importer(blender_addon).import_result(tmp_path)
+    try:
+        assert [k.name for k in obj.data.shape_keys.key_blocks] == ["Basis", *names[1:]]
+    finally:
+        bpy.data.objects.remove(obj)
+
+
+def test_a_glb_comes_in_as_one_head_with_its_shape_keys_at_the_cursor(blender_addon, tmp_path):
+    """The .glb path: Blender's own exporter writes the file here; the engine's writer is tested with the worker."""
+    import bpy
+
+    write_head_mesh(tmp_path, _head())
+    importer = _importer(blender_addon)
+    source = importer.import_result(tmp_path, name="Exported")
+    for other in bpy.context.view_layer.objects:
+        other.select_set(False)
+    source.select_set(True)
+    bpy.ops.export_scene.gltf(filepath=str(tmp_path / "head.glb"), export_format="GLB", export_morph=True,
+                              use_selection=True)
+    bpy.data.objects.remove(source)
+    bpy.context.scene.cursor.location = (0.0, 0.3, 0.0)
+    obj = importer.import_glb(tmp_path / "head.glb")
+    try:
+        assert obj.type == "MESH" and obj.parent is None
+        assert [k.name for k in obj.data.shape_keys.key_blocks] == ["Basis", "smiling", "angry"]
+        assert tuple(obj.location) == pytest.approx((0.0, 0.3, 0.0))
+    finally:
+        bpy.data.objects.remove(obj)
+        bpy.context.scene.cursor.location = (0, 0, 0)
+
+
+def test_import_head_result_operator_takes_a_folder_or_a_file_in_it(blender_addon, tmp_path):
+    import bpy
+
+    write_head_mesh(tmp_path, _head())
+    assert bpy.ops.idto3d.import_head_result(filepath=str(tmp_path / "head.npz")) == {"FINISHED"}
+    obj = bpy.context.view_layer.objects.active
+    try:
+        assert obj.get("idto3d_result") == str(tmp_path) and obj.select_get()
+        assert [k.name for k in obj.data.shape_keys.key_blocks] == ["Basis", "smiling", "angry"]
+    finally:
+        bpy.data.objects.remove(obj)
+    with pytest.raises(RuntimeError, match="not found: is this a result folder"):
+        bpy.ops.idto3d.import_head_result(directory=str(tmp_path / "elsewhere"))

@@ -1,0 +1,192 @@
+"""Benchmark: bringing a head into Blender, and the main-thread cost of following a job.
+
+1. Import of a 100k-vertex head with 13 expressions and 2K textures, side by side in one run:
+   the add-on's importer (result folder: head.npz + PNGs, foreach_set) and Blender's own glTF
+   importer on the same head written as .glb by the engine's exporter. Best of N, ratio.
+2. Applying one 100k-vertex streamed snapshot to the head object in place (the heaviest thing a
+   pump() does).
+3. main-thread time per ``Job.pump()`` while a real worker streams (``python -m engine run`` on
+   tiny models with the test preset): median and worst over every pump of the job.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_blender_import.py [--repeats 3] [--skip-job]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="idto3d-bench-user-"))
+
+import numpy as np  # noqa: E402
+
+
+def head_asset(folder: Path, rows: int = 317, cols: int = 316, expressions: int = 13, size: int = 2048):
+    """A closed-ish head-sized surface (lat-long grid, ~100k vertices), smooth expression offsets,
+    per-corner UVs and 2K textures, written as a result folder and as a .glb."""
+    from engine.export.gltf import write_glb
+    from engine.result_format import HeadMesh
+    from engine.texture.png import write_png
+
+    theta = np.linspace(0.05, np.pi - 0.05, rows)
+    phi = np.linspace(0, 2 * np.pi, cols, endpoint=False)
+    t, p = np.meshgrid(theta, phi, indexing="ij")
+    vertices = np.stack(
+        [0.09 * np.sin(t) * np.cos(p), 0.1 * np.sin(t) * np.sin(p), 1.6 + 0.12 * np.cos(t)], -1
+    )
+    vertices = vertices.reshape(-1, 3).astype(np.float32)
+    index = np.arange(rows * cols).reshape(rows, cols)
+    a, b = index[:-1], np.roll(index, -1, axis=1)[:-1]
+    c, d = index[1:], np.roll(index, -1, axis=1)[1:]
+    faces = np.concatenate(
+        [np.stack([a, c, b], -1).reshape(-1, 3), np.stack([b, c, d], -1).reshape(-1, 3)]
+    ).astype(np.int32)
+    uv_grid = np.stack([(p / (2 * np.pi)), 1 - t / np.pi], -1).reshape(-1, 2).astype(np.float32)
+    uvs = uv_grid[faces]
+    names = ["neutral"] + [f"expression {i}" for i in range(1, expressions)]
+    offsets = np.zeros((expressions, len(vertices), 3), np.float32)
+    for i in range(1, expressions):
+        offsets[i, :, 1] = 0.004 * np.sin(i * vertices[:, 2] * 20) * (vertices[:, 1] < 0)
+    head = HeadMesh(vertices, faces, names, offsets, uvs=uvs)
+    rng = np.random.default_rng(0)
+    albedo = rng.random((size, size, 3), dtype=np.float32)
+    roughness = rng.random((size, size), dtype=np.float32)
+    normal = np.broadcast_to(np.array([0.5, 0.5, 1.0], np.float32), (size, size, 3)).copy()
+    from engine.result_format import write_head_mesh
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_head_mesh(folder, head)
+    write_png(folder / "albedo.png", albedo)
+    write_png(folder / "roughness.png", roughness)
+    write_png(folder / "normal.png", normal)
+    write_glb(folder / "head.glb", head, albedo, roughness, normal)
+    return head
+
+
+def enable_addon() -> str:
+    import addon_utils
+    import bpy
+
+    repo_dir = Path(tempfile.mkdtemp(prefix="idto3d-bench-ext-"))
+    (repo_dir / "id_to_3d").symlink_to(REPO_ROOT, target_is_directory=True)
+    bpy.context.preferences.extensions.repos.new(
+        name="bench", module="bench", custom_directory=str(repo_dir), source="USER"
+    )
+    module = "bl_ext.bench.id_to_3d"
+    addon_utils.enable(module, default_set=True)
+    return module
+
+
+def clear_scene() -> None:
+    import bpy
+
+    for collection in (bpy.data.objects, bpy.data.meshes, bpy.data.materials, bpy.data.images):
+        for item in list(collection):
+            collection.remove(item)
+
+
+def best_of(repeats: int, run) -> float:
+    times = []
+    for _ in range(repeats):
+        clear_scene()
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    clear_scene()
+    return min(times)
+
+
+def bench_pump(module: str, tiny_root: Path, photo: Path, jobs: Path) -> list[float]:
+    import bpy
+
+    generation = importlib.import_module(f"{module}.generation")
+    prefs = bpy.context.preferences.addons[module].preferences
+    prefs.models_root, prefs.python_executable = str(tiny_root), sys.executable
+    settings = bpy.context.scene.idto3d
+    settings.photos.clear()
+    settings.photos.add().path = str(photo)
+    settings.expressions.clear()
+    for text in ("neutral", "smiling", "angry", "surprised"):
+        settings.expressions.add().text = text
+    settings.preset, settings.texture_size, settings.output_dir = "TEST", 64, str(jobs)
+    job = generation.start_job(bpy.context)
+    durations = []
+    while True:
+        started = time.perf_counter()
+        running = job.pump()
+        durations.append(time.perf_counter() - started)
+        if not running:
+            break
+        time.sleep(0.25)  # the modal operator's timer interval
+    if not job.ok:
+        raise SystemExit(f"the job failed: {job.error}")
+    return durations, job
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--skip-job", action="store_true", help="skip the pump() measurement on a real worker"
+    )
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="idto3d-bench-import-"))
+    started = time.perf_counter()
+    head = head_asset(work / "result")
+    print(
+        f"asset: {len(head.vertices)} vertices, {len(head.faces)} faces, {len(head.expression_names)} "
+        f"expressions, 2048² albedo/roughness/normal ({time.perf_counter() - started:.1f} s to write)"
+    )
+    import bpy
+
+    module = enable_addon()
+    importer = importlib.import_module(f"{module}.result_import")
+    ours = best_of(args.repeats, lambda: importer.import_result(work / "result"))
+    gltf = best_of(
+        args.repeats, lambda: bpy.ops.import_scene.gltf(filepath=str(work / "result" / "head.glb"))
+    )
+    print(f"import, add-on (head.npz + PNGs): {ours:.2f} s  (best of {args.repeats})")
+    print(f"import, Blender glTF importer (.glb): {gltf:.2f} s  (best of {args.repeats})")
+    print(f"ratio glTF / add-on: {gltf / ours:.2f}x")
+
+    obj = importer.import_result(work / "result")
+    moved = head.vertices + np.float32(0.001)
+    snapshot_times = []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        importer.update_mesh_in_place(obj, moved, head.faces)
+        snapshot_times.append(time.perf_counter() - started)
+    print(
+        f"snapshot in place, {len(head.vertices)} vertices: {min(snapshot_times) * 1000:.0f} ms (best of {args.repeats})"
+    )
+    clear_scene()
+
+    if not args.skip_job:
+        import matplotlib
+
+        from engine.tiny_models import write_tiny_models
+
+        tiny = write_tiny_models(work / "tiny-models")
+        photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+        durations, job = bench_pump(module, tiny, photo, work / "jobs")
+        ms = [d * 1000 for d in durations]
+        print(
+            f"pump() on the main thread while a real worker streamed (test preset, {job.snapshots_applied} "
+            f"snapshots applied, {len(ms)} pumps): median {statistics.median(ms):.2f} ms, worst {max(ms):.1f} ms "
+            f"(the worst includes importing the result)"
+        )
+        without_result = sorted(ms)[:-1]
+        print(f"  worst pump other than the final import: {max(without_result):.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

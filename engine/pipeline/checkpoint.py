@@ -1,0 +1,67 @@
+"""Checkpoints of a running job: ``JOB_DIR/checkpoints/ckpt-<step>.pt`` plus ``latest.json``.
+
+A checkpoint is one ``torch.save`` of a dict (stage name, global step, every module's and
+optimiser's state, the torch RNG state, the job's resolved settings). It is written to a
+temporary name and renamed; ``latest.json`` (also atomic) names the newest one, so a crash at
+any moment leaves the previous checkpoint usable. Only the newest two are kept: the engine
+wrote them, and it deletes only files it wrote (``ckpt-*.pt`` in its own folder).
+
+Per-step randomness comes from (seed, stage, step) generators, not from a global stream, so a
+resumed run draws exactly what the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from ..atomic import write_text_atomic, write_to_path_atomic
+from ..errors import EngineError
+
+FOLDER = "checkpoints"
+LATEST = "latest.json"
+KEEP = 2
+FORMAT = 1
+_NAME = re.compile(r"ckpt-(\d+)\.pt")
+
+
+class CheckpointError(EngineError):
+    code = "checkpoint_corrupt"
+
+
+def save_checkpoint(job_dir: Path, step: int, state: dict) -> Path:
+    folder = Path(job_dir) / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"ckpt-{step:07d}.pt"
+    payload = {"format": FORMAT, "step": step, **state}
+    write_to_path_atomic(path, lambda tmp: torch.save(payload, tmp))
+    write_text_atomic(folder / LATEST, json.dumps({"format": FORMAT, "file": path.name, "step": step}) + "\n")
+    old = sorted((p for p in folder.iterdir() if _NAME.fullmatch(p.name)), key=lambda p: p.name)
+    for stale in old[:-KEEP]:
+        if stale != path:
+            stale.unlink(missing_ok=True)
+    return path
+
+
+def load_latest(job_dir: Path) -> dict | None:
+    """The newest checkpoint's dict, or None when the job has none yet."""
+    folder = Path(job_dir) / FOLDER
+    latest = folder / LATEST
+    if not latest.is_file():
+        return None
+    try:
+        info = json.loads(latest.read_text(encoding="utf-8"))
+        path = folder / str(info["file"])
+        if not _NAME.fullmatch(path.name):
+            raise ValueError(f"unexpected checkpoint name {path.name!r}")
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError) as exc:
+        raise CheckpointError(f"the checkpoint named by {latest} cannot be read ({exc})",
+                              hint="run the job again without --resume (it starts over)") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint of this engine version",
+                              hint="run the job again without --resume")
+    return state

@@ -1,0 +1,385 @@
+"""``run_job``: one job folder in, one result folder out, reported as protocol-shaped messages.
+
+Stages: identity (photos or a ready embedding) -> prior (normal LoRA when present, else the base
+prior) -> geometry (neutral + expressions jointly, :mod:`.geometry_stage`) -> texture
+(:mod:`.texture_stage`) -> export (engine.export) -> quality (engine.export.quality). A
+checkpoint every ``checkpoint_every`` steps and at every stage end; ``should_stop()`` is checked
+before every step (a final checkpoint is written, then :class:`Cancelled` is raised).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import protocol
+from ..errors import EngineError
+from . import checkpoint as ckpt
+from .failures import Cancelled, classify, nan_loss
+from .job import JobSpec, load_job
+from .live import LiveOutput
+
+log = logging.getLogger(__name__)
+RESULT = "result"
+PROGRESS_INTERVAL_S = 0.2  # progress messages at most this often (first and last step always)
+
+
+def run_job(job_dir, *, resume: bool = False, emit=None, should_stop=None) -> Path:
+    """Run ``JOB_DIR/job.json``; returns the result folder. ``emit(dict)`` gets protocol messages
+    (stage, progress, preview, snapshot, warning, result); errors are raised as EngineError
+    (JobError for a bad job, Cancelled when ``should_stop()`` turned true)."""
+    job_dir = Path(job_dir).expanduser().resolve()
+    spec = load_job(job_dir)
+    _check_writable(job_dir)
+    job = _Job(spec, job_dir, emit or (lambda msg: None), should_stop or (lambda: False))
+    try:
+        return job.run(resume)
+    except EngineError:
+        raise
+    except Exception as exc:
+        log.exception("job failed")
+        raise classify(exc, job_dir) from exc
+
+
+def _check_writable(job_dir: Path) -> None:
+    try:
+        with tempfile.NamedTemporaryFile(dir=job_dir, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise classify(exc, job_dir) from None
+
+
+class _Job:
+    def __init__(self, spec: JobSpec, job_dir: Path, emit, should_stop):
+        self.spec, self.job_dir, self._emit, self.should_stop = spec, job_dir, emit, should_stop
+        self.settings = spec.settings
+        self.stages = ["identity", "prior", "geometry"]
+        if spec.stop_after != "geometry":
+            self.stages.append("texture")
+        if spec.stop_after != "geometry" and spec.output.get("quality_report", True):
+            self.stages.append("quality")  # before export: its report and renders go into the result
+        self.stages.append("export")
+        self.timings: dict[str, float] = {}
+        self.total_steps = self.settings.geometry_steps + (
+            self.settings.texture_steps if "texture" in self.stages else 0)
+        self.step_seconds: list[float] = []
+        self.last_progress = -math.inf
+        self.live = LiveOutput(job_dir, spec.snapshot_interval_s, self.send)
+
+    # ---- messages ----------------------------------------------------------------------------
+
+    def send(self, kind: str, **fields) -> None:
+        self._emit(protocol.message(kind, **fields))
+
+    def stage(self, name: str) -> None:
+        self.send("stage", name=name, index=self.stages.index(name) + 1, count=len(self.stages))
+        self._stage_started = time.perf_counter()
+        self._stage_name = name
+
+    def end_stage(self) -> None:
+        self.timings[self._stage_name] = round(time.perf_counter() - self._stage_started, 3)
+
+    def progress(self, stage: str, step: int, total: int, global_step: int, loss: float, expression: str,
+                 seconds: float) -> None:
+        self.step_seconds.append(seconds)
+        now = time.monotonic()
+        if step not in (1, total) and now - self.last_progress < PROGRESS_INTERVAL_S:
+            return
+        self.last_progress = now
+        recent = self.step_seconds[-20:]
+        eta = sum(recent) / len(recent) * (self.total_steps - global_step)
+        self.send("progress", step=step, total=total, stage=stage, loss=round(loss, 6),
+                  eta_s=round(eta, 1), expression=expression)
+
+    # ---- the job -----------------------------------------------------------------------------
+
+    def run(self, resume: bool) -> Path:
+        spec, s = self.spec, self.settings
+        state = ckpt.load_latest(self.job_dir) if resume else None
+        if resume and state is None:
+            self.send("warning", code="no_checkpoint", message="no checkpoint in the job folder: starting from the beginning")
+        if state is not None and state.get("settings") != spec.resolved_dict()["settings"]:
+            raise EngineError("the checkpoint was made with other settings than job.json now holds",
+                              code="checkpoint_mismatch",
+                              hint="run without --resume to start over with the new settings, or restore job.json")
+
+        self.stage("identity")
+        embedding = state["embedding"].numpy() if state is not None else self.identity()
+        self.end_stage()
+
+        self.stage("prior")
+        prior, normal_lora, albedo_lora = self.load_prior()
+        self.end_stage()
+
+        self.stage("geometry")
+        if state is not None and state["stage"] == "texture":
+            canonical = {k: v.numpy() for k, v in state["canonical"].items()}
+            offsets = {n: canonical.pop(f"offset:{n}") for n in spec.expressions}
+            vertices, faces = canonical["vertices"], canonical["faces"]
+            self.send("warning", code="geometry_resumed", message="geometry was finished before: resuming the texture")
+        else:
+            vertices, faces, offsets = self.geometry(prior, embedding, normal_lora, state)
+            state = None  # the texture stage starts fresh after a geometry run
+        self.end_stage()
+        canonical_state = {"vertices": torch.from_numpy(vertices), "faces": torch.from_numpy(faces),
+                           **{f"offset:{n}": torch.from_numpy(o) for n, o in offsets.items()}}
+
+        textures = None
+        if "texture" in self.stages:
+            self.stage("texture")
+            textures = self.texture(prior, embedding, vertices, faces, offsets, albedo_lora, state, canonical_state)
+            self.end_stage()
+
+        head = self.head_mesh(vertices, faces, offsets, textures)
+        quality = sheet = None
+        if "quality" in self.stages:
+            self.stage("quality")
+            quality, sheet = self.quality(head, textures, embedding)
+            self.end_stage()
+
+        self.stage("export")
+        folder, glb = self.export(head, textures, quality, sheet)
+        self.end_stage()
+        self.send("result", folder=str(folder), glb=str(glb) if glb else None)
+        return folder
+
+    # ---- identity and prior ------------------------------------------------------------------
+
+    def identity(self) -> np.ndarray:
+        path = self.spec.embedding_path()
+        if path is not None:
+            try:
+                e = np.load(path, allow_pickle=False).astype(np.float32).reshape(-1)
+            except (OSError, ValueError) as exc:
+                raise EngineError(f"{path} is not a readable .npy file ({exc})", code="bad_embedding",
+                                  hint="save the identity with numpy.save(path, embedding) ([512] floats)") from None
+            if e.shape != (512,) or not np.isfinite(e).all() or not np.linalg.norm(e) > 0:
+                raise EngineError(f"{path} must hold 512 finite values, not all zero (it has shape {list(e.shape)})",
+                                  code="bad_embedding", hint="use an ArcFace embedding saved by the identity step")
+            return e / np.linalg.norm(e)
+        from ..identity import analyse_photos
+
+        report = analyse_photos([Path(p) for p in self.spec.photos], models_root=self.models_root,
+                                out_dir=self.job_dir / "identity", device=self.device.type)
+        if report.embedding is None:
+            reasons = "; ".join(f"{Path(r.path).name}: {r.status} {r.message}" for r in report.photos)
+            raise EngineError(f"no identity could be made from the photos ({reasons})", code="no_identity",
+                              hint="use clear photos of one person's face (see Check Photos)")
+        return np.asarray(report.embedding, np.float32)
+
+    @property
+    def models_root(self) -> Path:
+        from ..models import default_models_root
+
+        return Path(self.spec.models).expanduser() if self.spec.models else default_models_root()
+
+    @property
+    def device(self) -> torch.device:
+        d = self.spec.device
+        if d == "auto":
+            d = "cuda" if torch.cuda.is_available() else "cpu"
+        if d.startswith("cuda") and not torch.cuda.is_available():
+            raise EngineError(f"job.json asks for device {d!r} but this Python's torch sees no CUDA GPU",
+                              code="job_bad_device", hint='use "device": "auto" or "cpu"')
+        return torch.device(d)
+
+    def load_prior(self):
+        from ..prior import load_prior
+        from ..prior.model import MemoryOptions
+
+        root = self.models_root
+        normal = (root / "loras" / "normal" / "prior_adapter.json").is_file()
+        albedo = (root / "loras" / "albedo" / "prior_adapter.json").is_file()
+        m = self.spec.memory
+        memory = MemoryOptions(attention=m["attention"], channels_last=m["channels_last"],
+                               vae_tiling=m["vae_tiling"], cpu_offload=m["cpu_offload"])
+        prior = load_prior(root, device=self.device, dtype=None if self.spec.dtype == "auto" else self.spec.dtype,
+                           task="normal" if normal else None, memory=memory,
+                           allow_download=self.spec.allow_download)
+        if not normal:
+            self.send("warning", code="base_prior",
+                      message="no normal-map prior under loras/normal: geometry uses shaded renders with the base prior")
+        self.models_tiny = _is_tiny(root)
+        self.model_files = _hash_model_files(root)
+        if self.models_tiny:
+            self.send("warning", code="tiny_models",
+                      message="the models are tiny random test models: the head will not be a likeness")
+        return prior, normal, albedo
+
+    # ---- stage 1 -----------------------------------------------------------------------------
+
+    def geometry(self, prior, embedding, normal_lora: bool, state):
+        from .geometry_stage import GeometryStage
+
+        s = self.settings
+        stage = GeometryStage(s, prior, embedding, self.spec.expressions, seed=self.spec.seed, device=self.device,
+                              normal_maps=normal_lora)
+        first = 0
+        if state is not None and state["stage"] == "geometry":
+            stage.load_state_dict(state["geometry"])
+            first = int(state["next_step"])
+        elif not stage.initialise(self.should_stop):
+            raise Cancelled("cancelled while the head shape was initialised (no checkpoint yet)")
+
+        def save(next_step: int) -> Path:
+            return ckpt.save_checkpoint(self.job_dir, next_step, {
+                "stage": "geometry", "next_step": next_step, "embedding": torch.from_numpy(embedding),
+                "geometry": stage.state_dict(), "rng": torch.get_rng_state(),
+                "settings": self.spec.resolved_dict()["settings"]})
+
+        for i in range(first, s.geometry_steps):
+            if self.should_stop():
+                raise Cancelled(checkpoint=save(i))
+            started = time.perf_counter()
+            out = stage.step(i)
+            loss = float(out.loss)  # the one host sync of the step
+            if not math.isfinite(loss):
+                raise nan_loss("geometry", i + 1)
+            self.progress("geometry", i + 1, s.geometry_steps, i + 1, loss, out.expression,
+                          time.perf_counter() - started)
+            if self.live.due():
+                self.live.write(i + 1, image=out.image.cpu().numpy(), vertices=out.vertices.cpu().numpy(),
+                                faces=out.faces.cpu().numpy(), expression=out.expression)
+            if (i + 1) % s.checkpoint_every == 0 and i + 1 < s.geometry_steps:
+                save(i + 1)
+        vertices, faces, offsets = stage.canonical()
+        if s.target_faces and len(faces) > s.target_faces:
+            self.send("warning", code="no_decimation",
+                      message=f"the canonical mesh has {len(faces)} faces (target {s.target_faces}); no mesh "
+                              "decimation library is installed, so it is kept as it is")
+        self.live.write(s.geometry_steps, image=None, vertices=vertices, faces=faces)
+        ckpt.save_checkpoint(self.job_dir, s.geometry_steps, {
+            "stage": "texture", "next_step": 0, "embedding": torch.from_numpy(embedding),
+            "canonical": {"vertices": torch.from_numpy(vertices), "faces": torch.from_numpy(faces),
+                          **{f"offset:{n}": torch.from_numpy(o) for n, o in offsets.items()}},
+            "rng": torch.get_rng_state(), "settings": self.spec.resolved_dict()["settings"]})
+        return vertices, faces, offsets
+
+    # ---- stage 2 -----------------------------------------------------------------------------
+
+    def texture(self, prior, embedding, vertices, faces, offsets, albedo_lora, state, canonical_state):
+        try:
+            from .texture_stage import TextureStage
+            stage_cls = TextureStage
+            import engine.texture  # noqa: F401  (the texture room, CONTRACT §5)
+        except ImportError as exc:
+            raise EngineError(f"the texture room is not installed ({exc})", code="texture_unavailable",
+                              hint='run with "stop_after": "geometry", or update the engine') from None
+        s = self.settings
+        if albedo_lora:
+            prior.set_task("albedo")
+        else:
+            prior.set_task(None)
+        stage = stage_cls(s, prior, embedding, vertices, faces, offsets, size=self.spec.resolved_texture_size,
+                          seed=self.spec.seed, device=self.device, albedo_lora=albedo_lora)
+        first = 0
+        if state is not None and state["stage"] == "texture" and "texture" in state:
+            stage.load_state_dict(state["texture"])
+            first = int(state["next_step"])
+
+        def save(next_step: int) -> Path:
+            return ckpt.save_checkpoint(self.job_dir, s.geometry_steps + next_step, {
+                "stage": "texture", "next_step": next_step, "embedding": torch.from_numpy(embedding),
+                "canonical": canonical_state, "texture": stage.state_dict(), "rng": torch.get_rng_state(),
+                "settings": self.spec.resolved_dict()["settings"]})
+
+        for i in range(first, s.texture_steps):
+            if self.should_stop():
+                raise Cancelled(checkpoint=save(i))
+            started = time.perf_counter()
+            loss_t, name, image = stage.step(i)
+            loss = float(loss_t)
+            if not math.isfinite(loss):
+                raise nan_loss("texture", i + 1)
+            self.progress("texture", i + 1, s.texture_steps, s.geometry_steps + i + 1, loss, name,
+                          time.perf_counter() - started)
+            if self.live.due():
+                self.live.write(s.geometry_steps + i + 1, image=image.cpu().numpy())
+            if (i + 1) % s.checkpoint_every == 0 and i + 1 < s.texture_steps:
+                save(i + 1)
+        save(s.texture_steps)
+        albedo, roughness = stage.images()
+        return {"albedo": albedo, "roughness": roughness, "uvs": stage.layout.corner_uvs()}
+
+    # ---- export and quality ------------------------------------------------------------------
+
+    def info(self) -> dict:
+        import platform
+
+        versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+        for name in ("diffusers", "transformers", "peft"):
+            try:
+                versions[name] = __import__(name).__version__
+            except Exception:  # optional in this report
+                pass
+        return {"job": self.spec.resolved_dict(), "seed": self.spec.seed,
+                "models": {"root": str(self.models_root), "tiny_test_models": bool(getattr(self, "models_tiny", False)),
+                           "files": getattr(self, "model_files", {})},
+                "versions": versions, "timings_s": dict(self.timings)}
+
+    def head_mesh(self, vertices, faces, offsets, textures):
+        from ..result_format import HeadMesh
+
+        names = list(offsets)
+        return HeadMesh(vertices=vertices, faces=faces, expression_names=names,
+                        expression_offsets=np.stack([offsets[n] for n in names]),
+                        uvs=None if textures is None else np.asarray(textures["uvs"], np.float32))
+
+    def export(self, head, textures, quality, sheet):
+        from ..export import write_result
+
+        folder = self.job_dir / RESULT
+        info = self.info()
+        if quality is not None:
+            info["quality"] = quality
+        want_glb = bool(self.spec.output.get("glb", True))
+        if textures is None:  # stop_after geometry: head.npz, result.json and a glb with a plain material
+            paths = write_result(folder, head, info=info, glb=want_glb)
+        else:
+            paths = write_result(folder, head, albedo=textures["albedo"], roughness=textures["roughness"],
+                                 info=info, contact_sheet=sheet, glb=want_glb)
+        return folder, paths.get("head.glb")
+
+    def quality(self, head, textures, embedding):
+        """The report (per expression and view: ArcFace cosine, dlib distance) and a contact sheet."""
+        from ..export.quality import contact_sheet, quality_report
+
+        report, renders = quality_report(
+            head=head, albedo=textures["albedo"], roughness=textures["roughness"], photos=list(self.spec.photos),
+            identity_embedding=embedding, models_root=self.models_root,
+            resolution=self.settings.quality_resolution, device=self.device.type)
+        sheet = contact_sheet(renders) if self.spec.output.get("contact_sheet", True) else None
+        return report, sheet
+
+
+def _hash_model_files(root: Path) -> dict[str, str]:
+    """sha256 of every file the prior reads (folders from the prior's own file check, LoRAs, ArcFace)."""
+    import hashlib
+
+    from ..prior.weights import check_files
+
+    folders = [Path(p) for p in check_files(root).values()] + [root / "loras"]
+    files = sorted({f for d in folders if d.is_dir() for f in d.rglob("*") if f.is_file()}
+                   | {f for f in [root / "arc2face" / "arcface.onnx"] if f.is_file()})
+    out = {}
+    for f in files:
+        digest = hashlib.sha256()
+        with open(f, "rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
+        out[f.relative_to(root).as_posix()] = digest.hexdigest()
+    return out
+
+
+def _is_tiny(root: Path) -> bool:
+    try:
+        from ..tiny_models import is_tiny
+    except ImportError:
+        return False
+    return bool(is_tiny(root))

@@ -1,0 +1,121 @@
+"""``python -m engine run JOB_DIR [--resume]``: the worker the add-on starts.
+
+Protocol on stdout (engine/protocol.py): ``hello`` first, ``done`` last, nothing after it; logs on
+stderr. A ``{"type": "cancel"}`` line on stdin, stdin closing (Blender went away), SIGINT or
+SIGTERM all stop the job at the next step with a checkpoint and ``done ok=false code=cancelled``.
+Exit codes: 0 ok, 1 failed (an ``error`` message says why), 2 bad job.json, 130 cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback
+from pathlib import Path
+
+from .. import __version__, protocol
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_JOB, EXIT_CANCELLED = 0, 1, 2, 130
+log = logging.getLogger(__name__)
+
+
+class _Stdout:
+    """Thread-safe protocol writer that survives a reader that went away."""
+
+    def __init__(self, stream):
+        self.stream, self.lock, self.closed = stream, threading.Lock(), False
+
+    def __call__(self, msg: dict) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            try:
+                self.stream.write(protocol.encode(msg))
+                self.stream.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                self.closed = True  # nobody reads any more: keep running to a checkpoint
+
+
+def watch_stdin(stream, stop: threading.Event) -> None:
+    """Set ``stop`` on a cancel line or when ``stream`` closes; other lines are ignored."""
+    try:
+        for line in stream:
+            try:
+                if protocol.decode(line)["type"] == "cancel":
+                    break
+            except protocol.ProtocolError:
+                continue
+    except (OSError, ValueError):
+        pass
+    stop.set()
+
+
+def run_worker(job_dir: Path, *, resume: bool, stdin=None, stdout=None, watch: bool = True) -> int:
+    from ..errors import EngineError
+
+    send = _Stdout(stdout or sys.stdout)
+    stop = threading.Event()
+    if watch:
+        threading.Thread(target=watch_stdin, args=(stdin or sys.stdin, stop), daemon=True,
+                         name="stdin-cancel").start()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    send(protocol.hello(__version__, os.getpid()))
+    try:
+        from .failures import Cancelled, classify
+        from .job import JobError
+        from .run import run_job
+
+        try:
+            run_job(job_dir, resume=resume, emit=send, should_stop=stop.is_set)
+        except Cancelled as exc:
+            send(protocol.message("warning", code="cancelled", message=exc.message))
+            send(protocol.message("done", ok=False, code="cancelled"))
+            return EXIT_CANCELLED
+        except JobError as exc:
+            send(protocol.message("error", **exc.to_dict()))
+            send(protocol.message("done", ok=False, code=exc.code))
+            return EXIT_BAD_JOB
+        except EngineError as exc:
+            log.error("%s", exc)
+            send(protocol.message("error", **exc.to_dict()))
+            send(protocol.message("done", ok=False, code=exc.code))
+            return EXIT_FAILED
+        send(protocol.message("done", ok=True))
+        return EXIT_OK
+    except BaseException as exc:  # anything else, KeyboardInterrupt included: still error + done
+        traceback.print_exc(file=sys.stderr)
+        error = classify(exc, job_dir) if not isinstance(exc, KeyboardInterrupt) else None
+        if error is None:
+            send(protocol.message("error", code="cancelled", message="interrupted", hint="run again with --resume"))
+            send(protocol.message("done", ok=False, code="cancelled"))
+            return EXIT_CANCELLED
+        send(protocol.message("error", **error.to_dict()))
+        send(protocol.message("done", ok=False, code=error.code))
+        return EXIT_FAILED
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# ---- CLI ----------------------------------------------------------------------------------------
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job_dir", type=Path, help="the job folder (holds job.json)")
+    parser.add_argument("--resume", action="store_true", help="continue from the job's last checkpoint")
+
+
+def run(args: argparse.Namespace) -> int:
+    code = run_worker(args.job_dir, resume=args.resume)
+    # Everything is written and ``done`` is sent: leave now. Interpreter teardown with torch and
+    # diffusers loaded takes seconds, and the add-on waits for the exit after a cancel.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

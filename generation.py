@@ -1,0 +1,483 @@
+"""Generate Head: the checks before a job, the job folder, the worker, and what its messages do.
+
+One job per scene at a time. :func:`start_job` refuses with a :class:`Refusal` saying what to
+fix, else writes ``job.json`` into a fresh job folder and starts ``python -m engine run JOB_DIR``
+in the engine's Python. :meth:`Job.pump` is one timer tick: it takes the worker's messages
+(never waiting) and updates the job's state for the panel, streams mesh snapshots into the head
+object and, at the end, turns the result folder into the finished head. The modal operator's
+timer calls it; headless callers and tests call it directly (timers do not run in the bpy module).
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import bpy
+
+from . import result_import
+from .engine.models import check_models
+from .engine.result_format import ResultFormatError
+from .engine_runner import ADDON_DIR, EngineNotFound, engine_environment, engine_python
+from .worker_monitor import WorkerMonitor
+
+ADDON_PACKAGE = __package__
+CHECKPOINT_MARKER = Path("checkpoints") / "latest.json"
+DEVICE_FROM_PREFS = {"AUTO": "auto", "CUDA": "cuda", "CPU": "cpu"}
+PROBE_TIMEOUT_S = 30.0
+
+
+class Refusal(Exception):
+    """Generate Head cannot start; ``message`` says what to fix."""
+
+    def __init__(self, code: str, message: str, *, offer_download: bool = False):
+        super().__init__(message)
+        self.code, self.message, self.offer_download = code, message, offer_download
+
+
+# ------------------------------------------------------------------------------- checks before a job
+
+
+def photos_in_use(settings) -> list[str]:
+    """Absolute paths of the ticked photos; refuses when none is ticked or a file is gone."""
+    paths = [bpy.path.abspath(photo.path) for photo in settings.photos if photo.enabled and photo.path]
+    if not paths:
+        raise Refusal(
+            "no_photo",
+            "No photo is in use: add photos of the person in the References panel and tick at least one",
+        )
+    for path in paths:
+        if not os.path.isfile(path):
+            raise Refusal(
+                "photo_missing",
+                f"Photo not found: {path}. Remove it from the list or put the file back, then try again",
+            )
+    return [os.path.abspath(path) for path in paths]
+
+
+def expressions_in_use(settings) -> list[str]:
+    """The ticked expressions exactly as typed, checked by the engine's own rule.
+
+    Duplicates, empty names, names over Blender's 63-byte limit, "Basis", case variants of
+    "neutral" and control characters are refused here, before a job starts, so every name reaches
+    its shape key unchanged.
+    """
+    from .engine.pipeline.job import NEUTRAL, check_expression_names
+
+    names = [item.text for item in settings.expressions if item.enabled]
+    if not names:
+        raise Refusal(
+            "no_expression",
+            "No expression is in use: add one in the Expressions panel "
+            "(neutral is the Basis) or press Default Expressions",
+        )
+    problems = check_expression_names(names)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise Refusal(
+            "bad_expressions",
+            f"Expressions: {problems[0]}{more}. Rename or remove it in the Expressions panel",
+        )
+    return names if names[0] == NEUTRAL else [NEUTRAL, *[n for n in names if n != NEUTRAL]]
+
+
+# Pythons proven to start with torch, per session ((path, mtime)); failures are probed again each
+# time, so installing torch into the same Python is seen at the next press.
+_probed: set[tuple[str, float]] = set()
+
+
+def check_engine_python(prefs) -> str:
+    """The engine's Python, proven to start and to have torch (found without importing it)."""
+    try:
+        python = engine_python(prefs)
+    except EngineNotFound as exc:
+        raise Refusal("engine_python", str(exc)) from None
+    try:
+        key = (python, os.stat(python).st_mtime)
+    except OSError as exc:
+        raise Refusal("engine_python", f"Engine Python {python!r} cannot be used: {exc}") from None
+    if key not in _probed:
+        probe = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('torch') else 3)"
+        try:
+            done = subprocess.run(
+                [python, "-c", probe],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=PROBE_TIMEOUT_S,
+                env=engine_environment(),
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            problem = f"Engine Python {python!r} does not start ({exc}). Set Engine Python in the add-on's preferences"
+        else:
+            if done.returncode == 3:
+                problem = (
+                    f"Engine Python {python!r} has no torch. Press Install Engine in the add-on's "
+                    "preferences, or choose a Python that has the engine's packages (docs/install.md)"
+                )
+            elif done.returncode != 0:
+                last = (done.stderr.decode("utf-8", "replace").strip().splitlines() or ["no output"])[-1]
+                problem = f"Engine Python {python!r} does not start (exit {done.returncode}: {last})"
+            else:
+                problem = None
+        if problem:
+            raise Refusal("engine_no_torch" if "no torch" in problem else "engine_python", problem)
+        _probed.add(key)
+    return python
+
+
+# The identity step falls back to dlib's detector with Arc2Face's own arcface.onnx when the
+# antelopev2 pack is absent, and says so itself if it cannot; the prior's folders have no fallback.
+NEEDED_BEFORE_LAUNCH = ("sd15", "arc2face")
+
+
+def check_models_present(root: str, prefs) -> None:
+    blocking = [
+        report for report in check_models(root) if report.blocking and report.spec.key in NEEDED_BEFORE_LAUNCH
+    ]
+    if blocking:
+        names = ", ".join(f"{r.spec.key}/" for r in blocking)
+        from .operators.fetch_models import downloads_refused
+
+        allowed = downloads_refused(prefs) is None
+        how = (
+            "press Download Models"
+            if allowed
+            else "put them there as docs/install.md explains (or allow downloads in the preferences and press "
+            "Download Models)"
+        )
+        raise Refusal("models_missing", f"Models missing in {root}: {names}. {how}", offer_download=allowed)
+
+
+def jobs_root(settings) -> Path:
+    """Where new job folders go: the user's output folder, else the extension's user folder."""
+    if settings.output_dir:
+        return Path(bpy.path.abspath(settings.output_dir))
+    try:
+        return Path(bpy.utils.extension_path_user(ADDON_PACKAGE, path="jobs", create=True))
+    except (ValueError, RuntimeError) as exc:
+        raise Refusal(
+            "output_unwritable",
+            f"The extension's user folder cannot be used for jobs ({exc}); "
+            "choose an Output Folder in the Settings panel",
+        ) from None
+
+
+def check_writable(folder: Path) -> None:
+    problem = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".idto3d-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+    if problem:
+        raise Refusal(
+            "output_unwritable",
+            f"Cannot write job folders into {folder} ({problem}): choose another "
+            "Output Folder in the Settings panel",
+        )
+
+
+def job_request(settings, prefs, photos: list[str], expressions: list[str], models_root: str) -> dict:
+    """job.json (CONTRACT §1) for the scene's settings."""
+    return {
+        "job_version": 1,
+        "photos": photos,
+        "embedding": None,
+        "expressions": expressions,
+        "preset": settings.preset.lower(),
+        "overrides": {},
+        "seed": int(settings.seed),
+        "models": models_root,
+        "device": DEVICE_FROM_PREFS.get(prefs.device, "auto"),
+        "dtype": "auto",
+        "memory": {"attention": "sdpa", "channels_last": False, "vae_tiling": False, "cpu_offload": False},
+        "texture_size": int(settings.texture_size),
+        "output": {"glb": True, "contact_sheet": True, "quality_report": True},
+        "snapshot_interval_s": 1.0,
+        "allow_download": False,
+    }
+
+
+def new_job_folder(root: Path) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for attempt in range(100):
+        folder = root / (f"job-{stamp}" + (f"-{attempt}" if attempt else ""))
+        try:
+            folder.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        _claim(folder)
+        return folder
+    raise Refusal("output_unwritable", f"Could not make a fresh job folder in {root}")
+
+
+def _claim(folder: Path) -> None:
+    """Mark the job folder as the engine's (engine/owned.py, where that module exists)."""
+    if importlib.util.find_spec(f"{ADDON_PACKAGE}.engine.owned") is None:
+        return
+    from .engine.owned import claim_dir
+
+    claim_dir(folder, "job")
+
+
+# ------------------------------------------------------------------------------------------ the job
+
+
+class Job:
+    """One running (or finished) generation for one scene, and what the panel shows of it."""
+
+    def __init__(self, scene, job_dir: Path, monitor: WorkerMonitor, location, resumed: bool):
+        self.scene_name = scene.name
+        self.job_dir, self.monitor, self.location, self.resumed = job_dir, monitor, tuple(location), resumed
+        self.started = time.monotonic()
+        self.stage = "starting"
+        self.stage_index = self.stage_count = 0
+        self.step = self.total = 0
+        self.loss: float | None = None
+        self.eta_s: float | None = None
+        self.expression = ""
+        self.preview_path = ""
+        self.preview_seq = 0
+        self.snapshots_applied = 0
+        self.object_name = ""
+        self.result_folder = ""
+        self.warnings: list[str] = []
+        self.error: dict | None = None
+        self.stderr_tail = ""
+        self.ok: bool | None = None
+        self.timer = None  # the modal operator's event timer, removed when the job ends
+
+    @property
+    def finished(self) -> bool:
+        return self.ok is not None
+
+    @property
+    def cancelled(self) -> bool:
+        return self.finished and self.monitor.cancel_requested_at is not None and not self.ok
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the whole job: stages done plus the share of the current one."""
+        if self.ok:
+            return 1.0
+        if not self.stage_count:
+            return 0.0
+        within = self.step / self.total if self.total else 0.0
+        return min(1.0, max(0.0, (self.stage_index - 1 + within) / self.stage_count))
+
+    def head_object(self):
+        return bpy.data.objects.get(self.object_name) if self.object_name else None
+
+    def pump(self) -> bool:
+        """One tick: apply what the worker said since the last one. True while the job runs."""
+        if self.finished:
+            return False
+        messages = self.monitor.pump()
+        # Only the newest snapshot and preview of a burst are worth drawing.
+        last_snapshot = max((i for i, m in enumerate(messages) if m["type"] == "snapshot"), default=-1)
+        for index, msg in enumerate(messages):
+            kind = msg["type"]
+            if kind == "stage":
+                self.stage, self.stage_index, self.stage_count = (
+                    str(msg["name"]),
+                    int(msg["index"]),
+                    int(msg["count"]),
+                )
+                self.step, self.total = 0, 0
+            elif kind == "progress":
+                self.step, self.total = int(msg["step"]), int(msg["total"])
+                self.loss = msg.get("loss") if isinstance(msg.get("loss"), (int, float)) else None
+                self.eta_s = msg.get("eta_s") if isinstance(msg.get("eta_s"), (int, float)) else None
+                self.expression = str(msg.get("expression") or "")
+            elif kind == "preview":
+                self.preview_path = str(msg["path"])
+                self.preview_seq += 1
+            elif kind == "snapshot" and index == last_snapshot:
+                self._apply_snapshot(msg)
+            elif kind == "warning":
+                self.warnings.append(str(msg["message"]))
+            elif kind == "error":
+                self.error = {
+                    "code": str(msg["code"]),
+                    "message": str(msg["message"]),
+                    "hint": str(msg.get("hint") or ""),
+                }
+            elif kind == "result":
+                self._apply_result(msg)
+            elif kind == "done":
+                self._finish(bool(msg["ok"]) and self.error is None)
+        return not self.finished
+
+    def _apply_snapshot(self, msg: dict) -> None:
+        path = Path(str(msg["path"]))
+        if not path.resolve().is_relative_to(self.job_dir.resolve()):
+            self.warnings.append(f"ignored a snapshot outside the job folder: {path}")
+            return
+        try:
+            vertices, faces = result_import.read_snapshot(path)
+        except ResultFormatError as exc:  # the worker keeps only the newest few: one may be gone already
+            self.warnings.append(str(exc))
+            return
+        obj = self.head_object()
+        if obj is None or obj.type != "MESH":
+            obj = self._new_head_object()
+        result_import.update_mesh_in_place(obj, vertices, faces)
+        self.snapshots_applied += 1
+
+    def _new_head_object(self):
+        scene = bpy.data.scenes.get(self.scene_name) or bpy.context.scene
+        mesh = bpy.data.meshes.new("Head (generating)")
+        obj = bpy.data.objects.new("Head", mesh)
+        obj.location = self.location
+        obj["idto3d_job"] = str(self.job_dir)
+        scene.collection.objects.link(obj)
+        self.object_name = obj.name
+        return obj
+
+    def _apply_result(self, msg: dict) -> None:
+        folder = Path(str(msg["folder"]))
+        try:
+            into = self.head_object()
+            obj = result_import.import_result(
+                folder,
+                name="Head",
+                into=into,
+                location=self.location,
+                collection=(bpy.data.scenes.get(self.scene_name) or bpy.context.scene).collection,
+            )
+        except (ResultFormatError, OSError, RuntimeError) as exc:
+            self.error = {
+                "code": "import_failed",
+                "message": f"The result could not be brought into Blender: {exc}",
+                "hint": f"The result folder stays at {folder}; try Import Head Result on it",
+            }
+            return
+        if into is None:
+            obj.location = self.location
+        obj.data.name = "Head"
+        self.object_name, self.result_folder = obj.name, str(folder)
+
+    def _finish(self, ok: bool) -> None:
+        self.ok = ok
+        if not ok:
+            self.stderr_tail = self.monitor.stderr_tail()
+            if self.error is None and not self.cancelled:
+                self.error = {
+                    "code": "failed",
+                    "message": "The engine stopped without saying why.",
+                    "hint": "",
+                }
+
+    @property
+    def can_resume(self) -> bool:
+        return self.finished and not self.ok and (self.job_dir / CHECKPOINT_MARKER).is_file()
+
+    def cancel(self) -> None:
+        """Ask the worker to stop; the next pumps see it end (killed after a short grace)."""
+        self.monitor.request_cancel()
+
+    def status_line(self) -> str:
+        if self.ok:
+            return f"Done: {self.object_name}"
+        if self.cancelled:
+            return "Cancelled"
+        if self.finished:
+            return f"Failed: {self.error['message'] if self.error else 'unknown error'}"
+        text = f"{self.stage.capitalize()}"
+        if self.stage_count:
+            text += f" ({self.stage_index}/{self.stage_count})"
+        if self.total:
+            text += f" step {self.step}/{self.total}"
+        return text
+
+
+_jobs: dict[str, Job] = {}  # scene name -> its latest job (one job per scene at a time)
+
+
+def job_for(scene) -> Job | None:
+    return _jobs.get(scene.name)
+
+
+def running_job(scene) -> Job | None:
+    job = job_for(scene)
+    return job if job is not None and not job.finished else None
+
+
+def start_job(context, *, resume: bool = False) -> Job:
+    """Check everything, write job.json into a fresh job folder and start the worker."""
+    from .preferences import addon_prefs, models_root
+
+    scene = context.scene
+    settings = scene.idto3d
+    if running_job(scene) is not None:
+        raise Refusal(
+            "job_running",
+            "A head is already being generated in this scene: wait for it or press Cancel first",
+        )
+    prefs = addon_prefs(context)
+    root = models_root(prefs)
+    if resume:
+        job_dir = Path(settings.last_job_dir)
+        if not (job_dir / CHECKPOINT_MARKER).is_file():
+            raise Refusal("no_checkpoint", f"No checkpoint to resume from in {job_dir}: press Generate Head")
+        python = check_engine_python(prefs)
+        check_writable(job_dir)
+    else:
+        photos = photos_in_use(settings)
+        expressions = expressions_in_use(settings)
+        python = check_engine_python(prefs)
+        check_models_present(root, prefs)
+        base = jobs_root(settings)
+        check_writable(base)
+        request = job_request(settings, prefs, photos, expressions, root)
+        from .engine.pipeline.job import JobError, JobSpec, write_job
+
+        try:
+            JobSpec.from_dict(request, base)  # the worker's own validation, before any folder is made
+        except JobError as exc:
+            raise Refusal(exc.code, f"{exc.message}" + (f" ({exc.hint})" if exc.hint else "")) from None
+        job_dir = new_job_folder(base)
+        write_job(job_dir, request)
+    command = [python, "-m", "engine", "run", str(job_dir)] + (["--resume"] if resume else [])
+    monitor = WorkerMonitor(
+        command,
+        cwd=str(ADDON_DIR),
+        env=engine_environment(root),
+        stderr_path=job_dir / "addon-worker-stderr.log",
+    )
+    job = Job(scene, job_dir, monitor, scene.cursor.location, resume)
+    previous = _jobs.get(scene.name)
+    if (
+        resume
+        and previous is not None
+        and previous.head_object() is not None
+        and previous.result_folder == ""
+    ):
+        job.object_name = previous.object_name  # keep streaming into the same unfinished head
+    _jobs[scene.name] = job
+    settings.last_job_dir = str(job_dir)
+    return job
+
+
+def wait(job: Job, poll_s: float = 0.1) -> Job:
+    """Pump until the job ends (headless use: EXEC mode, ``blender -b --python``)."""
+    while job.pump():
+        time.sleep(poll_s)
+    return job
+
+
+def stop_all() -> None:
+    """End every worker and remove every timer (unregister, quitting Blender)."""
+    window_manager = getattr(bpy.context, "window_manager", None)
+    for job in list(_jobs.values()):
+        if job.timer is not None and window_manager is not None:
+            window_manager.event_timer_remove(job.timer)
+        job.timer = None
+        job.monitor.close()
+    _jobs.clear()

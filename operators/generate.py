@@ -1,0 +1,167 @@
+"""Generate Head (modal in the UI, blocking in EXEC mode for scripts), Cancel, Resume, Import Head Result.
+
+The work of a timer tick lives in :meth:`generation.Job.pump`; the modal operator only calls it
+and redraws. ``bpy.ops.idto3d.generate_head()`` from a script (EXEC) blocks until the head is in
+the scene, which is what ``blender -b --python`` and farms need.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import bpy
+from bpy.props import BoolProperty, StringProperty
+
+from .. import generation, result_import
+from ..engine.result_format import ResultFormatError
+
+TIMER_INTERVAL_S = 0.25
+
+
+def _redraw(context) -> None:
+    for window in context.window_manager.windows:
+        for area in window.screen.areas:
+            if area.type == "VIEW_3D":
+                area.tag_redraw()
+
+
+def _report_end(operator, job: generation.Job) -> set[str]:
+    if job.ok:
+        operator.report({"INFO"}, f"Head generated: {job.object_name} ({job.job_dir})")
+        return {"FINISHED"}
+    if job.cancelled:
+        operator.report({"WARNING"}, "Generation cancelled; the job folder stays for a resume")
+        return {"CANCELLED"}
+    error = job.error or {}
+    text = error.get("message", "the engine failed")
+    if error.get("hint"):
+        text += f" Fix: {error['hint']}"
+    operator.report({"ERROR"}, text)
+    return {"CANCELLED"}
+
+
+class _JobOperator:
+    """Shared by Generate Head and Resume: start, then follow (modal) or wait (EXEC)."""
+
+    resume = False
+
+    def _start(self, context):
+        runtime = context.window_manager.idto3d_runtime
+        try:
+            job = generation.start_job(context, resume=self.resume)
+        except generation.Refusal as exc:
+            runtime.offer_download = exc.offer_download
+            self.report({"ERROR"}, exc.message)
+            return None
+        runtime.offer_download = False
+        return job
+
+    def execute(self, context):
+        job = self._start(context)
+        if job is None:
+            return {"CANCELLED"}
+        generation.wait(job)
+        return _report_end(self, job)
+
+    def invoke(self, context, event):
+        job = self._start(context)
+        if job is None:
+            return {"CANCELLED"}
+        job.timer = context.window_manager.event_timer_add(TIMER_INTERVAL_S, window=context.window)
+        context.window_manager.modal_handler_add(self)
+        self._scene_name = context.scene.name
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        job = generation._jobs.get(getattr(self, "_scene_name", ""))
+        if job is None:  # the add-on was disabled or a file loaded: the job is gone
+            return {"CANCELLED"}
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        running = job.pump()
+        _redraw(context)
+        if running:
+            return {"PASS_THROUGH"}
+        if job.timer is not None:
+            context.window_manager.event_timer_remove(job.timer)
+            job.timer = None
+        return _report_end(self, job)
+
+
+class IDTO3D_OT_generate_head(_JobOperator, bpy.types.Operator):
+    bl_idname = "idto3d.generate_head"
+    bl_label = "Generate Head"
+    bl_description = (
+        "Generate the head from the photos and expressions in a background process; "
+        "the head streams into the viewport while it optimises"
+    )
+
+
+class IDTO3D_OT_resume_head(_JobOperator, bpy.types.Operator):
+    bl_idname = "idto3d.resume_head"
+    bl_label = "Resume"
+    bl_description = "Continue the last job of this scene from its newest checkpoint"
+    resume = True
+
+    @classmethod
+    def poll(cls, context):
+        job = generation.job_for(context.scene)
+        return job is not None and job.can_resume
+
+
+class IDTO3D_OT_cancel_head(bpy.types.Operator):
+    bl_idname = "idto3d.cancel_head"
+    bl_label = "Cancel"
+    bl_description = "Stop the running generation (its job folder stays, so it can be resumed)"
+
+    @classmethod
+    def poll(cls, context):
+        return generation.running_job(context.scene) is not None
+
+    def execute(self, context):
+        generation.running_job(context.scene).cancel()
+        return {"FINISHED"}
+
+
+class IDTO3D_OT_import_head_result(bpy.types.Operator):
+    bl_idname = "idto3d.import_head_result"
+    bl_label = "Import Head Result"
+    bl_description = (
+        "Bring a result folder (head.npz + textures) or a .glb written by the engine into the scene"
+    )
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: StringProperty(subtype="FILE_PATH", options={"SKIP_SAVE"})
+    directory: StringProperty(subtype="DIR_PATH", options={"SKIP_SAVE"})
+    filter_glob: StringProperty(default="*.glb;*.npz", options={"HIDDEN"})
+    filter_folder: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        chosen = Path(bpy.path.abspath(self.filepath or self.directory))
+        try:
+            if chosen.suffix.lower() == ".glb":
+                obj = result_import.import_glb(chosen)
+            else:
+                folder = chosen.parent if chosen.is_file() else chosen
+                obj = result_import.import_result(folder)
+        except ResultFormatError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        for other in context.view_layer.objects:
+            other.select_set(False)
+        obj.select_set(True)
+        context.view_layer.objects.active = obj
+        self.report({"INFO"}, f"Imported {obj.name}")
+        return {"FINISHED"}
+
+
+CLASSES = (
+    IDTO3D_OT_generate_head,
+    IDTO3D_OT_resume_head,
+    IDTO3D_OT_cancel_head,
+    IDTO3D_OT_import_head_result,
+)

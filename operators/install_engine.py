@@ -1,0 +1,267 @@
+"""Install Engine: a virtual environment in the extension's user folder with the pinned packages.
+
+Only when Blender's online access is allowed. Runs step by step in the background (venv, torch
+from the CPU or CUDA index the user chose, then requirements.txt under constraints.txt), each step
+a separate process writing to a log; a timer calls :func:`pump`. The environment is built in
+``runtime/venv.partial`` and only renamed to ``runtime/venv`` (and set as the Engine Python) once
+every step succeeded, so a failed install never leaves a half-made environment marked usable;
+the partial folder (ours, marked) is removed and the status names the failed step and its log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import bpy
+
+from ..engine_runner import ADDON_DIR
+from ..preferences import addon_prefs
+
+MARKER = ".idto3d-runtime.json"
+TORCH_INDEX = {
+    "CPU": "https://download.pytorch.org/whl/cpu",
+    "CUDA": "https://download.pytorch.org/whl/cu128",
+}
+LOG_NAME = "install.log"
+
+
+def runtime_folder() -> Path:
+    return Path(bpy.utils.extension_path_user(__package__.rpartition(".")[0], path="runtime", create=True))
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
+
+
+def pinned(package: str, constraints: Path) -> str:
+    """``package==version`` from constraints.txt (the bare name when it is not pinned there)."""
+    try:
+        for line in constraints.read_text(encoding="utf-8").splitlines():
+            match = re.match(rf"^\s*{re.escape(package)}\s*==\s*([^\s;#]+)", line, re.I)
+            if match:
+                return f"{package}=={match.group(1)}"
+    except OSError:
+        pass
+    return package
+
+
+def _is_ours(folder: Path) -> bool:
+    return (folder / MARKER).is_file()
+
+
+class Install:
+    """The steps of one install and the process of the step that runs now."""
+
+    def __init__(self, root: Path, steps: list[tuple[str, list[str]]]):
+        self.root, self.steps = root, steps
+        self.partial, self.final = root / "venv.partial", root / "venv"
+        self.log_path = root / LOG_NAME
+        self.index = -1
+        self.process: subprocess.Popen | None = None
+        self.outcome: str | None = None  # "ok" or the failure text
+        self._log = open(self.log_path, "w", encoding="utf-8")
+        self._next()
+
+    def _next(self) -> None:
+        self.index += 1
+        label, command = self.steps[self.index]
+        self._log.write(f"== {label}: {' '.join(command)}\n")
+        self._log.flush()
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(self.root)
+        )
+
+    @property
+    def label(self) -> str:
+        return self.steps[self.index][0]
+
+    def last_line(self) -> str:
+        try:
+            lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return ""
+        return next((line.strip() for line in reversed(lines) if line.strip()), "")
+
+    def pump(self) -> bool:
+        """Advance; True while steps remain. Sets ``outcome`` at the end."""
+        if self.outcome is not None:
+            return False
+        code = self.process.poll()
+        if code is None:
+            return True
+        if code != 0:
+            return self._fail(f"{self.label} failed (exit {code}): {self.last_line()}")
+        if self.index + 1 < len(self.steps):
+            self._next()
+            return True
+        return self._succeed()
+
+    def _succeed(self) -> bool:
+        (self.partial / MARKER).write_text(json.dumps({"state": "ready"}), encoding="utf-8")
+        old = self.root / "venv.old"
+        if self.final.exists():
+            if not _is_ours(self.final):
+                return self._fail(
+                    f"{self.final} exists and was not made by Install Engine; nothing was replaced"
+                )
+            os.replace(self.final, old)
+        os.replace(self.partial, self.final)
+        shutil.rmtree(old, ignore_errors=True)
+        self.outcome = "ok"
+        self._log.close()
+        return False
+
+    def _fail(self, text: str) -> bool:
+        self.outcome = f"Install Engine: {text}. Nothing was installed; full log: {self.log_path}"
+        self._log.close()
+        if _is_ours(self.partial):
+            shutil.rmtree(self.partial, ignore_errors=True)
+        return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self.outcome is None:
+            self._fail("stopped (the add-on was disabled)")
+
+
+_current: Install | None = None
+
+
+def install_steps(
+    partial: Path,
+    variant: str,
+    *,
+    requirements: Path,
+    constraints: Path,
+    pip_args: list[str],
+    with_torch: bool = True,
+) -> list[tuple[str, list[str]]]:
+    python = str(venv_python(partial))
+    pip = [python, "-m", "pip", "install", "--disable-pip-version-check", *pip_args]
+    steps = [("creating the environment", [sys.executable, "-m", "venv", str(partial)])]
+    if with_torch:
+        steps.append(
+            (
+                f"installing torch ({variant})",
+                [*pip, pinned("torch", constraints), "--index-url", TORCH_INDEX[variant]],
+            )
+        )
+    steps.append(
+        ("installing the engine's packages", [*pip, "-r", str(requirements), "-c", str(constraints)])
+    )
+    return steps
+
+
+def start_install(
+    prefs,
+    runtime,
+    *,
+    root: Path | None = None,
+    requirements: Path | None = None,
+    constraints: Path | None = None,
+    pip_args: list[str] = (),
+    with_torch: bool = True,
+) -> Install:
+    """Start installing the engine's environment (refused while offline or already running)."""
+    global _current
+    if not bpy.app.online_access:
+        raise InstallRefused(
+            "Blender's online access is off: enable it in Preferences > System > Network "
+            "to install the engine"
+        )
+    if _current is not None and _current.outcome is None:
+        raise InstallRefused("An engine install is already running")
+    root = root or runtime_folder()
+    partial = root / "venv.partial"
+    if partial.exists():
+        if not _is_ours(partial):
+            raise InstallRefused(f"{partial} exists and was not made by Install Engine: move it away")
+        shutil.rmtree(partial)  # a previous install that was interrupted
+    partial.mkdir(parents=True)
+    (partial / MARKER).write_text(json.dumps({"state": "installing"}), encoding="utf-8")
+    steps = install_steps(
+        partial,
+        prefs.torch_variant,
+        requirements=requirements or ADDON_DIR / "requirements.txt",
+        constraints=constraints or ADDON_DIR / "constraints.txt",
+        pip_args=list(pip_args),
+        with_torch=with_torch,
+    )
+    _current = Install(root, steps)
+    runtime.install_running, runtime.install_status = True, f"Install Engine: {_current.label}…"
+    return _current
+
+
+def pump(prefs, runtime) -> bool:
+    """Follow the install once; True while it runs. Sets the Engine Python when it succeeded."""
+    global _current
+    if _current is None:
+        runtime.install_running = False
+        return False
+    if _current.pump():
+        runtime.install_status = f"Install Engine: {_current.label}: {_current.last_line()[:80]}"
+        return True
+    runtime.install_running = False
+    if _current.outcome == "ok":
+        prefs.python_executable = str(venv_python(_current.final))
+        runtime.install_status = f"Engine installed in {_current.final}; press Check Engine"
+        runtime.engine_checked = False
+    else:
+        runtime.install_status = _current.outcome
+    _current = None
+    return False
+
+
+def stop_install() -> None:
+    global _current
+    if _current is not None:
+        _current.stop()
+        _current = None
+    if bpy.app.timers.is_registered(_timer_tick):
+        bpy.app.timers.unregister(_timer_tick)
+
+
+def _timer_tick():
+    context = bpy.context
+    if context.window_manager is None:
+        return None
+    running = pump(addon_prefs(context), context.window_manager.idto3d_runtime)
+    for window in context.window_manager.windows:
+        for area in window.screen.areas:
+            area.tag_redraw()
+    return 1.0 if running else None
+
+
+class InstallRefused(Exception):
+    """Install Engine cannot start; the message says why."""
+
+
+class IDTO3D_OT_install_engine(bpy.types.Operator):
+    bl_idname = "idto3d.install_engine"
+    bl_label = "Install Engine"
+    bl_description = (
+        "Create a Python environment in the extension's user folder and install torch and the "
+        "engine's pinned packages (several GB; needs Blender's online access)"
+    )
+
+    def execute(self, context):
+        prefs = addon_prefs(context)
+        try:
+            start_install(prefs, context.window_manager.idto3d_runtime)
+        except (InstallRefused, OSError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        bpy.app.timers.register(_timer_tick, first_interval=1.0)
+        self.report({"INFO"}, "Installing the engine in the background")
+        return {"FINISHED"}
+
+
+CLASSES = (IDTO3D_OT_install_engine,)

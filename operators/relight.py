@@ -1,0 +1,268 @@
+"""Relight in Cycles: a studio rig around the active head, and Render Preview.
+
+The rig lives in its own collection; every part carries its role (``idto3d_rig``) so running
+Relight again finds and updates the parts instead of adding new ones. Key, fill and rim area
+lights, or one of Blender's bundled studio HDRIs (``bpy.utils.system_resource``); a camera that
+frames the head from the front (the face looks toward -Y); an optional 360° turntable that turns
+the rig (camera and lights) around the head, so the head's own transform is never animated.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import bpy
+from mathutils import Vector
+
+RIG_COLLECTION = "ID-to-3D Studio"
+WORLD_NAME = "ID-to-3D Studio World"
+ROLE = "idto3d_rig"
+FRAME_FILL = 0.7  # the head fills this share of the frame height
+LENS_MM = 85.0
+# role, azimuth (deg, 0 = in front of the face), elevation (deg), distance (head heights), power (W), size
+LIGHTS = (
+    ("key", -40.0, 25.0, 3.0, 60.0, 0.6),
+    ("fill", 45.0, 5.0, 3.5, 20.0, 1.0),
+    ("rim", 160.0, 35.0, 3.0, 45.0, 0.5),
+)
+
+
+def studio_hdris() -> list[str]:
+    folder = bpy.utils.system_resource("DATAFILES", path="studiolights/world")
+    if not folder or not os.path.isdir(folder):
+        return []
+    return sorted(name for name in os.listdir(folder) if name.lower().endswith((".exr", ".hdr")))
+
+
+def hdri_path(name: str) -> Path:
+    return Path(bpy.utils.system_resource("DATAFILES", path="studiolights/world")) / name
+
+
+def head_bounds(obj) -> tuple[Vector, float]:
+    """World-space centre and height of the object's bounding box."""
+    corners = [obj.matrix_world @ Vector(corner) for corner in obj.bound_box]
+    low = Vector((min(c.x for c in corners), min(c.y for c in corners), min(c.z for c in corners)))
+    high = Vector((max(c.x for c in corners), max(c.y for c in corners), max(c.z for c in corners)))
+    return (low + high) / 2, max(high.z - low.z, 1e-3)
+
+
+def _rig_collection(scene):
+    collection = bpy.data.collections.get(RIG_COLLECTION)
+    if collection is None:
+        collection = bpy.data.collections.new(RIG_COLLECTION)
+    if collection.name not in scene.collection.children:
+        scene.collection.children.link(collection)
+    return collection
+
+
+def _part(collection, role: str, make):
+    """The rig's object with ``role``, made with ``make()`` the first time."""
+    for obj in collection.objects:
+        if obj.get(ROLE) == role:
+            return obj
+    obj = make()
+    obj[ROLE] = role
+    collection.objects.link(obj)
+    return obj
+
+
+def _look_at(obj, target: Vector) -> None:
+    obj.rotation_euler = (target - obj.location).to_track_quat("-Z", "Y").to_euler()
+
+
+def _orbit_position(centre: Vector, azimuth_deg: float, elevation_deg: float, distance: float) -> Vector:
+    """A point around the head; azimuth 0 is in front of the face (-Y), positive toward +X."""
+    az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
+    return centre + distance * Vector(
+        (math.sin(az) * math.cos(el), -math.cos(az) * math.cos(el), math.sin(el))
+    )
+
+
+def build_rig(
+    scene, head, *, mode: str = "AREA", hdri: str = "studio.exr", turntable: bool = False, frames: int = 120
+) -> dict[str, bpy.types.Object]:
+    """Make or update the studio rig for ``head``; returns the parts by role."""
+    centre, height = head_bounds(head)
+    collection = _rig_collection(scene)
+    pivot = _part(collection, "pivot", lambda: bpy.data.objects.new("Studio Pivot", None))
+    pivot.empty_display_type, pivot.empty_display_size = "SPHERE", height * 0.3
+    pivot.location, pivot.rotation_euler = centre, (0.0, 0.0, 0.0)
+    pivot.animation_data_clear()
+    parts = {"pivot": pivot}
+
+    def parented(obj, world_location: Vector, target: Vector) -> None:
+        obj.parent = pivot
+        obj.matrix_parent_inverse.identity()
+        obj.location = world_location - centre  # pivot has no rotation here
+        _look_at(obj, Vector((0.0, 0.0, 0.0)) + (target - centre))
+
+    camera = _part(
+        collection,
+        "camera",
+        lambda: bpy.data.objects.new("Studio Camera", bpy.data.cameras.new("Studio Camera")),
+    )
+    camera.data.lens = LENS_MM
+    camera.data.sensor_fit = "AUTO"  # the sensor width spans the longer side of the frame
+    aspect = scene.render.resolution_y / max(1, scene.render.resolution_x)
+    fov = 2 * math.atan(math.tan(camera.data.angle / 2) * min(1.0, aspect))  # vertical field of view
+    distance = (height / FRAME_FILL) / 2 / math.tan(fov / 2)
+    parented(camera, centre + Vector((0.0, -distance, 0.0)), centre)
+    camera.data.clip_start, camera.data.clip_end = distance * 0.05, distance * 20
+    scene.camera = camera
+    parts["camera"] = camera
+
+    for role, azimuth, elevation, heights, power, size in LIGHTS:
+        name = f"Studio {role.capitalize()}"
+        light = _part(
+            collection, role, lambda n=name: bpy.data.objects.new(n, bpy.data.lights.new(n, "AREA"))
+        )
+        light.data.energy = power * (height / 0.25) ** 2  # the same look for any head size
+        light.data.size = size * height
+        light.hide_render = light.hide_viewport = mode != "AREA"
+        parented(light, _orbit_position(centre, azimuth, elevation, heights * height), centre)
+        parts[role] = light
+
+    _set_world(scene, mode, hdri)
+    if turntable:
+        pivot.rotation_euler = (0.0, 0.0, 0.0)
+        pivot.keyframe_insert("rotation_euler", index=2, frame=scene.frame_start)
+        pivot.rotation_euler = (0.0, 0.0, 2 * math.pi)
+        pivot.keyframe_insert("rotation_euler", index=2, frame=scene.frame_start + frames)
+        for fcurve in _fcurves(pivot):
+            for point in fcurve.keyframe_points:
+                point.interpolation = "LINEAR"
+        pivot.rotation_euler = (0.0, 0.0, 0.0)
+        scene.frame_end = scene.frame_start + frames - 1  # frame start+frames equals the first view
+    scene.render.engine = "CYCLES"
+    return parts
+
+
+def _fcurves(obj):
+    """The object's F-curves (layered actions in Blender 4.4+, plain ones before)."""
+    action = obj.animation_data.action if obj.animation_data else None
+    if action is None:
+        return []
+    if hasattr(action, "layers") and len(action.layers):
+        curves = []
+        for layer in action.layers:
+            for strip in layer.strips:
+                for bag in strip.channelbags:
+                    curves.extend(bag.fcurves)
+        return curves
+    return list(getattr(action, "fcurves", []))
+
+
+def _set_world(scene, mode: str, hdri: str) -> None:
+    world = bpy.data.worlds.get(WORLD_NAME) or bpy.data.worlds.new(WORLD_NAME)
+    tree = world.node_tree
+    if tree is None:  # Blender before 5.0
+        world.use_nodes = True
+        tree = world.node_tree
+    background = next((n for n in tree.nodes if n.type == "BACKGROUND"), None) or tree.nodes.new(
+        "ShaderNodeBackground"
+    )
+    output = next((n for n in tree.nodes if n.type == "OUTPUT_WORLD"), None) or tree.nodes.new(
+        "ShaderNodeOutputWorld"
+    )
+    tree.links.new(background.outputs["Background"], output.inputs["Surface"])
+    environment = next((n for n in tree.nodes if n.type == "TEX_ENVIRONMENT"), None)
+    if mode == "HDRI":
+        path = hdri_path(hdri)
+        if not path.is_file():
+            raise FileNotFoundError(f"Blender's studio light {hdri!r} was not found at {path}")
+        if environment is None:
+            environment = tree.nodes.new("ShaderNodeTexEnvironment")
+        environment.image = bpy.data.images.load(str(path), check_existing=True)
+        tree.links.new(environment.outputs["Color"], background.inputs["Color"])
+        background.inputs["Strength"].default_value = 1.0
+    else:
+        for link in list(background.inputs["Color"].links):
+            tree.links.remove(link)
+        background.inputs["Color"].default_value = (0.02, 0.02, 0.025, 1.0)
+        background.inputs["Strength"].default_value = 1.0
+    scene.world = world
+
+
+def render_still(scene, path: Path, *, size: int | None = None, samples: int | None = None) -> Path:
+    """Render the scene's camera view with Cycles into ``path`` (PNG)."""
+    render = scene.render
+    render.engine = "CYCLES"
+    if size:
+        render.resolution_x = render.resolution_y = size
+        render.resolution_percentage = 100
+    if samples:
+        scene.cycles.samples = samples
+    scene.cycles.device = "CPU" if bpy.app.background else scene.cycles.device
+    render.image_settings.file_format = "PNG"
+    render.filepath = str(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bpy.ops.render.render(write_still=True, scene=scene.name)
+    return path
+
+
+def _active_head(context):
+    obj = context.active_object
+    return obj if obj is not None and obj.type == "MESH" else None
+
+
+class IDTO3D_OT_relight(bpy.types.Operator):
+    bl_idname = "idto3d.relight"
+    bl_label = "Relight in Cycles"
+    bl_description = (
+        "Build (or update) a studio rig for the active head: key, fill and rim lights or a "
+        "studio HDRI, a camera that frames it, optionally a 360° turntable"
+    )
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        return _active_head(context) is not None
+
+    def execute(self, context):
+        settings = context.scene.idto3d
+        try:
+            build_rig(
+                context.scene,
+                _active_head(context),
+                mode=settings.light_mode,
+                hdri=settings.studio_hdri,
+                turntable=settings.turntable,
+                frames=settings.turntable_frames,
+            )
+        except FileNotFoundError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class IDTO3D_OT_render_preview(bpy.types.Operator):
+    bl_idname = "idto3d.render_preview"
+    bl_label = "Render Preview"
+    bl_description = "Render a still of the studio camera with Cycles (the image opens as 'ID-to-3D Preview')"
+
+    @classmethod
+    def poll(cls, context):
+        return context.scene.camera is not None
+
+    def execute(self, context):
+        try:
+            folder = Path(
+                bpy.utils.extension_path_user(__package__.rpartition(".")[0], path="renders", create=True)
+            )
+        except (ValueError, RuntimeError, OSError):
+            folder = Path(bpy.app.tempdir or "/tmp")
+        path = render_still(context.scene, folder / "preview.png")
+        image = bpy.data.images.get("ID-to-3D Preview")
+        if image is None:
+            image = bpy.data.images.load(str(path), check_existing=False)
+            image.name = "ID-to-3D Preview"
+        else:
+            image.filepath = str(path)
+            image.reload()
+        self.report({"INFO"}, f"Rendered {path}")
+        return {"FINISHED"}
+
+
+CLASSES = (IDTO3D_OT_relight, IDTO3D_OT_render_preview)

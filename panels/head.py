@@ -1,0 +1,84 @@
+"""Head panel: the active head's expressions (shape keys) with identity scores, and the studio rig."""
+
+from __future__ import annotations
+
+import bpy
+
+from . import SidebarPanel
+from ..operators.head import head_key
+from ..result_import import quality_scores
+
+_scores: dict[str, dict[str, float | None]] = {}  # result folder -> scores, read once per folder
+
+
+def scores_for(obj) -> dict[str, float]:
+    folder = obj.get("idto3d_result") if obj is not None else None
+    if not folder:
+        return {}
+    if folder not in _scores:
+        _scores[folder] = quality_scores(folder)
+    return _scores[folder]
+
+
+class IDTO3D_UL_shape_keys(bpy.types.UIList):
+    bl_idname = "IDTO3D_UL_shape_keys"
+
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
+        row = layout.row(align=True)
+        if item == data.reference_key:
+            row.label(text="neutral (Basis)", icon="PINNED")
+            return
+        row.label(text=item.name, icon="SHAPEKEY_DATA")
+        scores = scores_for(context.active_object)
+        if item.name in scores:  # identity score of this expression's renders (ArcFace cosine)
+            score = scores[item.name]
+            row.label(text="ID –" if score is None else f"ID {score:.2f}")
+        row.prop(item, "value", text="", slider=True)
+        row.operator("idto3d.expression_solo", text="", icon="SOLO_ON").name = item.name
+
+
+class IDTO3D_PT_head(SidebarPanel, bpy.types.Panel):
+    bl_idname = "IDTO3D_PT_head"
+    bl_label = "Head"
+
+    @classmethod
+    def poll(cls, context):
+        return head_key(context.active_object) is not None
+
+    def draw(self, context):
+        obj = context.active_object
+        layout = self.layout
+        layout.template_list(
+            "IDTO3D_UL_shape_keys", "", head_key(obj), "key_blocks", obj, "active_shape_key_index", rows=5
+        )
+        if not scores_for(obj):
+            layout.label(text="No identity scores (no quality report)", icon="INFO")
+        row = layout.row(align=True)
+        row.operator("idto3d.expressions_neutral", icon="LOOP_BACK")
+        row.operator("idto3d.expressions_keyframe", icon="KEY_HLT")
+
+
+class IDTO3D_PT_relight(SidebarPanel, bpy.types.Panel):
+    bl_idname = "IDTO3D_PT_relight"
+    bl_label = "Relight"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    @classmethod
+    def poll(cls, context):
+        return context.active_object is not None and context.active_object.type == "MESH"
+
+    def draw(self, context):
+        settings = context.scene.idto3d
+        layout = self.layout
+        layout.use_property_split = True
+        layout.prop(settings, "light_mode")
+        if settings.light_mode == "HDRI":
+            layout.prop(settings, "studio_hdri")
+        layout.prop(settings, "turntable")
+        if settings.turntable:
+            layout.prop(settings, "turntable_frames")
+        layout.operator("idto3d.relight", icon="LIGHT_AREA")
+        layout.operator("idto3d.render_preview", icon="RENDER_STILL")
+
+
+CLASSES = (IDTO3D_UL_shape_keys, IDTO3D_PT_head, IDTO3D_PT_relight)

@@ -1,0 +1,78 @@
+"""The quality report, on real photos standing in for renders (so the judge gives real numbers)
+and on tiny random models (flagged: the numbers mean nothing); the contact sheet's layout."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.export.quality import VIEWS_DEG, contact_sheet, quality_report, render_views
+
+
+def photo(path, side=320) -> np.ndarray:
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        scale = side / max(im.size)
+        return np.asarray(im.resize((round(im.size[0] * scale), round(im.size[1] * scale))))
+
+
+@pytest.fixture(scope="module")
+def real_report(photos_dir):
+    grace = photo(photos_dir / "grace_hopper.jpg")
+    astronaut = photo(photos_dir / "astronaut.png")
+    blank = np.full((160, 160, 3), 255, np.uint8)
+    # The person herself in three "views", another person, and a view with no face at all.
+    renders = {"neutral": [grace, grace, grace, astronaut, blank], "smiling": [astronaut] * 4 + [blank]}
+    return quality_report(renders=renders, photos=[photos_dir / "grace_hopper.jpg"])
+
+
+def test_judge_tells_the_person_from_someone_else(real_report):
+    report, _ = real_report
+    assert report["tiny_test_models"] is False and "mean nothing" not in report["note"]
+    assert report["views_deg"] == list(VIEWS_DEG)
+    neutral = report["expressions"]["neutral"]["views"]
+    assert [v["face_found"] for v in neutral] == [True, True, True, True, False]
+    assert all(v["dlib_distance"] < 0.6 for v in neutral[:3])  # the same person: dlib's "same"
+    assert neutral[3]["dlib_distance"] > 0.6  # the astronaut is not Grace Hopper
+    assert neutral[4]["dlib_distance"] is None and neutral[4]["arcface_cosine"] is None
+    smiling = report["expressions"]["smiling"]
+    assert smiling["mean_dlib_distance"] > 0.6 and smiling["faces_found"] == 4
+    assert report["expressions"]["neutral"]["mean_dlib_distance"] < smiling["mean_dlib_distance"]
+
+
+def test_report_is_plain_json(real_report):
+    import json
+
+    report, renders = real_report
+    assert json.loads(json.dumps(report, allow_nan=False)) == report
+    assert list(renders) == ["neutral", "smiling"] and len(renders["neutral"]) == len(VIEWS_DEG)
+
+
+def test_tiny_models_are_flagged_as_meaningless(textured_head, tiny_models_root, photos_dir):
+    head, _, albedo, roughness = textured_head
+    renders = render_views(head, albedo, roughness, resolution=96)
+    assert list(renders) == head.expression_names and all(len(r) == len(VIEWS_DEG) for r in renders.values())
+    assert renders["neutral"][0].shape == (96, 96, 3)
+    assert not np.allclose(renders["neutral"][0], renders["smiling"][0])  # the expression moved the jaw
+    identity = np.random.default_rng(0).normal(size=512)
+    report, _ = quality_report(renders=renders, identity_embedding=identity, models_root=tiny_models_root,
+                               photos=[photos_dir / "grace_hopper.jpg"])
+    assert report["tiny_test_models"] is True and "mean nothing" in report["note"]
+    assert set(report["expressions"]) == set(head.expression_names)
+
+
+def test_arcface_cosine_comes_from_the_arcface_model_when_present(tiny_models_root, photos_dir):
+    """With an arcface.onnx (here the tiny random one) every found face gets a cosine in [-1, 1];
+    a render identical to the photo gets the photo's own embedding, cosine 1."""
+    grace = np.asarray(Image.open(photos_dir / "grace_hopper.jpg").convert("RGB"))  # the photo's own pixels
+    report, _ = quality_report(renders={"neutral": [grace] * len(VIEWS_DEG)}, models_root=tiny_models_root,
+                               photos=[photos_dir / "grace_hopper.jpg"])
+    assert report["arcface_available"] is True
+    cosines = [v["arcface_cosine"] for v in report["expressions"]["neutral"]["views"]]
+    assert all(c is not None and abs(c - 1.0) < 1e-4 for c in cosines), cosines
+
+
+def test_contact_sheet_has_a_row_per_expression_and_a_column_per_view():
+    renders = {"neutral": [np.zeros((32, 32, 3))] * 5, "with curly red hair ✨": [np.ones((32, 32, 3))] * 5}
+    sheet = contact_sheet(renders, VIEWS_DEG, tile=40, label_height=10)
+    assert sheet.shape == (10 + 2 * 50, 5 * 40, 3) and sheet.dtype == np.uint8
+    assert sheet[10 + 10 + 5, 5].max() == 0 and sheet[10 + 50 + 10 + 5, 5].min() == 255
