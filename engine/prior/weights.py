@@ -57,6 +57,9 @@ def resolve_components(root: Path | str) -> dict[str, Path]:
     return paths
 
 
+check_files = resolve_components  # the earlier name, still used by the pipeline's model-file hashing
+
+
 def read_json(path: Path) -> dict:
     """A config file as a dict; anything else (unreadable, or a JSON string that diffusers would
     take for a Hub repository name) is refused with the file's name."""

@@ -127,12 +127,14 @@ def test_pipeline_run_stays_offline(recorder, tmp_path, seeded_models, photos_di
     from engine.cli import COMMANDS
 
     if "generate" not in {name for name, *_ in COMMANDS}:
-        pytest.skip("the pipeline's generate/run commands are not on this branch yet")
+        pytest.skip("the pipeline's generate/run commands are not on this branch yet")  # `generate` runs `run`
     env = online_env(recorder, tmp_path)
     done = run_engine(env, "generate", "--images", str(photos_dir / "grace_hopper.jpg"), "--expressions", "smiling",
                       "--preset", "test", "--out", str(tmp_path / "job"), "--models", str(seeded_models),
                       "--device", "cpu", timeout=900)
     _assert_offline(recorder, done, "generate/run")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "job" / "result" / "head.npz").is_file()
 
 
 def test_fetch_models_respects_the_users_own_offline_switch(recorder, tmp_path):
