@@ -7,6 +7,11 @@ back-propagates a loss on those passes to the vertex positions. Prints a table a
 docs/benchmarks-render.md.
 
     .venv/bin/python bench/bench_render.py [--views 4] [--repeats 3] [--threads N] [--no-write]
+        [--baseline GIT_REV]
+
+``--baseline REV`` also times ``engine/render/rasterize_torch.py`` as it was at git revision REV
+(loaded from git into a module of its own), interleaved with the current code in the same run,
+and prints the ratio current / baseline.
 """
 
 from __future__ import annotations
@@ -73,6 +78,22 @@ def time_it(fn, repeats: int) -> tuple[float, float]:
     return best_wall, best_cpu
 
 
+def load_baseline_rasterizer(rev: str):
+    """engine/render/rasterize_torch.py at git revision ``rev``, as a separate module."""
+    import subprocess
+    import types
+
+    src = subprocess.run(["git", "show", f"{rev}:engine/render/rasterize_torch.py"], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    name = "engine.render._baseline_rasterize_torch"
+    module = types.ModuleType(name)
+    module.__package__ = "engine.render"
+    module.__file__ = f"{rev}:engine/render/rasterize_torch.py"
+    sys.modules[name] = module  # dataclasses look their module up here
+    exec(compile(src, module.__file__, "exec"), module.__dict__)
+    return module
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--views", type=int, default=4)
@@ -81,11 +102,15 @@ def main(argv=None) -> int:
                     help="torch threads (default 1: per-core figures, the most repeatable on shared "
                          "machines; 0 = torch's default)")
     ap.add_argument("--no-write", action="store_true", help="print only, do not write docs/")
+    ap.add_argument("--baseline", metavar="GIT_REV", help="also time the rasteriser of this git revision")
     args = ap.parse_args(argv)
 
     import torch
 
-    from engine.render import mesh_topology, render, sample_orbit_cameras
+    from engine.render import mesh_topology, render, renderer, sample_orbit_cameras
+
+    current_rt = renderer.rt
+    baseline_rt = load_baseline_rasterizer(args.baseline) if args.baseline else None
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -115,9 +140,22 @@ def main(argv=None) -> int:
             fw, fc = (x * 1000 / args.views for x in time_it(forward, args.repeats))
             bw, bc = (x * 1000 / args.views for x in time_it(forward_backward, args.repeats))
             cc = time_it(lambda: forward_backward(True), args.repeats)[1] * 1000 / args.views
-            rows.append((faces.shape[0], res, fw, fc, bw, bc, cc))
+            base = None
+            if baseline_rt is not None:
+                # Alternate current and baseline so both see the same machine load.
+                cur, old = [], []
+                for _ in range(args.repeats):
+                    for rt_mod, acc in ((current_rt, cur), (baseline_rt, old)):
+                        renderer.rt = rt_mod
+                        try:
+                            acc.append(time_it(forward_backward, 1)[1] * 1000 / args.views)
+                        finally:
+                            renderer.rt = current_rt
+                base = (min(cur), min(old))
+            rows.append((faces.shape[0], res, fw, fc, bw, bc, cc, base))
+            extra = f"; vs baseline {base[0]:.1f} / {base[1]:.1f} = {base[0] / base[1]:.2f}x" if base else ""
             print(f"{faces.shape[0]:>8} tris {res:>4}^2  fwd {fw:7.1f} ms/view (cpu {fc:7.1f})  "
-                  f"fwd+bwd {bw:7.1f} ms/view (cpu {bc:7.1f}; culled {cc:7.1f})", flush=True)
+                  f"fwd+bwd {bw:7.1f} ms/view (cpu {bc:7.1f}; culled {cc:7.1f}){extra}", flush=True)
 
     header = (
         "| triangles | resolution | forward wall | forward CPU | fwd+bwd wall | fwd+bwd CPU "
@@ -126,8 +164,16 @@ def main(argv=None) -> int:
     )
     table = header + "".join(
         f"| {t:,} | {r}² | {fw:.1f} | {fc:.1f} | {bw:.1f} | {bc:.1f} | {cc:.1f} |\n"
-        for t, r, fw, fc, bw, bc, cc in rows
+        for t, r, fw, fc, bw, bc, cc, _ in rows
     )
+    if baseline_rt is not None:
+        table += (
+            f"\nSame run, fwd+bwd CPU ms/view, current code vs the rasteriser at `{args.baseline}` "
+            "(interleaved, best of each):\n\n| triangles | resolution | current | baseline | ratio |\n"
+            "|---:|---:|---:|---:|---:|\n"
+            + "".join(f"| {t:,} | {r}² | {b[0]:.1f} | {b[1]:.1f} | {b[0] / b[1]:.2f} |\n"
+                      for t, r, *_, b in rows)
+        )
     topo_line = "; ".join(f"{t:,} triangles {ms:.0f} ms" for t, ms in topo_ms.items())
     table += f"\n`mesh_topology` (once per call when the topology changes, CPU): {topo_line}.\n"
     print()

@@ -16,13 +16,18 @@ import torch
 
 from . import regularisers
 from .marching_tets import MarchingTetsResult, extract_surface
+from .sdf_field import check_max_deformation
 
 
 class DMTet(torch.nn.Module):
-    """A tet grid plus an SDF field (anything with ``sdf_and_deformation``): extracts the mesh."""
+    """A tet grid plus an SDF field (anything with ``sdf_and_deformation``): extracts the mesh.
+
+    Refuses (EngineError ``deformation_unsafe``) a field whose ``max_deformation`` exceeds
+    ``sdf_field.MAX_SAFE_DEFORMATION`` cells of this grid: tets could invert."""
 
     def __init__(self, grid, sdf_field):
         super().__init__()
+        check_max_deformation(getattr(sdf_field, "max_deformation", 0.0), grid.cell_size)
         self.grid = grid
         self.field = sdf_field
 

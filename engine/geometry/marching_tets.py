@@ -78,8 +78,8 @@ class MarchingTetsResult:
 def extract_surface(grid, sdf: torch.Tensor, deformation: torch.Tensor | None = None) -> MarchingTetsResult:
     """Marching tetrahedra on a :class:`~engine.geometry.tetgrid.TetGrid`, visiting only crossing cubes.
 
-    ``deformation`` [V,3] (metres) is added to the grid vertices (DMTet); keep it under 0.35 of a
-    cell so no tet can invert (see ``sdf_field``). Vertices on the box faces are always treated as
+    ``deformation`` [V,3] (metres) is added to the grid vertices (DMTet); keep every vector shorter
+    than ``sdf_field.MAX_SAFE_DEFORMATION`` cells so no tet can invert (``DMTet`` enforces it). Vertices on the box faces are always treated as
     outside (their SDF is clamped to >= 0), so the surface is closed even where the field
     reaches the edge of the grid. Otherwise the same as ``marching_tetrahedra(grid.vertices,
     grid.tets, sdf)``.

@@ -7,10 +7,11 @@
 * :class:`VertexSDF` - one SDF value and one deformation per tet-grid vertex (the original DMTet
   parameterisation). Fastest on CPU, but only vertices next to the surface get gradients.
 
-Deformations are bounded with ``tanh`` to ``max_deformation`` metres. Keep it at most
-``MAX_SAFE_DEFORMATION`` grid cells: the smallest altitude of the grid's tets is cell/sqrt(2), so
-if no vertex moves more than 0.35 cell no tet can invert, and marching tets' outward winding
-(which needs positive tets) is guaranteed.
+Deformations are bounded in *length* (:func:`bounded_deformation`: the raw 3-vector keeps its
+direction, its length becomes ``max_deformation * tanh(|raw|)``), not per axis: a per-axis
+``tanh`` lets a vertex move sqrt(3) times the bound along a diagonal. ``DMTet`` refuses a bound
+above ``MAX_SAFE_DEFORMATION`` grid cells (:func:`check_max_deformation`), where tets could
+invert and marching tets' outward winding (which needs positive tets) would break.
 """
 
 from __future__ import annotations
@@ -20,9 +21,49 @@ import math
 import torch
 from torch import nn
 
+from ..errors import EngineError
+
 # Large primes for the spatial hash (the usual choice: 1 for x keeps the finest level coherent in x).
 _PRIMES = (1, 2654435761, 805459861)
-MAX_SAFE_DEFORMATION = 0.35  # in grid cells, see the module docstring
+# Why 0.28 of a cell. Every vertex moving by less than half the minimal width of every tet
+# keeps every tet positive: if moved vertices q_i = p_i + d_i with |d_i| < w/2 were coplanar, all
+# four p_i would lie within w/2 of that plane, so the tet's width across it would be < w. Along
+# the straight path t * d_i (t in [0, 1]) every intermediate tet obeys the same bound, so the
+# signed volume (continuous in t, positive at t = 0) never reaches zero. The minimal width of a
+# simplex is attained perpendicular to a face (an altitude) or to two opposite edges. For the
+# grid's Kuhn tets (cube side h, path 000 -> 100 -> 110 -> 111 and its axis permutations) the
+# altitudes are h and h/sqrt(2), the opposite-edge distances h, h/sqrt(2) and h/sqrt(3) (edges
+# 000-110 and 100-111, direction (1, -1, 1)/sqrt(3)), so w = h/sqrt(3) and any displacement
+# shorter than h/(2 sqrt(3)) = 0.2887 h is safe. The bound is tight: moving 000 and 110 by
+# +w/2 along (1, -1, 1)/sqrt(3) and 100 and 111 by -w/2 flattens that tet. (The often quoted
+# "half the smallest altitude", h/(2 sqrt(2)) = 0.354 h, misses the edge-edge case.) 0.28 keeps
+# a margin for rounding, and for tanh saturating to exactly 1 in float32. Checked numerically
+# in tests/geometry/test_deformation_bound.py.
+MAX_SAFE_DEFORMATION = 0.28  # in grid cells
+
+
+def bounded_deformation(raw: torch.Tensor, max_length: float) -> torch.Tensor:
+    """[N, 3] raw network/parameter output -> displacement of length max_length * tanh(|raw|).
+
+    Keeps the direction; strictly shorter than ``max_length`` (up to float rounding), smooth,
+    and the identity times ``max_length`` to first order at 0 (tanh(r)/r -> 1)."""
+    r = (raw.square().sum(-1, keepdim=True) + 1e-24).sqrt()  # eps: no 0/0 and no NaN gradient at 0
+    return raw * (max_length * torch.tanh(r) / r)
+
+
+def check_max_deformation(max_deformation: float, cell_size: float) -> None:
+    """Raise EngineError when a deformation bound (metres) exceeds MAX_SAFE_DEFORMATION cells."""
+    cells = float(max_deformation) / float(cell_size)
+    if not math.isfinite(cells) or cells < 0 or cells > MAX_SAFE_DEFORMATION * (1 + 1e-6):
+        raise EngineError(
+            f"DMTet deformation bound {max_deformation:.6g} m is {cells:.3f} grid cells "
+            f"(cell {cell_size:.6g} m); at most {MAX_SAFE_DEFORMATION} cells is allowed: beyond "
+            "0.289 cells (half the smallest width of the grid's tetrahedra) displaced vertices can "
+            "turn tetrahedra inside out, and marching tetrahedra then makes inside-out triangles",
+            code="deformation_unsafe",
+            hint=f"use max_deformation <= {MAX_SAFE_DEFORMATION} * grid.cell_size "
+            f"({MAX_SAFE_DEFORMATION * cell_size:.6g} m for this grid)",
+        )
 
 
 class HashGridEncoding(nn.Module):
@@ -111,7 +152,7 @@ class HashGridSDF(nn.Module):
         out = self.mlp(torch.cat([x, self.encoding(points)], dim=-1))
         sdf = out[:, 0] * (0.5 * self.size)  # network works in box units, SDF in metres
         if self.max_deformation > 0:
-            deform = torch.tanh(out[:, 1:]) * self.max_deformation
+            deform = bounded_deformation(out[:, 1:], self.max_deformation)
         else:
             deform = torch.zeros_like(points)
         return sdf, deform
@@ -138,5 +179,5 @@ class VertexSDF(nn.Module):
                 f"VertexSDF holds {self.sdf.shape[0]} grid vertices but was asked for {points.shape[0]} points: "
                 "it can only be evaluated at the tet-grid vertices it was made for"
             )
-        deform = torch.tanh(self.raw_deformation) * self.max_deformation
+        deform = bounded_deformation(self.raw_deformation, self.max_deformation)
         return self.sdf, deform

@@ -38,7 +38,7 @@ class Preset:
     geometry_t_end: tuple[float, float]  # ... at the last step (linear anneal)
     geometry_shortcut_fraction: float  # first part of stage 1 on the 4-channel latent shortcut (no VAE)
     neutral_fraction: float  # share of stage-1 steps that render neutral; the rest cycle the expressions
-    max_deformation_cells: float  # DMTet vertex deformation bound, in grid cells (<= 0.3)
+    max_deformation_cells: float  # DMTet vertex deformation bound (length), in grid cells (<= 0.28)
     expression_max_offset: float  # metres, tanh bound of the expression offsets
     expression_offset_weight: float  # pull of every expression towards neutral (L2 on offsets)
     laplacian: float
@@ -69,7 +69,7 @@ class Preset:
 _COMMON = dict(
     geometry_lr=1e-3, expression_lr=1e-3, geometry_guidance=3.0,
     geometry_t_start=(0.02, 0.98), geometry_t_end=(0.02, 0.5),
-    neutral_fraction=0.5, max_deformation_cells=0.3, expression_max_offset=0.05, expression_offset_weight=10.0,
+    neutral_fraction=0.5, max_deformation_cells=0.25, expression_max_offset=0.05, expression_offset_weight=10.0,
     laplacian=0.5, normal_consistency=0.05, sdf_sign=0.0, sdf_smoothness=0.0, grad_clip=1.0,
     elevation_range_deg=(-10.0, 30.0), front_fraction=0.6,
     texture_lr=1e-2, texture_guidance=2.0, texture_t_start=(0.02, 0.5), texture_t_end=(0.02, 0.3),
@@ -143,9 +143,11 @@ def _check_ranges(p: Preset) -> None:
     for name in ("geometry_shortcut_fraction", "neutral_fraction", "front_fraction"):
         if not 0.0 <= getattr(p, name) <= 1.0:
             raise OverrideError(f"{name} must be between 0 and 1, got {getattr(p, name)}")
-    if not 0.0 <= p.max_deformation_cells <= 0.3:
-        raise OverrideError(f"max_deformation_cells must be between 0 and 0.3 (tets invert beyond ~0.35), "
-                            f"got {p.max_deformation_cells}")
+    # engine.geometry.sdf_field.MAX_SAFE_DEFORMATION (that module needs torch): beyond h/(2*sqrt 3)
+    # a Kuhn tet can flatten, so DMTet refuses larger bounds.
+    if not 0.0 <= p.max_deformation_cells <= 0.28:
+        raise OverrideError(f"max_deformation_cells must be between 0 and 0.28 (tets can invert beyond "
+                            f"0.289 cell), got {p.max_deformation_cells}")
     for name in ("geometry_t_start", "geometry_t_end", "texture_t_start", "texture_t_end"):
         lo, hi = getattr(p, name)
         if not 0.0 <= lo <= hi <= 1.0:

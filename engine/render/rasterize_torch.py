@@ -11,17 +11,21 @@ Three steps, mirroring nvdiffrast's rasterize / interpolate / antialias split:
    barycentrics are recomputed from the projected vertices, then made perspective-correct
    (b_i / w_i, renormalised). Interpolated attributes therefore carry gradients to both the
    attributes and the vertex positions ("interior" gradients).
-3. Anti-aliasing (differentiable), in the spirit of nvdiffrast's analytic antialias but driven by
-   the silhouette edges themselves rather than by the face seen in each pixel (so it still works
-   when faces are smaller than pixels, as on marching-tets meshes). Silhouette edges of a view
-   are mesh edges on the open boundary or between a front- and a back-facing face. Each one is
-   intersected with the lines joining adjacent pixel centres across it (pixel rows for mostly
-   vertical edges, columns for mostly horizontal ones). A crossing counts when the pixel on the
-   surface's side is covered and the pixel beyond shows nothing or something farther away than
-   the edge (else the edge is hidden). With s in [0, 1] the crossing's distance from the inside
-   pixel's centre, the pixel in whose half the crossing falls is blended toward its neighbour
-   by |s - 1/2|: along a scanline this reproduces the exact covered length, so mask sums match
-   the analytic area closely, and s depends on the edge's vertices: silhouette gradients.
+3. Anti-aliasing (differentiable), with nvdiffrast's semantics -- each pixel pair across which
+   the visible surface ends is blended once -- but driven by the silhouette edges themselves
+   rather than by the face seen in each pixel (so it still works when faces are smaller than
+   pixels, as on marching-tets meshes). Silhouette edges of a view are mesh edges on the open
+   boundary or between a front- and a back-facing face. Each one is intersected with the lines
+   joining adjacent pixel centres across it (pixel rows for mostly vertical edges, columns for
+   mostly horizontal ones). A crossing counts when the pixel on the surface's side is covered
+   and nearer, and the pixel beyond shows nothing or something farther away than the edge (else
+   the edge is hidden). Several contour edges may cross one pair on jagged meshes; only the
+   outermost crossing (where the projected surface ends) is kept. With s in [0, 1] its distance
+   from the inside pixel's centre, the pixel in whose half it falls is blended toward its
+   neighbour by |s - 1/2|: along a scanline this reproduces the exact covered length, so mask
+   sums match the area closely, and s depends on the edge's vertices: silhouette gradients.
+   A pixel blended by several pairs whose weights sum past 1 has them scaled to sum to 1, so
+   every output is a convex combination of input pixels (each pass stays in its range).
 
 Conventions: pixel (row i, column j) has its centre at screen (x=j, y=i); row 0 is the top.
 Triangles with a vertex at or behind the camera plane (w <= 0) are dropped, not clipped;
@@ -304,7 +308,8 @@ def _edge_crossings(raster: Raster, depth: torch.Tensor, vertical: bool):
     vertical=True takes edges running mostly vertically (|dy| >= |dx|) and intersects them with
     pixel rows (horizontal pixel pairs); False takes the others with pixel columns. Returns
     (inside_pix, outside_pix, s): flat pixel indices and the crossing's distance from the inside
-    pixel's centre in pixel units, in [0, 1], differentiable w.r.t. the edge's vertices.
+    pixel's centre in pixel units, in [0, 1], differentiable w.r.t. the edge's vertices. One
+    pixel pair may appear several times here (see :func:`_one_crossing_per_pair`).
     """
     h, w = raster.resolution
     topo = raster.topology
@@ -365,31 +370,85 @@ def _edge_crossings(raster: Raster, depth: torch.Tensor, vertical: bool):
         flat_depth = depth.reshape(-1)
         # The edge is seen if its inside pixel is covered and the outside pixel shows nothing
         # or something farther away (an occluder in front would cover the outside pixel too).
-        ok &= torch.isfinite(flat_depth[pin]) & (flat_depth[pout] > edge_depth * (1.0 + 1e-4))
+        d_in, d_out = flat_depth[pin], flat_depth[pout]
+        ok &= torch.isfinite(d_in) & (d_out > edge_depth * (1.0 + 1e-4))
+        # The surface side is the nearer pixel: this also makes the orientation of a pair unique.
+        ok &= d_in < d_out
         ok &= raster.face_id.reshape(-1)[pin] != raster.face_id.reshape(-1)[pout]
     sel = torch.nonzero(ok).squeeze(1)
     s = (u_cross[sel] - inside_u[sel].to(u_cross.dtype)).abs()
     return pin[sel], pout[sel], s
 
 
+@torch.no_grad()
+def _one_crossing_per_pair(pin: torch.Tensor, pout: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Indices of the crossings to keep: exactly one per pixel pair, the outermost (largest s).
+
+    Marching-tets silhouettes zigzag, and small front/back-facing patches near the outline add
+    contour edges of their own, so several edges may cross one pixel pair. Blending once per
+    edge over-blends such pairs (masks below 0 or above 1, gradients multiplied by the count);
+    nvdiffrast blends each pair once. Along the segment from the covered pixel to its
+    neighbour, the last contour crossing is where the projected surface ends (beyond it no edge
+    separates covered from uncovered, and the neighbour is uncovered or farther), so that is the
+    one kept.
+    """
+    if pin.numel() == 0:
+        return pin
+    # Within one pass a pixel pair is named by its lower pixel; compact ids keep this O(crossings).
+    pairs, pair_of = torch.unique(torch.minimum(pin, pout), return_inverse=True)
+    n = pairs.numel()
+    best = torch.full((n,), -1.0, dtype=s.dtype, device=s.device)
+    best.scatter_reduce_(0, pair_of, s.detach(), reduce="amax")
+    order = torch.arange(pin.numel(), device=pin.device)
+    big = pin.numel()
+    candidates = torch.where(s.detach() == best[pair_of], order, torch.full_like(order, big))
+    first = torch.full((n,), big, dtype=torch.long, device=pin.device)
+    return first.scatter_reduce_(0, pair_of, candidates, reduce="amin")  # ties: the first crossing
+
+
+def antialias_weights(raster: Raster):
+    """The blends anti-aliasing applies: (target pixel, source pixel, weight), flat pixel indices.
+
+    ``antialias`` moves each target pixel's value toward its source pixel's by the weight. At
+    most one entry per pixel pair (the crossing kept by :func:`_one_crossing_per_pair`), each
+    weight in [0, 1/2]; where one pixel is blended by several of its four pairs (corners, thin
+    features) and its weights add up to more than 1, they are scaled to sum to 1. So every
+    blended value is a convex combination of neighbouring values: each pass stays within the
+    range of its unblended values (mask in [0, 1], unit normals in the unit ball).
+    Weights are differentiable w.r.t. the projected vertices of the silhouette edges.
+    """
+    with torch.no_grad():
+        depth = scatter_pixels(raster.w.detach()[:, None], raster, fill=float("inf"))
+    targets, sources, weights = [], [], []
+    for vertical in (True, False):
+        inside, outside, s = _edge_crossings(raster, depth, vertical)
+        keep = _one_crossing_per_pair(inside, outside, s)
+        if keep.numel() == 0:
+            continue
+        inside, outside, s = inside[keep], outside[keep], s[keep]
+        near_side = s < 0.5
+        # Crossing in the inside pixel's half: that pixel is partly covered by what lies beyond;
+        # in the outside pixel's half: that pixel is partly covered by the surface.
+        targets.append(torch.where(near_side, inside, outside))
+        sources.append(torch.where(near_side, outside, inside))
+        weights.append((s - 0.5).abs())
+    if not targets:
+        empty = torch.zeros(0, dtype=torch.long, device=raster.face_id.device)
+        return empty, empty, raster.screen.new_zeros(0)
+    target, source, weight = torch.cat(targets), torch.cat(sources), torch.cat(weights)
+    blended, slot = torch.unique(target, return_inverse=True)
+    total = weight.new_zeros(blended.numel()).index_add(0, slot, weight)
+    weight = weight / total.clamp_min(1.0)[slot]
+    return target, source, weight
+
+
 def antialias(color: torch.Tensor, raster: Raster, faces: torch.Tensor | None = None) -> torch.Tensor:
     """Blend ``color`` [B, H, W, C] across visible silhouette edges (see the module docstring)."""
     b, h, w, c = color.shape
-    with torch.no_grad():
-        depth = scatter_pixels(raster.w.detach()[:, None], raster, fill=float("inf"))
     flat = color.reshape(-1, c)
-    delta = torch.zeros_like(flat)
-    for vertical in (True, False):
-        inside, outside, s = _edge_crossings(raster, depth, vertical)
-        if inside.numel() == 0:
-            continue
-        s = s.to(flat.dtype)
-        ci, co = flat[inside], flat[outside]
-        near_side = s < 0.5
-        # Crossing in the inside pixel's half: that pixel is partly covered by what lies beyond.
-        wi = torch.where(near_side, 0.5 - s, torch.zeros_like(s))[:, None]
-        # Crossing in the outside pixel's half: that pixel is partly covered by the surface.
-        wo = torch.where(near_side, torch.zeros_like(s), s - 0.5)[:, None]
-        delta = delta.index_add(0, inside, (co - ci) * wi)
-        delta = delta.index_add(0, outside, (ci - co) * wo)
-    return (flat + delta).reshape(b, h, w, c)
+    target, source, weight = antialias_weights(raster)
+    if target.numel() == 0:
+        return color
+    weight = weight.to(flat.dtype)[:, None]
+    delta = (flat[source] - flat[target]) * weight
+    return flat.index_add(0, target, delta).reshape(b, h, w, c)

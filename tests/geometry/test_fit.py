@@ -38,12 +38,12 @@ def test_fit_sdf_to_rendered_views(kind, field_kind, steps, blender_target):
 
     grid = make_tet_grid(48)
     if field_kind == "vertex":
-        field = VertexSDF(grid.vertices.shape[0], max_deformation=0.3 * grid.cell_size)
+        field = VertexSDF(grid.vertices.shape[0], max_deformation=0.25 * grid.cell_size)
         pretrain_field(field, head_sdf, grid.vertices)
         config = FitConfig(steps=steps, lr=6e-3, regularisers=RegulariserWeights(sdf_smoothness=100.0))
     else:
         field = HashGridSDF(
-            max_deformation=0.3 * grid.cell_size, n_levels=6, log2_table_size=14, finest_resolution=48
+            max_deformation=0.25 * grid.cell_size, n_levels=6, log2_table_size=14, finest_resolution=48
         )
         pretrain_field(field, head_sdf, grid.vertices, steps=150, batch=8192)
         config = FitConfig(steps=steps, lr=3e-3)

@@ -105,6 +105,6 @@ def test_presets_are_complete_and_overrides_typed():
     assert list(PRESETS) == ["test", "preview", "standard", "high"]
     assert "TEST PRESET" in PRESETS["test"].description
     for preset in PRESETS.values():
-        assert preset.max_deformation_cells <= 0.3
+        assert preset.max_deformation_cells <= 0.28
     p = resolve_preset("preview", {"geometry_t_end": [0.02, 0.4], "geometry_lr": 1})
     assert p.geometry_t_end == (0.02, 0.4) and isinstance(p.geometry_lr, float)

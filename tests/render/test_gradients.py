@@ -122,3 +122,37 @@ def test_mask_gradient_moves_silhouette_outward():
     # The discrete anti-aliasing gives the exact derivative of the discrete coverage (checked by
     # finite differences above), which differs from the continuous one by a few percent at 64^2.
     assert float(scale.grad) == pytest.approx(expected, rel=0.05)
+
+
+def test_silhouette_gradient_on_a_noisy_marching_tets_mesh():
+    """The same check where several contour edges cross one pixel pair and some pixels have their
+    blend weights renormalised (DMTet extraction of an SDF with noise, float64): vertices that
+    get a gradient, and silhouette vertices that get none (hidden contours), both agree with
+    finite differences."""
+    from engine.geometry.head_init import head_sdf
+    from engine.geometry.marching_tets import extract_surface
+    from engine.geometry.tetgrid import make_tet_grid
+
+    grid = make_tet_grid(32)
+    noise = torch.randn(grid.vertices.shape[0], generator=torch.Generator().manual_seed(5))
+    mesh = extract_surface(grid, head_sdf(grid.vertices) + 0.003 * noise)
+    verts, faces = mesh.verts.detach().double(), mesh.faces
+    cams = orbit_cameras([25.0], [10.0], radius=0.61, fov_deg=30.0, resolution=(H, H))
+    weights = torch.rand(1, H, H, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+
+    def loss(x):
+        return (render(x, faces, cams, passes=("mask",))["mask"][..., 0] * weights).sum()
+
+    x = verts.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss(x), x)
+    strength = grad.norm(dim=1)
+    moving = torch.argsort(strength, descending=True)[:8]
+    sil = silhouette_vertices(verts, faces, cams)
+    still = sil[strength[sil] == 0][:4]
+    assert strength[moving].min() > 0 and still.numel() == 4
+    gen = torch.Generator().manual_seed(7)
+    for v in torch.cat([moving, still]).tolist():
+        direction = torch.zeros_like(verts)
+        direction[v] = torch.randn(3, generator=gen, dtype=torch.float64)
+        auto, fd = directional_check(loss, verts, direction, 1e-7)
+        assert auto == pytest.approx(fd, rel=1e-4, abs=1e-6), (v, auto, fd)
