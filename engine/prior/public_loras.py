@@ -65,11 +65,13 @@ def check_lora_fits(unet, state_dict: dict, path: Path) -> dict[str, int]:
                                      "point to a LoRA file written by diffusers/peft (save_lora_adapter)")
     unknown = sorted(name for name in pairs if name not in modules)
     if unknown:
-        hint = "the LoRA was made for another model; use one trained on Arc2Face / SD 1.5"
+        hint = ("the LoRA was made for another model; use one trained on Arc2Face / SD 1.5 (for task priors: "
+                "`python -m engine train-prior`)")
         if any("_exp" in name for name in unknown):
             hint = "it adapts the expression branch: load the prior with expression_branch=True"
         raise MismatchedWeightsError(
-            f"{path} does not fit this UNet: it targets {len(unknown)} module(s) the UNet does not have, e.g. "
+            f"{path} does not fit this UNet: it holds tensors that are not LoRA weights of this UNet, for "
+            f"{len(unknown)} module(s) the UNet does not have, e.g. "
             f"{', '.join(unknown[:3])}", hint)
     ranks = {}
     for name, shapes in sorted(pairs.items()):
