@@ -564,6 +564,11 @@ def enforce_offline() -> None:
     constants = sys.modules.get("huggingface_hub.constants")
     if constants is not None:
         constants.HF_HUB_OFFLINE = True
+    # onnxruntime (identity, quality report) sends usage telemetry to Microsoft from Linux too: off.
+    os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+    ort = sys.modules.get("onnxruntime")
+    if ort is not None and hasattr(ort, "disable_telemetry_events"):
+        ort.disable_telemetry_events()
 
 
 def allow_hub_downloads() -> None:
