@@ -186,6 +186,8 @@ def main() -> int:
     parser.add_argument("--texture-steps", type=int, default=6)
     parser.add_argument("--pretrain-steps", type=int, default=60)
     parser.add_argument("--profile-steps", type=int, default=4)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
+                        help="extra preset override, e.g. --set grid=48 --set render_resolution=128")
     parser.add_argument("--models", type=Path, default=None, help="models root (default: tiny models written here)")
     args = parser.parse_args()
     import torch
@@ -196,6 +198,9 @@ def main() -> int:
     models = args.models or write_tiny_models(Path(tempfile.mkdtemp(prefix="bench-tiny-")))
     overrides = {"geometry_steps": args.geometry_steps, "texture_steps": args.texture_steps,
                  "pretrain_steps": args.pretrain_steps, "checkpoint_every": 10**6}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
     job = whole_job(models, args.preset, overrides)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(f"\nwhole job, preset {args.preset!r} with {overrides} (CPU, tiny priors): {job['total_s']:.1f} s")

@@ -75,7 +75,7 @@ def run_worker(job_dir: Path, *, resume: bool, stdin=None, stdout=None, watch: b
         try:
             run_job(job_dir, resume=resume, emit=send, should_stop=stop.is_set)
         except Cancelled as exc:
-            send(protocol.message("warning", code="cancelled", message=exc.message))
+            send(protocol.message("error", code="cancelled", message=exc.message, hint=exc.hint))
             send(protocol.message("done", ok=False, code="cancelled"))
             return EXIT_CANCELLED
         except JobError as exc:

@@ -160,6 +160,7 @@ def test_stdin_closing_cancels(make_job):
     assert worker.finish(30) == 130
     _check_stream(worker)
     assert worker.messages[-1]["code"] == "cancelled"
+    assert worker.messages[-2]["type"] == "error" and worker.messages[-2]["code"] == "cancelled"  # error + done
 
 
 def test_sigkill_while_writing_leaves_no_half_written_file(make_job):
