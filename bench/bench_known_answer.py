@@ -60,6 +60,9 @@ def main(argv=None) -> int:
               f"control {s['chamfer_control_m']:.4f}")
         print(f"  trained/start {s['trained_over_start']:.2f}  trained/control {s['trained_over_control']:.2f}  "
               f"(acceptance: trained/start <= 0.5 and clearly below the control)")
+        if s["chamfer_views_rotated_m"] is not None:
+            print(f"  trained prior told the opposite views (azimuth + 180): {s['chamfer_views_rotated_m']:.4f} "
+                  f"(trained/rotated {s['chamfer_trained_m'] / s['chamfer_views_rotated_m']:.2f})")
         print("  Chamfer during SDS (step, m): trained " +
               ", ".join(f"{k}:{v:.4f}" for k, v in result.curves["trained"]) +
               " | control " + ", ".join(f"{k}:{v:.4f}" for k, v in result.curves["control"]))

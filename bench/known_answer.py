@@ -69,13 +69,20 @@ class ExperimentConfig:
     laplacian: float = 0.5
     normal_consistency: float = 0.05
     chamfer_points: int = 8000
+    # Azimuth added to every SDS view's conditioning (0: the true view). The "views_rotated" run uses
+    # 180: the trained prior asked for the back when the camera sees the front. If view conditioning
+    # did nothing, that run would equal the trained one.
+    view_offset_deg: float = 0.0
+    rotated_views_run: bool = False
     extra: dict = field(default_factory=dict)
 
 
 # The test suite's version: fewer views, training and SDS steps (same method, same code).
-QUICK = ExperimentConfig(views=64, vae_steps=60, vae_shapes=16, train_steps=250, sds_steps=60, pretrain_steps=60)
+QUICK = ExperimentConfig(views=64, vae_steps=60, vae_shapes=16, train_steps=250, sds_steps=60, pretrain_steps=60,
+                         rotated_views_run=True)
 QUICK_MAX_TRAINED_OVER_START = 1.0
 QUICK_MAX_TRAINED_OVER_CONTROL = 0.95
+QUICK_MAX_TRAINED_OVER_ROTATED = 0.97  # the trained prior told the true views must beat it told the opposite
 
 
 # ---- the target ----------------------------------------------------------------------------------
@@ -368,7 +375,7 @@ def run_geometry(prior, embedding, config: ExperimentConfig, target=None, *, dmt
             break
         last = (surface.verts.detach(), surface.faces)
         images = normal_images(surface.verts, surface.faces, cameras)
-        cond = prior.conditioning(embedding, "", view=[float(a) for a in cameras.azimuth_deg])
+        cond = prior.conditioning(embedding, "", view=[float(a) + config.view_offset_deg for a in cameras.azimuth_deg])
         loss, _ = sds.step(images, cond, step, config.sds_steps, generator=generator)
         loss = loss + geometry_regularisers(surface, sdf, weights, config.grid)
         optimiser.zero_grad(set_to_none=True)
@@ -402,6 +409,7 @@ class ExperimentResult:
     meshes: dict = field(default_factory=dict, repr=False)  # name -> (verts, faces) torch, for pictures
     curves: dict = field(default_factory=dict)
     vanished: dict = field(default_factory=dict)  # run name -> step its surface vanished (None: kept)
+    chamfer_views_rotated: float | None = None  # the trained prior told the opposite view (if run)
 
     def summary(self) -> dict:
         return {"chamfer_start_m": self.chamfer_start, "chamfer_trained_m": self.chamfer_trained,
@@ -409,6 +417,7 @@ class ExperimentResult:
                 "trained_over_start": self.chamfer_trained / self.chamfer_start,
                 "trained_over_control": self.chamfer_trained / self.chamfer_control,
                 "train_eval_loss": [self.training["eval_loss_start"], self.training["eval_loss_end"]],
+                "chamfer_views_rotated_m": self.chamfer_views_rotated,
                 "vanished_at": self.vanished,
                 "seconds": self.seconds}
 
@@ -478,13 +487,17 @@ def _geometry_phase(work, config, models, embedding, tv, tf, training, seconds, 
     seconds["head_init"] = time.perf_counter() - clock
 
     runs, curves = {}, {}
-    for name in ("trained", "control"):
-        prior = load_prior(models, device="cpu", task="normal" if name == "trained" else None,
-                           lora_dirs={"normal": work / "lora_normal"} if name == "trained" else None,
+    names = ("trained", "control") + (("views_rotated",) if config.rotated_views_run else ())
+    for name in names:
+        lora = name != "control"
+        prior = load_prior(models, device="cpu", task="normal" if lora else None,
+                           lora_dirs={"normal": work / "lora_normal"} if lora else None,
                            options=ConditioningOptions(text_mode=config.text_mode))
         dmtet = start_field(ExperimentConfig(**{**asdict(config), "pretrain_steps": 0}))
-        dmtet.field.load_state_dict(start_state)  # both runs start from the very same field
-        run = run_geometry(prior, embedding, config, (tv, tf), dmtet=dmtet, chamfer_every=chamfer_every)
+        dmtet.field.load_state_dict(start_state)  # every run starts from the very same field
+        run_config = config if name != "views_rotated" else ExperimentConfig(
+            **{**asdict(config), "view_offset_deg": config.view_offset_deg + 180.0})
+        run = run_geometry(prior, embedding, run_config, (tv, tf), dmtet=dmtet, chamfer_every=chamfer_every)
         runs[name] = run
         curves[name] = run.chamfer_curve
         seconds[f"sds_{name}"] = run.seconds
@@ -497,7 +510,9 @@ def _geometry_phase(work, config, models, embedding, tv, tf, training, seconds, 
         training=training, seconds={k: round(v, 2) for k, v in seconds.items()},
         meshes={"start": start_mesh, "trained": (runs["trained"].verts, runs["trained"].faces),
                 "control": (runs["control"].verts, runs["control"].faces), "target": (tv, tf)},
-        curves=curves, vanished={k: r.vanished_at for k, r in runs.items()})
+        curves=curves, vanished={k: r.vanished_at for k, r in runs.items()},
+        chamfer_views_rotated=(chamfer(runs["views_rotated"].verts, runs["views_rotated"].faces, tv, tf, config)
+                               if "views_rotated" in runs else None))
     return result
 
 
