@@ -60,14 +60,14 @@ class ExperimentConfig:
     # geometry (SDS)
     grid: int = 32
     pretrain_steps: int = 100
-    sds_steps: int = 150
+    sds_steps: int = 300
     sds_views: int = 4
     sds_lr: float = 1e-3
     guidance: float = 2.0
     t_start: tuple[float, float] = (0.02, 0.6)
     t_end: tuple[float, float] = (0.02, 0.3)
-    laplacian: float = 0.5
-    normal_consistency: float = 0.05
+    laplacian: float = 0.1  # 0.5 held the surface in place at main's 0.28-cell deformation bound
+    normal_consistency: float = 0.01
     chamfer_points: int = 8000
     # Azimuth added to every SDS view's conditioning (0: the true view). The "views_rotated" run uses
     # 180: the trained prior asked for the back when the camera sees the front. If view conditioning
@@ -78,9 +78,11 @@ class ExperimentConfig:
 
 
 # The test suite's version: fewer views, training and SDS steps (same method, same code).
+# Regularisers lighter than the full run's: at main's deformation bound (0.28 cells) Laplacian 0.5
+# held the quick run's surface where it was (trained 0.0285 vs control 0.0282, start 0.0272).
 QUICK = ExperimentConfig(views=64, vae_steps=60, vae_shapes=16, train_steps=250, sds_steps=60, pretrain_steps=60,
-                         rotated_views_run=True)
-QUICK_MAX_TRAINED_OVER_START = 1.0
+                         laplacian=0.1, normal_consistency=0.01, rotated_views_run=True)
+QUICK_MAX_TRAINED_OVER_START = 0.97
 QUICK_MAX_TRAINED_OVER_CONTROL = 0.95
 QUICK_MAX_TRAINED_OVER_ROTATED = 0.97  # the trained prior told the true views must beat it told the opposite
 
