@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 
@@ -48,6 +50,16 @@ def test_target_faces_override_decimates_the_canonical_mesh_and_its_expressions(
     assert np.array_equal(state["canonical"]["vertices"].numpy(), v)
     assert np.array_equal(state["canonical"]["faces"].numpy(), f)
     assert np.array_equal(state["canonical"]["offset:smiling"].numpy(), offsets[1])
+    # and the texture stage resumed from it runs on that mesh, unchanged
+    spec = json.loads((job / "job.json").read_text())
+    del spec["stop_after"]
+    (job / "job.json").write_text(json.dumps(spec))
+    resumed = []
+    run_job(job, resume=True, emit=lambda m: resumed.append(m["code"]) if m["type"] == "warning" else None)
+    assert "geometry_resumed" in resumed
+    textured = _head(job)
+    assert np.array_equal(textured["vertices"], v) and np.array_equal(textured["faces"], f)
+    assert textured["uvs"].shape == (len(f), 3, 2)
 
 
 def test_stage_offsets_are_the_expression_field_on_the_decimated_vertices(make_job):
