@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    from .models import enforce_offline
+
+    enforce_offline()  # every command starts offline; only an allowed download (fetch-models) lifts it
     try:
         return int(args._run(args) or 0)
     except EngineError as exc:  # a command that does not report its own errors: same shape for all

@@ -2,7 +2,10 @@
 
 Checks the Python version, the key packages (versions read from their metadata, so a broken
 package is reported rather than crashing the report), whether torch sees a usable CUDA device,
-whether the optional nvdiffrast backend imports, and each model folder with the files it lacks.
+whether the optional nvdiffrast backend imports, and each model of the catalogue
+(``engine.models``): the folder the resolver uses, the files it lacks and every file its loader
+would reject (safetensors headers and lengths, configs that are not JSON objects, ONNX graphs
+that do not parse). Reads local files only.
 Exits 1 when anything required is missing, 0 otherwise. ``--json`` prints one JSON object, which
 the Blender add-on reads.
 """
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .models import check_models, default_models_root
+from .models import check_models, default_models_root, enforce_offline
 
 # (distribution name, import name, required, why)
 PACKAGES = (
@@ -123,7 +126,8 @@ def _dlib_models_check() -> Check:
 
 def collect(models_root: Path | None, count_models: bool = True) -> dict[str, Any]:
     """Gather the whole report as plain data."""
-    root = Path(models_root) if models_root else default_models_root()
+    enforce_offline()  # the package imports below must not reach the network either
+    root = Path(models_root).expanduser() if models_root else default_models_root()
     checks: list[Check] = [
         Check("python", sys.version_info[:2] >= (3, 10), True,
               f"{platform.python_version()} at {sys.executable}"),
@@ -131,17 +135,10 @@ def collect(models_root: Path | None, count_models: bool = True) -> dict[str, An
     checks += [_package_check(*row) for row in PACKAGES if row[0] != "nvdiffrast"]
     cuda_check, cuda_info = _torch_check()
     checks += [cuda_check, _nvdiffrast_check(), _dlib_models_check()]
-    from .model_store import resolve_model_folder
     from .tiny_models import is_tiny
 
     models = []
-    for report in check_models(root):
-        if report.spec.key == "antelopev2" and not report.complete:
-            # The identity step also finds the pack in insightface's own folder: report it there.
-            elsewhere = resolve_model_folder("antelopev2", root)
-            if elsewhere is not None:
-                report = next(r for r in check_models(elsewhere.parent) if r.spec.key == "antelopev2")
-                report.path = elsewhere
+    for report in check_models(root, verify=True):  # the resolver every stage uses
         models.append({
             "key": report.spec.key,
             "title": report.spec.title,
@@ -149,8 +146,11 @@ def collect(models_root: Path | None, count_models: bool = True) -> dict[str, An
             "exists": report.exists,
             "required": report.spec.required,
             "missing": report.missing,
+            "problems": report.problems,
             "complete": report.complete,
             "source": report.spec.source,
+            "licence": report.spec.licence,
+            "searched": [str(p) for p in report.searched],
         })
     failed = [c.name for c in checks if c.required and not c.ok]
     tiny = is_tiny(root)
@@ -184,12 +184,19 @@ def format_text(report: dict[str, Any]) -> str:
             state = "ok"
         elif not model["exists"]:
             state = "folder not found"
-        else:
+        elif model["missing"]:
             state = "lacks " + ", ".join(model["missing"])
+        else:
+            state = "broken files"
         need = "required" if model["required"] else "optional"
         mark = "ok " if model["complete"] else ("MISSING" if model["required"] else "-- ")
         lines.append(f"  [{mark:^7}] {model['key']:<12} ({need}) {model['path']}: {state}")
-        if not model["complete"]:
+        for problem in model["problems"]:
+            lines.append(f"  {'':9} {problem}")
+        if model["problems"]:
+            lines.append(f"  {'':9} fix: `python -m engine fetch-models --models {report['models_root']} "
+                         f"--only {model['key']} --yes` fetches exactly these files again")
+        if not model["complete"] and model["required"]:
             lines.append(f"  {'':9} get it from {model['source']}")
     lines.append("")
     if report["ok"]:
@@ -198,7 +205,7 @@ def format_text(report: dict[str, Any]) -> str:
         lines.append("Missing: " + ", ".join(report["failed"]))
         if any(name.startswith("models/") for name in report["failed"]):
             lines.append("Put the model folders under the models root (or pass --models ROOT); "
-                         "docs/install.md lists where each comes from.")
+                         "docs/models.md lists where each comes from.")
     return "\n".join(lines)
 
 

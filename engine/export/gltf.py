@@ -10,7 +10,9 @@ expression.
   in B, R unused = 255, all linear), normalTexture when a normal map is given.
 - Morph targets: POSITION offsets of every non-neutral expression, names in
   ``mesh.extras.targetNames`` (the convention Blender and most engines read), weights 0.
-- Every buffer view starts on a 4-byte boundary and the binary chunk is padded to 4 bytes.
+- Every buffer view starts on a 4-byte boundary and the chunks are padded to 4 bytes: pygltflib's
+  GLB writer re-packs the views that way (tests/export/test_gltf.py checks it on a mesh whose index
+  view is not a multiple of 4 bytes long).
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def texture_pngs(albedo, roughness, normal=None) -> dict[str, bytes]:
 
 
 class _Blob:
-    """The binary chunk: appends 4-byte-aligned buffer views."""
+    """The binary chunk: appends buffer views (pygltflib aligns them when it writes the GLB)."""
 
     def __init__(self, gltf):
         self.gltf = gltf
@@ -88,7 +90,6 @@ class _Blob:
     def view(self, payload: bytes, target: int | None = None) -> int:
         import pygltflib
 
-        self.data.extend(b"\x00" * (-len(self.data) % 4))
         self.gltf.bufferViews.append(pygltflib.BufferView(buffer=0, byteOffset=len(self.data),
                                                           byteLength=len(payload), target=target))
         self.data.extend(payload)
@@ -182,7 +183,6 @@ def build_glb(head: HeadMesh, albedo=None, roughness=None, normal=None, *, layou
     gltf.nodes.append(pygltflib.Node(name="head", mesh=0))
     gltf.scenes.append(pygltflib.Scene(name="Scene", nodes=[0]))
     gltf.scene = 0
-    blob.data.extend(b"\x00" * (-len(blob.data) % 4))
     gltf.buffers.append(pygltflib.Buffer(byteLength=len(blob.data)))
     gltf.set_binary_blob(bytes(blob.data))
     return b"".join(gltf.save_to_bytes())

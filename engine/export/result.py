@@ -51,16 +51,11 @@ def _check_map(name: str, image, channels: tuple[int, ...]) -> np.ndarray:
 
 
 def dilate_for_export(image: np.ndarray, coverage: np.ndarray) -> np.ndarray:
-    """Seam dilation for a written map: rings out to 1/64 of the size (what mip levels read), the
-    rest of the empty texels set to the covered texels' mean, so no level of a mipmap turns dark."""
+    """Seam dilation for a written map: every empty texel takes its nearest chart texel's value, so
+    no bilinear lookup, resize or mipmap level reads anything but chart colours (no dark seams)."""
     from ..texture.seams import dilate
 
-    rings = max(4, image.shape[0] // 64)
-    out = dilate(image, coverage, rings)
-    grown = dilate(coverage.astype(np.float32), coverage, rings) > 0
-    if coverage.any() and not grown.all():
-        out[~grown] = image[coverage].mean(axis=0)
-    return out
+    return dilate(image, coverage, pixels=max(image.shape[:2]))
 
 
 def _json_safe(value):
@@ -166,23 +161,7 @@ def write_result(folder: Path | str, head: HeadMesh, *, albedo=None, roughness=N
 
 
 def _replace_folder(folder: Path, write) -> None:
-    """Swap the new result in; only a folder the engine wrote is ever replaced."""
-    try:
-        from ..owned import replace_owned_dir
-    except ImportError:  # before engine/owned.py lands: refuse any folder that is not an old result
-        from ..atomic import replace_dir_atomic
+    """Swap the new result in; only a folder the engine wrote (marked "result") is ever replaced."""
+    from ..owned import replace_owned_dir
 
-        if folder.exists() and any(folder.iterdir()) and not _is_result_folder(folder):
-            raise ExportError(f"{folder} is not empty and is not an ID-to-3D result folder; nothing was changed",
-                              code="foreign_folder", hint="choose an empty or new folder for the result")
-        replace_dir_atomic(folder, write)
-        return
     replace_owned_dir(folder, "result", write)
-
-
-def _is_result_folder(folder: Path) -> bool:
-    try:
-        data = json.loads((folder / RESULT_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("format") == RESULT_FORMAT

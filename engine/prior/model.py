@@ -21,8 +21,9 @@ from .conditioning import (ID_PROMPT, ID_WORD, VIEW_LABELS, Conditioning, Condit
                            identity_prompt, view_label_weights)
 from .errors import CorruptWeightsError, MismatchedWeightsError, MissingWeightsError, PriorError
 from .expression_attention import has_expression_branch, install_expression_branch
-from .lora import TASKS, AdapterInfo, add_task_adapter, load_task_adapter
-from .weights import check_files, check_safetensors, check_shapes_against, load_encoder_bin_safely, read_json
+from .lora import TASKS, WEIGHTS_FILE, AdapterInfo, add_task_adapter, load_task_adapter
+from .public_loras import VIEW_ADAPTER, check_lora_folder_fits, load_lora_file
+from .weights import check_safetensors, check_shapes_against, load_encoder_bin_safely, read_json, resolve_components
 
 log = logging.getLogger(__name__)
 ARCFACE_DIM = 512
@@ -75,6 +76,9 @@ class Prior:
         self.adapters: dict[str, AdapterInfo] = {}
         self.task: str | None = None
         self.task_scale = 1.0
+        # Arc2Avatar's view LoRA (loras/view), when present: always on, at its published scale.
+        self.view_lora: Path | None = None
+        self.view_scale = 0.45
         self.alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
         self.vae_scale = float(getattr(vae.config, "scaling_factor", 0.18215))
@@ -314,15 +318,33 @@ class Prior:
 
     def set_task(self, task: str | None, scale: float = 1.0) -> None:
         """Switch to a task prior (``"normal"``/``"albedo"``) at ``scale``, or to the base (``None``)."""
-        if task is None:
-            if self.adapters:
-                self.unet.disable_adapters()
-        else:
-            if task not in self.adapters:
-                raise PriorError(f"the {task} prior is not loaded", f"call load_task({task!r}) first")
+        if task is not None and task not in self.adapters:
+            raise PriorError(f"the {task} prior is not loaded", f"call load_task({task!r}) first")
+        names = ([VIEW_ADAPTER] if self.view_lora else []) + ([task] if task else [])
+        weights = ([float(self.view_scale)] if self.view_lora else []) + ([float(scale)] if task else [])
+        if names:
             self.unet.enable_adapters()
-            self.unet.set_adapters([task], weights=[float(scale)])
+            self.unet.set_adapters(names, weights=weights)
+            if self.view_lora:
+                self._freeze_view()  # peft marks every active adapter trainable; the view LoRA is fixed
+        elif self.adapters:
+            self.unet.disable_adapters()
         self.task, self.task_scale = task, scale
+
+    def _freeze_view(self) -> None:
+        for name, param in self.unet.named_parameters():
+            if f".{VIEW_ADAPTER}." in name:
+                param.requires_grad_(False)
+
+    def load_view_lora(self, path: Path | str, scale: float | None = None) -> None:
+        """Load a view LoRA file (Arc2Avatar's, or any diffusers/peft UNet LoRA) that stays on
+        under every task, at ``scale`` (default Arc2Avatar's 0.45)."""
+        path = Path(path)
+        load_lora_file(self.unet, path, VIEW_ADAPTER)
+        self.view_lora = path
+        if scale is not None:
+            self.view_scale = float(scale)
+        self.set_task(self.task, self.task_scale)
 
 
 # ---- loading -------------------------------------------------------------------------------------
@@ -340,7 +362,7 @@ def _load_checked(cls, folder: Path, weights: str, what: str, dtype, **kwargs):
     check_shapes_against(skeleton, tensors, folder / weights, what)
     del skeleton
     try:
-        return cls.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True, **kwargs)
+        return cls.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True, local_files_only=True, **kwargs)
     except (OSError, ValueError, RuntimeError) as exc:
         raise CorruptWeightsError(f"{folder / weights} could not be loaded as the {what} ({str(exc)[:300]})",
                                   f"download {folder.name}/ again") from None
@@ -356,7 +378,7 @@ def _load_text_encoder(folder: Path, dtype):
         tensors = check_safetensors(folder / "model.safetensors")
         check_shapes_against(skeleton, tensors, folder / "model.safetensors", "text encoder")
         try:
-            return CLIPTextModel.from_pretrained(folder, dtype=dtype, use_safetensors=True)
+            return CLIPTextModel.from_pretrained(folder, dtype=dtype, use_safetensors=True, local_files_only=True)
         except (OSError, ValueError, RuntimeError) as exc:
             raise CorruptWeightsError(f"{folder / 'model.safetensors'} could not be loaded ({str(exc)[:300]})",
                                       f"download {folder.parent.name}/{folder.name}/ again") from None
@@ -372,14 +394,15 @@ def _load_text_encoder(folder: Path, dtype):
         save_file({k: v.contiguous() for k, v in state.items()}, staging / "model.safetensors", metadata={"format": "pt"})
         log.info("loaded %s with the weights-only loader; convert it once with "
                  "engine.prior.weights.convert_encoder_to_safetensors to skip this step", folder / "pytorch_model.bin")
-        return CLIPTextModel.from_pretrained(staging, dtype=dtype, use_safetensors=True)
+        return CLIPTextModel.from_pretrained(staging, dtype=dtype, use_safetensors=True, local_files_only=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _load_blend_encoder(root: Path, options: ConditioningOptions, hidden: int, dtype):
-    """SD 1.5's own text encoder for the "blend" mode (optional: ``ROOT/sd15/text_encoder``)."""
-    folder = root / "sd15" / "text_encoder"
+def _load_blend_encoder(sd15: Path, options: ConditioningOptions, hidden: int, dtype):
+    """SD 1.5's own text encoder for the "blend" mode (optional: ``text_encoder/`` in the resolved
+    ``sd15`` folder, normally ``ROOT/sd15/text_encoder``)."""
+    folder = sd15 / "text_encoder"
     choice = options.blend_encoder
     if choice not in ("auto", "sd15", "arc2face"):
         raise ValueError(f"unknown blend encoder {choice!r}; use auto, sd15 or arc2face")
@@ -403,28 +426,32 @@ def load_prior(root, *, device=None, dtype=None, task: str | None = None, memory
                options: ConditioningOptions | None = None, expression_branch: bool = True,
                lora_dirs: dict[str, Path] | None = None, allow_download: bool = False) -> Prior:
     """Load the prior from the models folder ``root`` (see :mod:`engine.prior`). With
-    ``allow_download``, missing files are first fetched from Hugging Face at pinned revisions."""
+    ``allow_download``, missing files are first fetched by ``fetch-models`` (pinned revisions).
+    Every file is read locally (Hugging Face offline mode, ``local_files_only``), whatever a config says."""
+    from ..models import enforce_offline
+
+    enforce_offline()
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTokenizer
 
     memory = memory or MemoryOptions()
     device, dtype = resolve_device_dtype(device, dtype)
     root = Path(root).expanduser()
-    try:
-        paths = check_files(root)
-    except MissingWeightsError:
-        if not allow_download:
-            raise
-        from .weights import download_prior_weights
+    if allow_download:  # missing or broken files fetched by fetch-models, the one download path
+        from ..model_store import ensure_models
 
-        download_prior_weights(root, allow_download=True)
-        paths = check_files(root)
+        ensure_models(root, ["sd15", "arc2face"], log=log.info)
+    paths = resolve_components(root)
     unet = _load_checked(UNet2DConditionModel, paths["unet"], "diffusion_pytorch_model.safetensors", "Arc2Face UNet",
                          dtype)
     vae = _load_checked(AutoencoderKL, paths["vae"], "diffusion_pytorch_model.safetensors", "SD 1.5 VAE", dtype)
     text_encoder = _load_text_encoder(paths["text_encoder"], dtype)
     try:
-        tokenizer = CLIPTokenizer.from_pretrained(paths["tokenizer"])
+        for config_file in sorted(paths["tokenizer"].glob("*.json")):
+            read_json(config_file)  # objects only: a string there would name a Hub repository
+        tokenizer = CLIPTokenizer.from_pretrained(paths["tokenizer"], local_files_only=True)
+    except CorruptWeightsError:
+        raise
     except Exception as exc:
         raise CorruptWeightsError(f"the tokenizer in {paths['tokenizer']} could not be read ({str(exc)[:200]})",
                                   "download sd15/tokenizer/ again") from None
@@ -459,7 +486,7 @@ def load_prior(root, *, device=None, dtype=None, task: str | None = None, memory
     if memory.vae_tiling:
         vae.enable_tiling()
     options = options or ConditioningOptions()
-    blend_encoder = _load_blend_encoder(root, options, hidden, dtype) if options.mode == "blend" else None
+    blend_encoder = _load_blend_encoder(paths["vae"].parent, options, hidden, dtype) if options.mode == "blend" else None
     home = "cpu" if memory.cpu_offload else device
     for module in (unet, vae, text_encoder, blend_encoder):
         if module is not None:
@@ -467,11 +494,17 @@ def load_prior(root, *, device=None, dtype=None, task: str | None = None, memory
     prior = Prior(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
                   device=device, dtype=dtype, memory=memory, root=root, options=options,
                   blend_text_encoder=blend_encoder)
+    from ..models import LORA_WEIGHTS_FILE, resolve
+
     lora_dirs = {k: Path(v) for k, v in (lora_dirs or {}).items()}
     for name in TASKS:
-        folder = lora_dirs.get(name, root / "loras" / name)
+        folder = lora_dirs.get(name) or resolve(f"loras/{name}", root).folder or root / "loras" / name
         if name in lora_dirs or (folder / "prior_adapter.json").is_file():
+            check_lora_folder_fits(prior.unet, folder, WEIGHTS_FILE)  # a clear error before peft sees it
             prior.load_task(name, folder)
+    view = lora_dirs.get(VIEW_ADAPTER) or resolve("loras/view", root).folder
+    if view is not None:
+        prior.load_view_lora(view / LORA_WEIGHTS_FILE if view.is_dir() else view)
     if task is not None:
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)} or None for the base prior")

@@ -1,133 +1,83 @@
-"""Finding, checking and (on request) downloading the prior's weight files.
+"""Finding and checking the prior's weight files (downloads belong to ``fetch-models``).
 
-Everything here is about files, before any model is built: the models-folder layout
-(``ROOT/sd15``, ``ROOT/arc2face``, ``ROOT/loras``), a cheap structural check of every safetensors
-file (so a truncated download fails with the file's name, not deep inside a loader), the safe
-conversion of Arc2Face's ``encoder/pytorch_model.bin`` (weights-only unpickler, never plain
-pickle), and downloads from Hugging Face at pinned revisions, only when the caller allows them.
+Everything here is about files, before any model is built: the component folders as the models
+resolver finds them (``engine.models``: one catalogue, one rule for every stage), a cheap
+structural check of every safetensors file and config (so a truncated download fails with the
+file's name, not deep inside a loader), and the safe conversion of Arc2Face's
+``encoder/pytorch_model.bin`` (weights-only unpickler, never plain pickle). Downloads are
+``fetch-models``'s alone (``engine.model_store``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import struct
 from pathlib import Path
 
-from ..atomic import write_text_atomic, write_to_path_atomic
+from ..atomic import write_to_path_atomic
+from ..models import (ARC2FACE_REPO, SD15_REPO, FileProblem, missing_files, read_json_object, read_safetensors_header,
+                      resolve, spec)
 from .errors import CorruptWeightsError, MismatchedWeightsError, MissingWeightsError
 
 log = logging.getLogger(__name__)
 
-# Hugging Face sources. SD 1.5's revision is the commit the stable-diffusion-v1-5 organisation's
-# repository has served since the runwayml move; Arc2Face's could not be checked offline, so it is
-# resolved at download time and recorded in ``ROOT/arc2face/download.json`` (later downloads reuse
-# the recorded commit, so the folder stays reproducible).
-HF_SOURCES = {
-    "sd15": {
-        "repo_id": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-        "revision": "451f4fe16113bff5a5d2269ed5ad43b0592e9a14",
-        "allow_patterns": ["vae/config.json", "vae/diffusion_pytorch_model.safetensors", "tokenizer/*",
-                           "scheduler/scheduler_config.json", "model_index.json"],
-    },
-    "arc2face": {
-        "repo_id": "FoivosPar/Arc2Face",
-        "revision": None,
-        "allow_patterns": ["arc2face/config.json", "arc2face/diffusion_pytorch_model.safetensors",
-                           "encoder/config.json", "encoder/model.safetensors", "encoder/pytorch_model.bin",
-                           "arcface.onnx"],
-    },
+DOWNLOAD_HINT = ("fill the models folder with `python -m engine fetch-models --yes` (or download "
+                 f"{SD15_REPO} and {ARC2FACE_REPO} from Hugging Face into ROOT/sd15 and ROOT/arc2face), then run "
+                 "`python -m engine doctor --models ROOT`; docs/models.md lists every file")
+
+# Component -> (catalogue model, subfolder in it).
+COMPONENTS = {
+    "vae": ("sd15", "vae"),
+    "tokenizer": ("sd15", "tokenizer"),
+    "scheduler": ("sd15", "scheduler"),
+    "unet": ("arc2face", "arc2face"),
+    "text_encoder": ("arc2face", "encoder"),
 }
 
-DOWNLOAD_HINT = ("fill the models folder with `python -m engine fetch-models` (or download "
-                 "stable-diffusion-v1-5/stable-diffusion-v1-5 and FoivosPar/Arc2Face from Hugging Face "
-                 "into ROOT/sd15 and ROOT/arc2face), then run `python -m engine doctor --prior ROOT`")
 
-
-def component_paths(root: Path | str) -> dict[str, Path]:
-    """Folders of each component in the models-folder layout (DESIGN.md §4)."""
+def resolve_components(root: Path | str) -> dict[str, Path]:
+    """Folders of each component, found by the models resolver (``engine.models.resolve``: the
+    models root first, then the default root and the Hugging Face cache), plus ``loras`` under
+    the models root. Raises :class:`MissingWeightsError` naming every missing file."""
     root = Path(root).expanduser()
-    return {
-        "vae": root / "sd15" / "vae",
-        "tokenizer": root / "sd15" / "tokenizer",
-        "scheduler": root / "sd15" / "scheduler",
-        "unet": root / "arc2face" / "arc2face",
-        "text_encoder": root / "arc2face" / "encoder",
-        "loras": root / "loras",
-    }
-
-
-# component -> files that must be present (any one of a "|" group)
-_REQUIRED = {
-    "vae": ("config.json", "diffusion_pytorch_model.safetensors"),
-    "tokenizer": ("vocab.json", "merges.txt"),
-    "scheduler": ("scheduler_config.json",),
-    "unet": ("config.json", "diffusion_pytorch_model.safetensors"),
-    "text_encoder": ("config.json", "model.safetensors|pytorch_model.bin"),
-}
-
-
-def check_files(root: Path | str) -> dict[str, Path]:
-    """Raise :class:`MissingWeightsError` naming every missing file; return the component folders."""
-    paths = component_paths(root)
-    if not Path(root).expanduser().is_dir():
-        raise MissingWeightsError(f"models folder {root} does not exist", DOWNLOAD_HINT)
-    missing = []
-    for name, files in _REQUIRED.items():
-        for group in files:
-            if not any((paths[name] / f).is_file() and (paths[name] / f).stat().st_size > 0
-                       for f in group.split("|")):
-                missing.append(str(paths[name] / group.split("|")[0]) + (" (or " + ", ".join(group.split("|")[1:]) + ")"
-                                                                       if "|" in group else ""))
+    folders, missing, searched = {}, [], []
+    for key in ("sd15", "arc2face"):
+        found = resolve(key, root)
+        if found.folder is None:
+            missing += [str(found.primary / name) for name in missing_files(spec(key), found.primary)]
+            searched += [str(p) for p in found.searched[1:]]
+        folders[key] = found.folder
     if missing:
-        raise MissingWeightsError("the prior's weights are incomplete; missing:\n    " + "\n    ".join(missing),
+        where = f"\n  (also looked in: {', '.join(searched)})" if searched else ""
+        if not root.is_dir():
+            raise MissingWeightsError(f"models folder {root} does not exist" + where, DOWNLOAD_HINT)
+        raise MissingWeightsError("the prior's weights are incomplete; missing:\n    " + "\n    ".join(missing) + where,
                                   DOWNLOAD_HINT)
+    paths = {name: folders[key] / sub for name, (key, sub) in COMPONENTS.items()}
+    paths["loras"] = root / "loras"
     return paths
 
 
+check_files = resolve_components  # the earlier name, still used by the pipeline's model-file hashing
+
+
 def read_json(path: Path) -> dict:
+    """A config file as a dict; anything else (unreadable, or a JSON string that diffusers would
+    take for a Hub repository name) is refused with the file's name."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptWeightsError(f"{path} is not a readable JSON file ({exc})",
-                                  "download this file again (it is probably truncated)") from None
+        return read_json_object(path)
+    except FileProblem as exc:
+        raise CorruptWeightsError(str(exc), f"download {Path(path).name} again (it is probably truncated or "
+                                            "overwritten)") from None
 
 
 def check_safetensors(path: Path) -> dict[str, tuple[str, list[int]]]:
-    """Check a safetensors file's structure without loading it; return ``name -> (dtype, shape)``.
-
-    A safetensors file is an 8-byte little-endian header length, a JSON header giving each
-    tensor's byte range, then the data. A truncated or overwritten file fails here with its name.
-    """
-    hint = f"delete {path.name} and download it again (the file is truncated or not a safetensors file)"
-    size = path.stat().st_size
+    """Check a safetensors file's structure without loading it; return ``name -> (dtype, shape)``
+    (see :func:`engine.models.read_safetensors_header`)."""
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(8)
-            if len(head) < 8:
-                raise CorruptWeightsError(f"{path} is only {size} bytes: not a safetensors file", hint)
-            (header_len,) = struct.unpack("<Q", head)
-            if header_len <= 0 or 8 + header_len > size or header_len > 100_000_000:
-                raise CorruptWeightsError(f"{path} has an impossible header length ({header_len} for a {size}-byte file)",
-                                          hint)
-            header = json.loads(handle.read(header_len).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptWeightsError(f"{path} has an unreadable header ({exc})", hint) from None
-    tensors = {}
-    data_end = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            start, end = info["data_offsets"]
-            tensors[name] = (info["dtype"], list(info["shape"]))
-        except (KeyError, TypeError, ValueError):
-            raise CorruptWeightsError(f"{path}: tensor {name!r} has a malformed header entry", hint) from None
-        data_end = max(data_end, end)
-    if 8 + header_len + data_end > size:
-        raise CorruptWeightsError(
-            f"{path} is truncated: its header needs {8 + header_len + data_end} bytes, the file has {size}", hint)
-    return tensors
+        return read_safetensors_header(path)
+    except FileProblem as exc:
+        raise CorruptWeightsError(str(exc), f"delete {Path(path).name} and download it again (the file is "
+                                            "truncated or not a safetensors file)") from None
 
 
 def check_shapes_against(model, tensors: dict[str, tuple[str, list[int]]], path: Path, what: str) -> None:
@@ -181,29 +131,3 @@ def convert_encoder_to_safetensors(encoder_dir: Path | str) -> Path:
     state = {k: v.contiguous() for k, v in state.items()}
     return write_to_path_atomic(encoder_dir / "model.safetensors",
                                 lambda path: save_file(state, str(path), metadata={"format": "pt"}))
-
-
-def download_prior_weights(root: Path | str, *, allow_download: bool, components=("sd15", "arc2face")) -> Path:
-    """Download the prior's files from Hugging Face at pinned revisions into ``root``.
-
-    Only runs when ``allow_download`` is true (the user agreed: research-only licences, gigabytes).
-    Only the listed file patterns are fetched; nothing is executed from the repositories.
-    """
-    if not allow_download:
-        raise MissingWeightsError("downloading the prior's weights was not allowed", DOWNLOAD_HINT)
-    from huggingface_hub import HfApi, snapshot_download
-
-    root = Path(root).expanduser()
-    for key in components:
-        source = HF_SOURCES[key]
-        target = root / key
-        record = target / "download.json"
-        revision = source["revision"]
-        if revision is None and record.is_file():
-            revision = read_json(record).get("revision")
-        if revision is None:
-            revision = HfApi().model_info(source["repo_id"]).sha  # pin what "main" is now, and record it
-        snapshot_download(source["repo_id"], revision=revision, allow_patterns=source["allow_patterns"],
-                          local_dir=target)
-        write_text_atomic(record, json.dumps({"repo_id": source["repo_id"], "revision": revision}, indent=2))
-    return root

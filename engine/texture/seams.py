@@ -2,9 +2,9 @@
 
 A render looks a texel up bilinearly, so at a chart's border it also reads the texels just
 outside the chart. Those texels belong to no triangle: if they hold black (or anything that was
-never optimised) the seam shows as a dark crack in renders and in Blender. :func:`dilate` copies
-each chart's border colours outward into the empty texels, ring by ring, so every lookup near a
-seam reads the chart's own colour.
+never optimised) the seam shows as a dark crack in renders and in Blender, and more so once a
+viewer's mipmaps or a resize average across the border. :func:`dilate` gives each empty texel the
+colour of its nearest chart texel, so every lookup near a seam reads the chart's own colour.
 """
 
 from __future__ import annotations
@@ -58,12 +58,15 @@ def face_index_map(layout, size: int) -> np.ndarray:
 
 
 def dilate(image, mask, pixels: int = 8):
-    """Grow the covered colours of ``image`` [H, W, C] into uncovered texels, ``pixels`` rings far.
+    """Grow the covered colours of ``image`` [H, W(, C)] into uncovered texels up to ``pixels`` away.
 
-    mask [H, W] (bool): covered texels; they are never changed. Each ring gives an uncovered
-    texel the mean of its already-filled 8 neighbours. numpy or torch in, same type out (torch:
-    no gradient, for export). Texels farther than ``pixels`` from any chart keep their value.
+    mask [H, W] (bool): covered texels; they are never changed. Every uncovered texel within
+    ``pixels`` rings (chessboard distance) of a covered one takes the colour of the nearest covered
+    texel; farther ones keep their value. One distance transform, so a 4K map takes about a second
+    whatever ``pixels`` is. numpy or torch in, same type out (torch: no gradient, for export).
     """
+    from scipy.ndimage import distance_transform_cdt
+
     is_torch = hasattr(image, "detach")
     if is_torch:
         import torch
@@ -73,32 +76,14 @@ def dilate(image, mask, pixels: int = 8):
         m = mask.detach().cpu().numpy() if hasattr(mask, "detach") else np.asarray(mask)
     else:
         img, m = np.asarray(image), np.asarray(mask)
-    squeeze = img.ndim == 2
-    work = (img[..., None] if squeeze else img).astype(np.float32, copy=True)
-    filled = m.astype(bool).copy()
-    if filled.shape != work.shape[:2]:
-        raise ValueError(f"mask {filled.shape} does not match image {work.shape[:2]}")
-    for _ in range(int(pixels)):
-        if filled.all():
-            break
-        total = np.zeros_like(work)
-        count = np.zeros(filled.shape, dtype=np.float32)
-        weights = filled.astype(np.float32)
-        padded_w = np.pad(weights, 1)
-        padded_c = np.pad(work * weights[..., None], ((1, 1), (1, 1), (0, 0)))
-        h, w = filled.shape
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                if dy == 0 and dx == 0:
-                    continue
-                count += padded_w[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
-                total += padded_c[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
-        ring = (~filled) & (count > 0)
-        if not ring.any():
-            break
-        work[ring] = total[ring] / count[ring][:, None]
-        filled |= ring
-    out = work[..., 0] if squeeze else work
+    covered = m.astype(bool)
+    if covered.shape != img.shape[:2]:
+        raise ValueError(f"mask {covered.shape} does not match image {img.shape[:2]}")
+    out = np.array(img, dtype=img.dtype if np.issubdtype(img.dtype, np.floating) else np.float32, copy=True)
+    if covered.any() and not covered.all():
+        distance, (rows, cols) = distance_transform_cdt(~covered, metric="chessboard", return_indices=True)
+        fill = (~covered) & (distance <= int(pixels))
+        out[fill] = out[rows[fill], cols[fill]]
     if is_torch:
         return torch.as_tensor(out, device=device, dtype=dtype)
-    return out.astype(img.dtype if np.issubdtype(img.dtype, np.floating) else np.float32)
+    return out

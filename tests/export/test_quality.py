@@ -76,3 +76,5 @@ def test_contact_sheet_has_a_row_per_expression_and_a_column_per_view():
     sheet = contact_sheet(renders, VIEWS_DEG, tile=40, label_height=10)
     assert sheet.shape == (10 + 2 * 50, 5 * 40, 3) and sheet.dtype == np.uint8
     assert sheet[10 + 10 + 5, 5].max() == 0 and sheet[10 + 50 + 10 + 5, 5].min() == 255
+    # Each tile starts below its row's label strip (white beyond the short label text).
+    assert sheet[10 + 5, 150].min() == 255 and sheet[10 + 10, 150].max() == 0

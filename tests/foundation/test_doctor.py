@@ -35,7 +35,7 @@ def test_doctor_names_every_missing_model_file_and_fails(tiny_models_root, tmp_p
                                              "arcface.onnx"]
     assert models["sd15"]["exists"] is False and "vae/config.json" in models["sd15"]["missing"]
     assert models["antelopev2"]["missing"] == ["scrfd_10g_bnkps.onnx", "arcface.onnx"]
-    assert models["loras"]["required"] is False
+    assert all(models[k]["required"] is False for k in ("loras/normal", "loras/albedo", "loras/view"))
     assert set(report["failed"]) == {"models/sd15", "models/arc2face", "models/antelopev2"}
 
     text = _doctor("--models", str(root))
@@ -87,3 +87,26 @@ def test_doctor_finds_antelopev2_where_the_identity_step_finds_it(tiny_models_ro
     antelope = next(m for m in report["models"] if m["key"] == "antelopev2")
     assert antelope["complete"] and antelope["path"] == str(pack)
     assert "models/antelopev2" not in report["failed"]
+
+
+def test_doctor_does_not_call_broken_files_ok(tiny_models_root, tmp_path):
+    import pickle
+
+    root = tmp_path / "models"
+    shutil.copytree(tiny_models_root / "arc2face", root / "arc2face")
+    shutil.copytree(tiny_models_root / "sd15", root / "sd15")
+    (root / "antelopev2").mkdir()
+    for name in ("scrfd_10g_bnkps.onnx", "arcface.onnx"):  # pickles where ONNX graphs belong
+        (root / "antelopev2" / name).write_bytes(pickle.dumps({"not": "onnx"}))
+    unet = root / "arc2face" / "arc2face" / "diffusion_pytorch_model.safetensors"
+    unet.write_bytes(unet.read_bytes()[:-4096])  # a truncated download
+    (root / "sd15" / "vae" / "config.json").write_text("garbage, not JSON")
+    done = _doctor("--models", str(root), "--json")
+    report = json.loads(done.stdout)
+    models = {m["key"]: m for m in report["models"]}
+    assert done.returncode == 1
+    assert set(report["failed"]) == {"models/sd15", "models/arc2face", "models/antelopev2"}
+    assert any("is truncated" in p for p in models["arc2face"]["problems"])
+    assert any("vae/config.json is not a readable JSON file" in p for p in models["sd15"]["problems"])
+    assert sum("not a valid ONNX file" in p for p in models["antelopev2"]["problems"]) == 2
+    assert all(m["missing"] == [] for m in models.values() if m["required"])  # present, yet not ok

@@ -40,8 +40,18 @@ def test_resolution_takes_first_complete_folder(tmp_path, monkeypatch):
     _touch(tmp_path / "user" / "antelopev2" / DETECTOR_FILE)  # incomplete: no arcface.onnx
     assert resolve_model_folder("antelopev2", tmp_path / "user") == pack
     models = resolve_identity_models(tmp_path / "user")
-    assert models.detector == tmp_path / "user" / "antelopev2" / DETECTOR_FILE  # user's file first
+    # Both files from the folder the resolver (and so the doctor) reports, not a mix of folders.
+    assert models.detector == pack / DETECTOR_FILE
     assert models.recognition == pack / RECOGNITION_FILE
+
+
+def test_incomplete_folders_still_give_each_file_from_the_first_holder(tmp_path, monkeypatch):
+    monkeypatch.setenv("INSIGHTFACE_HOME", str(tmp_path / "if"))
+    _touch(tmp_path / "user" / "antelopev2" / DETECTOR_FILE)  # no arcface.onnx anywhere in antelopev2 folders
+    arcface = _touch(tmp_path / "user" / "arc2face" / RECOGNITION_FILE)
+    models = resolve_identity_models(tmp_path / "user")
+    assert models.detector == tmp_path / "user" / "antelopev2" / DETECTOR_FILE
+    assert models.recognition == arcface
 
 
 def test_arcface_from_hf_cache_of_arc2face(tmp_path, monkeypatch):
@@ -123,7 +133,7 @@ def test_fetch_pins_revisions_and_converts_the_pickled_encoder(tmp_path, tiny_mo
     import torch
     from safetensors.torch import load_file
 
-    from engine.prior.weights import HF_SOURCES
+    from engine.models import ARC2FACE_REVISION_UNVERIFIED, SD15_REVISION
 
     mirror = tmp_path / "mirror"
     shutil.copytree(tiny_models_root / "sd15", mirror / model_store.SD15_REPO)
@@ -139,7 +149,9 @@ def test_fetch_pins_revisions_and_converts_the_pickled_encoder(tmp_path, tiny_mo
     results = fetch_models(tmp_path / "models", ["sd15", "arc2face"], downloader=downloader, log=lambda t: None)
     assert results == {"sd15": [], "arc2face": []}
     sd15_revisions = {rev for repo, _, rev in downloader.calls if repo == model_store.SD15_REPO}
-    assert sd15_revisions == {HF_SOURCES["sd15"]["revision"]}
+    assert sd15_revisions == {SD15_REVISION}
+    arc2face_revisions = {rev for repo, _, rev in downloader.calls if repo == model_store.ARC2FACE_REPO}
+    assert arc2face_revisions == {ARC2FACE_REVISION_UNVERIFIED}
     converted = load_file(tmp_path / "models" / "arc2face" / "encoder" / "model.safetensors")
     assert converted.keys() == weights.keys()
     assert all(torch.equal(converted[k], weights[k]) for k in weights)

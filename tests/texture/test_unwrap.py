@@ -52,3 +52,15 @@ def test_corner_uvs_round_trip(head32, head32_layout):
     np.testing.assert_array_equal(rebuilt.corner_uvs(), head32_layout.corner_uvs())
     np.testing.assert_array_equal(rebuilt.vmapping[rebuilt.uv_faces], faces.numpy())
     assert len(rebuilt.uv) == len(np.unique(np.c_[head32_layout.vmapping, head32_layout.uv], axis=0))
+
+
+def test_a_many_chart_atlas_comes_with_a_warning_and_the_fix(monkeypatch):
+    import engine.texture.unwrap as unwrap
+    from engine.render import icosphere
+
+    verts, faces = icosphere(2, 0.1)
+    assert unwrap_mesh(verts, faces, pack_resolution=128).stats["warnings"] == []
+    monkeypatch.setattr(unwrap, "NOISY_CHARTS", 0)  # a sphere's few charts now count as "many"
+    monkeypatch.setattr(unwrap, "NOISY_CHARTS_PER_1K_FACES", 0)
+    (warning,) = unwrap_mesh(verts, faces, pack_resolution=128).stats["warnings"]
+    assert " charts for 320 faces" in warning and "Smooth the SDF" in warning and "decimated" in warning
