@@ -14,12 +14,14 @@ The first ``geometry_shortcut_fraction`` of the steps feed the 4-channel latent 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..errors import EngineError
+from ..geometry.decimate import decimate_mesh
 from ..geometry.expression import NEUTRAL, ExpressionModel
 from ..geometry.fit import DMTet, RegulariserWeights, geometry_regularisers
 from ..geometry.head_init import head_sdf, pretrain_field
@@ -161,9 +163,25 @@ class GeometryStage:
         self.optimiser.load_state_dict(state["optimiser"])
 
     @torch.no_grad()
-    def canonical(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """The fixed canonical mesh (largest component) and every expression's offsets on its faces."""
+    def canonical(self, target_faces: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """The fixed canonical mesh and every expression's offsets on its faces.
+
+        The largest component, decimated to about ``target_faces`` when it has more (0: keep all).
+        The expression model is a field over positions, so evaluating it on the decimated
+        vertices is exact. ``self.decimation`` says what was done (faces before/after, seconds,
+        or the error that made it keep the full mesh).
+        """
         verts, faces = self.dmtet.mesh()
         verts, faces = keep_largest_component(verts, faces)
-        offsets = self.expressions.export(verts)
-        return (verts.cpu().numpy().astype(np.float32), faces.cpu().numpy().astype(np.int32), offsets)
+        v = verts.cpu().numpy().astype(np.float32)
+        f = faces.cpu().numpy().astype(np.int32)
+        self.decimation = {"faces_before": len(f), "faces_after": len(f), "seconds": 0.0, "error": None}
+        if target_faces and len(f) > target_faces:
+            started = time.perf_counter()
+            try:
+                v, f = decimate_mesh(v, f, target_faces)
+            except EngineError as exc:
+                self.decimation["error"] = exc
+            self.decimation.update(faces_after=len(f), seconds=time.perf_counter() - started)
+        offsets = self.expressions.export(torch.from_numpy(v).to(verts.device))
+        return v, f, offsets

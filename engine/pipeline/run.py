@@ -248,11 +248,11 @@ class _Job:
                                 faces=out.faces.cpu().numpy(), expression=out.expression)
             if (i + 1) % s.checkpoint_every == 0 and i + 1 < s.geometry_steps:
                 save(i + 1)
-        vertices, faces, offsets = stage.canonical()
-        if s.target_faces and len(faces) > s.target_faces:
-            self.send("warning", code="no_decimation",
-                      message=f"the canonical mesh has {len(faces)} faces (target {s.target_faces}); no mesh "
-                              "decimation library is installed, so it is kept as it is")
+        vertices, faces, offsets = stage.canonical(s.target_faces)
+        error = stage.decimation["error"]
+        if error is not None:  # keep the full mesh: a long geometry run is not thrown away for this
+            self.send("warning", code=error.code,
+                      message=f"{error.message}; the canonical mesh keeps its {len(faces)} faces ({error.hint})")
         self.live.write(s.geometry_steps, image=None, vertices=vertices, faces=faces)
         ckpt.save_checkpoint(self.job_dir, s.geometry_steps, {
             "stage": "texture", "next_step": 0, "embedding": torch.from_numpy(embedding),
