@@ -485,6 +485,9 @@ def _geometry_phase(work, config, models, embedding, tv, tf, training, seconds, 
     start = start_field(config)
     start_state = {k: v.clone() for k, v in start.field.state_dict().items()}
     start_mesh = start.mesh()
+    if start_mesh[1].shape[0] == 0:  # seen with seed 1 at grid 32 over 0.36 m: nothing to measure from
+        raise RuntimeError(f"the head initialisation (pretrain_field, seed {config.seed}, grid {config.grid}, "
+                           f"{config.pretrain_steps} steps) extracted no surface; try another seed or more steps")
     chamfer_start = chamfer(*start_mesh, tv, tf, config)
     seconds["head_init"] = time.perf_counter() - clock
 
