@@ -86,3 +86,12 @@ def blender_addon(tmp_path_factory) -> str:
 
 def _raise(exc: BaseException) -> None:
     raise exc
+
+
+@pytest.fixture
+def user_offline_switches_unset(monkeypatch):
+    """Tests of the download path itself (with loopback or local stand-ins for the Hub): the user's
+    HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, which scripts/test.sh sets as a safety net, would make
+    fetch-models refuse to download, as it should for a real user."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)

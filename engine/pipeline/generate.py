@@ -45,8 +45,9 @@ def _job_dict(args) -> dict:
 class ProgressBar:
     """One line on stderr, redrawn in place: stage, a bar, step/total, loss, ETA."""
 
-    def __init__(self, stream=sys.stderr, width: int = 28):
-        self.stream, self.width, self.stage = stream, width, ""
+    def __init__(self, stream=None, width: int = 28):
+        # sys.stderr looked up now, not at import: it may have been replaced since (tests, embedders).
+        self.stream, self.width, self.stage = stream or sys.stderr, width, ""
 
     def __call__(self, msg: dict) -> None:
         kind = msg["type"]

@@ -9,6 +9,7 @@ before every step (a final checkpoint is written, then :class:`Cancelled` is rai
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import tempfile
@@ -39,12 +40,31 @@ def run_job(job_dir, *, resume: bool = False, emit=None, should_stop=None) -> Pa
     _check_writable(job_dir)
     job = _Job(spec, job_dir, emit or (lambda msg: None), should_stop or (lambda: False))
     try:
-        return job.run(resume)
+        with _deterministic_on_cpu(spec.device):
+            return job.run(resume)
     except EngineError:
         raise
     except Exception as exc:
         log.exception("job failed")
         raise classify(exc, job_dir) from exc
+
+
+@contextlib.contextmanager
+def _deterministic_on_cpu(device: str):
+    """With two or more CPU threads some torch kernels accumulate in a run-dependent order: two
+    identical 30-step runs then ended with different meshes (even vertex counts), and a resumed run
+    could not match an uninterrupted one. Deterministic kernels make the CPU run repeatable; CUDA is
+    left alone (its deterministic mode is slow and needs a cuBLAS workspace setting)."""
+    if device not in ("cpu", "auto") or (device == "auto" and torch.cuda.is_available()):
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled()
+    before_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=before_warn)
 
 
 def _check_writable(job_dir: Path) -> None:

@@ -10,6 +10,9 @@ from engine import model_store
 from engine.model_store import (DETECTOR_FILE, RECOGNITION_FILE, ModelsMissing, candidate_folders, fetch_models,
                                 resolve_identity_models, resolve_model_folder)
 
+# These tests drive the download path with stand-ins for the Hub: the user's offline switches are off.
+pytestmark = pytest.mark.usefixtures("user_offline_switches_unset")
+
 
 def _touch(path, data=b"x"):
     path.parent.mkdir(parents=True, exist_ok=True)

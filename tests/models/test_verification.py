@@ -19,6 +19,9 @@ from engine.cli import main
 from engine.models import (ARC2FACE_REVISION_UNVERIFIED, FileProblem, check_models, read_safetensors_header,
                            verify_file, verify_folder)
 
+# These tests drive the download path with stand-ins for the Hub: the user's offline switches are off.
+pytestmark = pytest.mark.usefixtures("user_offline_switches_unset")
+
 UNET = "arc2face/arc2face/diffusion_pytorch_model.safetensors"  # under the models root
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from engine import protocol
@@ -140,13 +141,20 @@ def test_cancel_then_resume_gives_the_uninterrupted_mesh(make_job):
     done_steps = max(m["step"] for m in worker.messages if m["type"] == "progress")
     assert state["next_step"] == done_steps  # the checkpoint holds exactly the finished steps
 
-    resumed_progress = []
-    run_job(job, resume=True, emit=lambda m: resumed_progress.append(m) if m["type"] == "progress" else None)
-    steps = [m["step"] for m in resumed_progress]
-    assert steps[0] == done_steps + 1 and steps[-1] == 30 and resumed_progress[-1]["total"] == 30
+    # Bit-exact means same thread count: float sums are grouped per thread, so the in-process runs
+    # use the worker's one thread (worker_env), as a resume through the worker would.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        resumed_progress = []
+        run_job(job, resume=True, emit=lambda m: resumed_progress.append(m) if m["type"] == "progress" else None)
+        steps = [m["step"] for m in resumed_progress]
+        assert steps[0] == done_steps + 1 and steps[-1] == 30 and resumed_progress[-1]["total"] == 30
 
-    straight = make_job("straight", stop_after="geometry", overrides=overrides)
-    run_job(straight)
+        straight = make_job("straight", stop_after="geometry", overrides=overrides)
+        run_job(straight)
+    finally:
+        torch.set_num_threads(threads)
     with np.load(job / "result" / "head.npz") as a, np.load(straight / "result" / "head.npz") as b:
         for key in ("vertices", "faces", "expression_offsets"):
             assert np.array_equal(a[key], b[key]), f"{key} differs after resume"
