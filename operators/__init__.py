@@ -12,3 +12,11 @@ def remove_active(settings, collection: str, index: str) -> None:
     position = getattr(settings, index)
     items.remove(position)
     setattr(settings, index, max(0, min(position, len(items) - 1)))
+
+
+def redraw_3d_views(window_manager) -> None:
+    """Ask every 3D view to redraw, so the sidebar's status lines move while background work runs."""
+    for window in getattr(window_manager, "windows", ()):
+        for area in window.screen.areas:
+            if area.type == "VIEW_3D":
+                area.tag_redraw()

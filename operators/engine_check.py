@@ -11,6 +11,7 @@ import json
 
 import bpy
 
+from . import redraw_3d_views
 from ..engine_runner import EngineNotFound, start_engine_json
 from ..preferences import addon_prefs, models_root
 from ..worker_monitor import CommandFailed
@@ -76,15 +77,9 @@ def stop() -> None:
 def _timer_tick():
     window_manager = bpy.context.window_manager
     if window_manager is None or not pump(window_manager.idto3d_runtime):
-        _redraw_all(window_manager)
+        redraw_3d_views(window_manager)
         return None
     return 0.5
-
-
-def _redraw_all(window_manager) -> None:
-    for window in getattr(window_manager, "windows", ()):
-        for area in window.screen.areas:
-            area.tag_redraw()
 
 
 class IDTO3D_OT_check_engine(bpy.types.Operator):

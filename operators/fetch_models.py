@@ -13,6 +13,7 @@ from pathlib import Path
 
 import bpy
 
+from . import redraw_3d_views
 from ..engine_runner import EngineNotFound, engine_command, engine_environment
 from ..preferences import addon_prefs, models_root
 
@@ -105,10 +106,7 @@ def _timer_tick():
     window_manager = bpy.context.window_manager
     if window_manager is None or not pump(window_manager.idto3d_runtime):
         return None  # stop the timer
-    for window in window_manager.windows:  # redraw the sidebar so the status line moves
-        for area in window.screen.areas:
-            if area.type == "VIEW_3D":
-                area.tag_redraw()
+    redraw_3d_views(window_manager)
     return 1.0
 
 

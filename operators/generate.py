@@ -12,17 +12,11 @@ from pathlib import Path
 import bpy
 from bpy.props import BoolProperty, StringProperty
 
+from . import redraw_3d_views
 from .. import generation, result_import
 from ..engine.result_format import ResultFormatError
 
 TIMER_INTERVAL_S = 0.25
-
-
-def _redraw(context) -> None:
-    for window in context.window_manager.windows:
-        for area in window.screen.areas:
-            if area.type == "VIEW_3D":
-                area.tag_redraw()
 
 
 def _report_end(operator, job: generation.Job) -> set[str]:
@@ -79,7 +73,7 @@ class _JobOperator:
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
         running = job.pump()
-        _redraw(context)
+        redraw_3d_views(context.window_manager)
         if running:
             return {"PASS_THROUGH"}
         if job.timer is not None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import bpy
 
+from . import redraw_3d_views
 from ..engine_runner import ADDON_DIR
 from ..preferences import addon_prefs
 
@@ -234,9 +235,7 @@ def _timer_tick():
     if context.window_manager is None:
         return None
     running = pump(addon_prefs(context), context.window_manager.idto3d_runtime)
-    for window in context.window_manager.windows:
-        for area in window.screen.areas:
-            area.tag_redraw()
+    redraw_3d_views(context.window_manager)
     return 1.0 if running else None
 
 

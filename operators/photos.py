@@ -17,7 +17,7 @@ from pathlib import Path
 import bpy
 from bpy.props import BoolProperty, CollectionProperty, StringProperty
 
-from . import has_active, remove_active
+from . import has_active, redraw_3d_views, remove_active
 from ..engine_runner import EngineNotFound, start_engine_json
 from ..worker_monitor import CommandFailed
 from ..preferences import addon_prefs, models_root
@@ -255,9 +255,7 @@ def stop_check() -> None:
 def _timer_tick():
     window_manager = bpy.context.window_manager
     running = window_manager is not None and pump_check(window_manager.idto3d_runtime)
-    for window in getattr(window_manager, "windows", ()):
-        for area in window.screen.areas:
-            area.tag_redraw()
+    redraw_3d_views(window_manager)
     return 0.5 if running else None
 
 
