@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="idto3d-bench-user-"))
 
 import numpy as np  # noqa: E402
+from timing import best_of  # noqa: E402  (bench/timing.py, beside this script)
 
 
 def head_asset(folder: Path, rows: int = 317, cols: int = 316, expressions: int = 13, size: int = 2048):
@@ -93,15 +94,11 @@ def clear_scene() -> None:
             collection.remove(item)
 
 
-def best_of(repeats: int, run) -> float:
-    times = []
-    for _ in range(repeats):
-        clear_scene()
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
+def best_of_clean(repeats: int, run) -> float:
+    """Best of ``repeats`` imports, each into an empty scene, leaving it empty."""
+    seconds = best_of(repeats, run, before=clear_scene)
     clear_scene()
-    return min(times)
+    return seconds
 
 
 def bench_pump(module: str, tiny_root: Path, photo: Path, jobs: Path) -> list[float]:
@@ -149,8 +146,8 @@ def main() -> int:
 
     module = enable_addon()
     importer = importlib.import_module(f"{module}.result_import")
-    ours = best_of(args.repeats, lambda: importer.import_result(work / "result"))
-    gltf = best_of(
+    ours = best_of_clean(args.repeats, lambda: importer.import_result(work / "result"))
+    gltf = best_of_clean(
         args.repeats, lambda: bpy.ops.import_scene.gltf(filepath=str(work / "result" / "head.glb"))
     )
     print(f"import, add-on (head.npz + PNGs): {ours:.2f} s  (best of {args.repeats})")

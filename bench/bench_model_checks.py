@@ -16,10 +16,10 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from timing import best_of  # noqa: E402  (bench/timing.py, beside this script)
 
 
 def _rss_mb() -> float:
@@ -30,13 +30,6 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _best(fn, repeats=3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def one(kind: str, path: str) -> None:
@@ -54,7 +47,7 @@ def one(kind: str, path: str) -> None:
     import onnx  # noqa: F401  (imported before the baseline, as in the doctor)
 
     base = _rss_mb()
-    seconds = _best(check)
+    seconds = best_of(3, check)
     print(seconds, _rss_mb() - base)
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import atomic, owned  # noqa: E402
+from timing import best_of  # noqa: E402  (bench/timing.py, beside this script)
 
 
 def writer(files: int):
@@ -28,13 +28,6 @@ def writer(files: int):
     return write
 
 
-def best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -47,9 +40,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             plain, mine = Path(tmp) / "plain", Path(tmp) / "owned"
             write = writer(files)
-            t_plain = best(lambda: atomic.replace_dir_atomic(plain, write), args.repeats)
-            t_owned = best(lambda: owned.replace_owned_dir(mine, "bench", write), args.repeats)
-            t_check = best(lambda: owned.foreign_entries(mine), args.repeats)
+            t_plain = best_of(args.repeats, lambda: atomic.replace_dir_atomic(plain, write))
+            t_owned = best_of(args.repeats, lambda: owned.replace_owned_dir(mine, "bench", write))
+            t_check = best_of(args.repeats, lambda: owned.foreign_entries(mine))
             print(f"{files:>6} {t_plain:>13.3f} {t_owned:>13.3f} {t_owned / t_plain:>6.2f} {t_check:>16.3f}")
 
 
