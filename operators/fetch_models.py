@@ -58,7 +58,7 @@ def start_download(prefs, runtime) -> Download:
     log_file = open(log_path, "w", encoding="utf-8")
     try:
         process = subprocess.Popen(
-            engine_command(prefs, ["fetch-models", "--models", str(root), "--yes"]), stdout=log_file,  # user agreed
+            engine_command(prefs, ["fetch-models", f"--models={root}", "--yes"]), stdout=log_file,  # user agreed
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=engine_environment(str(root)),
         )
     except OSError as exc:
