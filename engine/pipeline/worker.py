@@ -40,28 +40,15 @@ class _Stdout:
                 self.closed = True  # nobody reads any more: keep running to a checkpoint
 
 
-def watch_stdin(stream, stop: threading.Event) -> None:
-    """Set ``stop`` on a cancel line or when ``stream`` closes; other lines are ignored."""
-    try:
-        for line in stream:
-            try:
-                if protocol.decode(line)["type"] == "cancel":
-                    break
-            except protocol.ProtocolError:
-                continue
-    except (OSError, ValueError):
-        pass
-    stop.set()
-
-
 def run_worker(job_dir: Path, *, resume: bool, stdin=None, stdout=None, watch: bool = True) -> int:
     from ..errors import EngineError
 
     send = _Stdout(stdout or sys.stdout)
     stop = threading.Event()
     if watch:
-        threading.Thread(target=watch_stdin, args=(stdin or sys.stdin, stop), daemon=True,
-                         name="stdin-cancel").start()
+        # The protocol's watcher survives any line (not UTF-8, huge, deeply nested): cancel and
+        # "Blender went away" always work.
+        protocol.start_cancel_watcher(stdin or sys.stdin, stop, log=log.warning)
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):

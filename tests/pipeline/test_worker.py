@@ -190,3 +190,20 @@ def test_sigkill_while_writing_leaves_no_half_written_file(make_job):
     leftovers = [p.name for p in job.rglob("*") if p.name.startswith(".") and p.is_file()]
     # temporaries never carry a final name: they start with a dot and are not what readers open
     assert all(not name.endswith((".npz.", ".json.")) for name in leftovers)
+
+
+def test_a_malformed_stdin_line_does_not_cancel_and_cancel_still_works(make_job):
+    """Bytes that are not UTF-8, and a deeply nested line, are skipped: the job goes on, and a later
+    cancel line still stops it (the watcher used to die on such a line and cancel the job)."""
+    job = make_job(stop_after="geometry", overrides={"geometry_steps": 200})
+    worker = Worker(job)
+    first = worker.wait_for(lambda m: m["type"] == "progress")["step"]
+    worker.process.stdin.buffer.write(b"\xff\xfe not utf-8\n" + b"[" * 100_000 + b"\n")
+    worker.process.stdin.flush()
+    later = worker.wait_for(lambda m: m["type"] == "progress" and m["step"] >= first + 3)
+    assert worker.process.poll() is None and later["step"] >= first + 3  # still running
+    worker.process.stdin.write(json.dumps({"type": "cancel"}) + "\n")
+    worker.process.stdin.flush()
+    assert worker.finish(30) == 130
+    _check_stream(worker)
+    assert worker.messages[-1]["code"] == "cancelled"
