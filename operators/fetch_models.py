@@ -16,6 +16,7 @@ import bpy
 from . import redraw_3d_views
 from ..engine_runner import EngineNotFound, engine_command, engine_environment
 from ..preferences import addon_prefs, models_root
+from ..worker_monitor import tail
 
 LOG_NAME = "fetch-models.log"
 
@@ -27,11 +28,7 @@ class Download:
         self.process, self.log_path, self._log_file = process, log_path, log_file
 
     def last_line(self) -> str:
-        try:
-            lines = self.log_path.read_text(encoding="utf-8", errors="replace").replace("\r", "\n").splitlines()
-        except OSError:
-            return ""
-        return next((line.strip() for line in reversed(lines) if line.strip()), "")
+        return tail(self.log_path, 1).strip()  # only the log's end is read: it grows during a download
 
     def close(self) -> None:
         self._log_file.close()

@@ -23,6 +23,7 @@ import bpy
 from . import redraw_3d_views
 from ..engine_runner import ADDON_DIR
 from ..preferences import addon_prefs
+from ..worker_monitor import tail
 
 MARKER = ".idto3d-runtime.json"
 TORCH_INDEX = {
@@ -83,11 +84,7 @@ class Install:
         return self.steps[self.index][0]
 
     def last_line(self) -> str:
-        try:
-            lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            return ""
-        return next((line.strip() for line in reversed(lines) if line.strip()), "")
+        return tail(self.log_path, 1).strip()  # only the log's end is read, once per timer tick
 
     def pump(self) -> bool:
         """Advance; True while steps remain. Sets ``outcome`` at the end."""
