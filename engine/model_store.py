@@ -279,41 +279,43 @@ def fetch_models(models_root: Path | str, keys: list[str] | None = None, *, down
     failures: list[tuple[Path, str]] = []
     made: list[Path] = []
     results: dict[str, list[str]] = {}
-    for key in keys:
-        item = spec(key)
-        folder = root / item.folder
-        todo = plan_fetch(root, [key])
-        if not todo:
-            log(f"{key}: complete in {folder}")
-        for planned in todo:
-            target = folder / planned.relative
-            log(f"{key}: fetching {planned.relative} ({planned.reason}) from {planned.source.describe()}")
-            try:
-                made += _make_parents(target.parent)
-                local_copy = root / "arc2face" / planned.source_path  # Arc2Face's arcface.onnx serves both
-                if key != "arc2face" and planned.source.repo == ARC2FACE_REPO and not verify_folder_file(
-                        "arc2face", root / "arc2face", planned.source_path):
-                    copy_file_atomic(local_copy, target)
-                elif planned.source.kind == "hf":
-                    downloader.hf_file(planned.source.repo, planned.source_path, target,
-                                       revision=planned.source.revision)
-                elif key == "antelopev2":
-                    _fetch_antelopev2_detector(folder, downloader)
-                else:
-                    downloader.url(planned.source.url, target)
-            except Exception as exc:  # network errors come in many classes; the message says which
-                if not _is_required(item, planned.relative):
-                    log(f"{key}: optional {planned.relative} not fetched ({type(exc).__name__}: {exc}); "
-                        "the engine works without it")
-                    continue
-                failures.append((target, f"{type(exc).__name__}: {exc}"))
-        if key == "arc2face" and folder.is_dir():
-            try:
-                _convert_pickled_encoder(folder)
-            except EngineError as exc:
-                failures.append((folder / "encoder", exc.message))
-        results[key] = verify_folder(key, folder)
-    enforce_offline()
+    try:
+        for key in keys:
+            item = spec(key)
+            folder = root / item.folder
+            todo = plan_fetch(root, [key])
+            if not todo:
+                log(f"{key}: complete in {folder}")
+            for planned in todo:
+                target = folder / planned.relative
+                log(f"{key}: fetching {planned.relative} ({planned.reason}) from {planned.source.describe()}")
+                try:
+                    made += _make_parents(target.parent)
+                    local_copy = root / "arc2face" / planned.source_path  # Arc2Face's arcface.onnx serves both
+                    if key != "arc2face" and planned.source.repo == ARC2FACE_REPO and not verify_folder_file(
+                            "arc2face", root / "arc2face", planned.source_path):
+                        copy_file_atomic(local_copy, target)
+                    elif planned.source.kind == "hf":
+                        downloader.hf_file(planned.source.repo, planned.source_path, target,
+                                           revision=planned.source.revision)
+                    elif key == "antelopev2":
+                        _fetch_antelopev2_detector(folder, downloader)
+                    else:
+                        downloader.url(planned.source.url, target)
+                except Exception as exc:  # network errors come in many classes; the message says which
+                    if not _is_required(item, planned.relative):
+                        log(f"{key}: optional {planned.relative} not fetched ({type(exc).__name__}: {exc}); "
+                            "the engine works without it")
+                        continue
+                    failures.append((target, f"{type(exc).__name__}: {exc}"))
+            if key == "arc2face" and folder.is_dir():
+                try:
+                    _convert_pickled_encoder(folder)
+                except EngineError as exc:
+                    failures.append((folder / "encoder", exc.message))
+            results[key] = verify_folder(key, folder)
+    finally:
+        enforce_offline()  # the downloader lifted it: on every way out (Ctrl-C, a bug), offline again
     for folder in reversed(made):  # folders made for downloads that did not come: not left behind empty
         with contextlib.suppress(OSError):
             folder.rmdir()
