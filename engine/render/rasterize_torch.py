@@ -289,7 +289,7 @@ def interpolate(attr: torch.Tensor, raster: Raster, faces: torch.Tensor) -> torc
     if attr.ndim == 3:
         vidx = vidx + (raster.view * attr.shape[1])[:, None]
         attr = attr.reshape(-1, attr.shape[-1])
-    a = gather_rows(attr, vidx.reshape(-1)).reshape(vidx.shape[0], 3, -1)  # [N, 3, C]
+    a = gather_rows(attr, vidx.reshape(-1)).reshape(vidx.shape[0], 3, attr.shape[-1])  # [N, 3, C]; N may be 0
     vals = (a * raster.bary.unsqueeze(-1).to(a.dtype)).sum(1)
     return scatter_pixels(vals, raster)
 

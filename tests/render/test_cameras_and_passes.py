@@ -214,3 +214,19 @@ def test_backface_culling_gives_the_same_image_on_a_closed_mesh(ball):
     # Inside out, the near half is culled and the inside of the far half shows.
     depth = render(verts, faces[:, [0, 2, 1]], cams, passes=("depth",), cull_backfaces=True)["depth"]
     assert float(depth[0, 24, 32, 0]) == pytest.approx(0.6, abs=2e-3)
+
+
+def test_a_surface_no_camera_sees_renders_background_and_a_zero_gradient():
+    # An SDS step can shrink a surface to a floater outside every view; the renderer must return
+    # the background (and a zero gradient), not fail on the empty set of covered pixels.
+    v, f = icosphere(2)
+    verts = (v * 0.01 + torch.tensor([5.0, 0.0, 0.0])).requires_grad_()
+    cams = orbit_cameras([0.0, 90.0], [0.0, 0.0], radius=1.0, resolution=(32, 32))
+    shaded = render(verts, f, cams, passes=("shaded",), background=1.0)["shaded"]
+    assert torch.equal(shaded, torch.ones(2, 32, 32, 3))
+    passes = render(verts, f, cams, passes=("mask", "normal_camera"))  # as the geometry stage renders
+    assert passes["mask"].shape == (2, 32, 32, 1) and float(passes["mask"].abs().sum()) == 0.0
+    image = normals_to_image(passes["normal_camera"], passes["mask"], background=1.0)
+    assert torch.equal(image, torch.ones(2, 32, 32, 3))
+    image.sum().backward()
+    assert verts.grad is None or float(verts.grad.abs().sum()) == 0.0
