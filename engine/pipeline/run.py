@@ -40,7 +40,7 @@ def run_job(job_dir, *, resume: bool = False, emit=None, should_stop=None) -> Pa
     _check_writable(job_dir)
     job = _Job(spec, job_dir, emit or (lambda msg: None), should_stop or (lambda: False))
     try:
-        with _deterministic_on_cpu(spec.device):
+        with deterministic_on_cpu(spec.device):
             return job.run(resume)
     except EngineError:
         raise
@@ -50,7 +50,7 @@ def run_job(job_dir, *, resume: bool = False, emit=None, should_stop=None) -> Pa
 
 
 @contextlib.contextmanager
-def _deterministic_on_cpu(device: str):
+def deterministic_on_cpu(device: str):
     """With two or more CPU threads some torch kernels accumulate in a run-dependent order: two
     identical 30-step runs then ended with different meshes (even vertex counts), and a resumed run
     could not match an uninterrupted one. Deterministic kernels make the CPU run repeatable; CUDA is
