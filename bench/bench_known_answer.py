@@ -1,12 +1,13 @@
 """Known-answer benchmark: does a prior trained on one shape make SDS pull the head to that shape?
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_known_answer.py [--seeds 0 1 2] [--quick]
+    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_known_answer.py [--seeds 0 1 2] [--quick]
 
 One command: Suzanne (bpy) -> normal-map renders -> build-prior-dataset -> train-prior (tiny
-models) -> SDS geometry loop from the head initialisation with the trained prior and with the
-untrained one (same seed, same steps) -> Chamfer distance to the target. Prints the figures and
-writes docs/known-answer.png (renders of start, trained, control, target) and, with --json, the
-numbers. See docs/known-answer.md and bench/known_answer.py.
+models, made a trained autoencoder and denoiser of other shapes first) -> the pipeline's
+GeometryStage from the head initialisation with the trained prior, the untrained one and the
+trained one told the opposite views (same seed, same steps) -> Chamfer distance to the target.
+Prints the figures and writes docs/known-answer.png (renders of start, trained, control, target)
+and, with --json, the numbers. See docs/known-answer.md and bench/known_answer.py.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
 
     base = ka.QUICK if args.quick else ka.ExperimentConfig()
     target = ka.suzanne_mesh()
-    print(f"target: Suzanne (bpy), closed, {len(target[1])} triangles, {ka.TARGET_HEIGHT} m tall, facing -Y")
+    print(f"target: Suzanne (bpy), closed, {len(target[1])} triangles, {ka.TARGET_WIDTH} m wide, facing -Y")
     results = []
     started = time.perf_counter()
     for seed in args.seeds:

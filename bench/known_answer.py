@@ -1,12 +1,14 @@
 """The known-answer experiment: a task prior trained on one shape must make SDS pull the head to it.
 
-Real weights never load here, so this is the end-to-end evidence that the method works: the
-project's renderer draws normal maps of a target that is *not* the head initialisation (Blender's
-Suzanne, closed by a voxel remesh, at head size, facing -Y), ``build-prior-dataset`` turns them
-into a task-prior dataset, ``train-prior`` trains the normal LoRA on the tiny models, and the SDS
-geometry loop runs from the procedural head twice with the same seed and steps: once with the
-trained prior, once with the untrained one (the control). The answer is known, so the Chamfer
-distance to the target says whether SDS followed the prior.
+Real weights never load here, so this is the end-to-end evidence that the method works. The
+project's renderer draws normal maps of a target that is *not* the head initialisation: Blender's
+Suzanne, closed by a voxel remesh, at head size, facing -Y. ``build-prior-dataset`` turns them into
+a task-prior dataset and ``train-prior`` trains the normal LoRA on the tiny models, which are first
+made into a trained autoencoder and a trained denoiser of *other* shapes. The pipeline's
+``GeometryStage`` then runs from the procedural head three times with the same seed and steps:
+with the trained prior, with the untrained one (the control), and with the trained one told the
+opposite views. The answer is known, so the Chamfer distance to the target says whether SDS
+followed the prior (docs/known-answer.md).
 
 Used by ``bench/bench_known_answer.py`` (full size) and ``tests/experiments/test_known_answer.py``
 (small). bpy is imported only to build the target; torch only inside the functions that need it.
@@ -28,10 +30,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-TARGET_HEIGHT = 0.23  # metres, chin to crown of an adult head
-GRID_SIZE = 0.36  # tet-grid box (m): Suzanne at head height is 0.32 m wide, wider than the default 0.32 box
-FILL = 0.6  # fraction of the frame height the 0.23 m target fills (Suzanne's ears need the margin)
-BACKGROUND = 1.0  # white outside the shape, as the SDS renders
+TARGET_WIDTH = 0.30  # metres ear to ear: fits the pipeline's 0.32 m tet box with a margin (0.19 m tall)
+HEAD_HEIGHT = 0.23  # what the pipeline's cameras frame (engine.render.sample_orbit_cameras' default)
+BACKGROUND = 1.0  # white outside the shape, as the geometry stage renders
+NEUTRAL = "neutral"  # the expression text of the geometry stage's neutral steps (engine.geometry.expression)
 
 
 @dataclass
@@ -47,19 +49,27 @@ class ExperimentConfig:
     vae_steps: int = 150  # see train_tiny_vae (0: keep the random VAE)
     vae_shapes: int = 32
     vae_lr: float = 1e-3
+    # base UNet (see train_tiny_unet; 0: keep the random UNet)
+    unet_steps: int = 1500
+    unet_shapes: int = 48
+    unet_views: int = 16
+    unet_batch: int = 32
+    unet_lr: float = 1e-3
     # training (train-prior)
-    train_steps: int = 600
+    train_steps: int = 1500
     batch_size: int = 8
     train_lr: float = 1e-3
-    rank: int = 8
-    targets: str = "to_q,to_k,to_v,to_out.0,to_k_exp,to_v_exp"
-    # How the view text enters the prompt, in training and SDS alike. "append" (the text after the
-    # identity prompt): with main's default "blend" (weight 0.1) the trained prior no longer beat
-    # the control in the quick run (trained 0.0273, control 0.0270, start 0.0271).
-    text_mode: str = "append"
-    # geometry (SDS)
+    rank: int = 16
+    # The default targets plus the ResNet convolutions: on the tiny UNet (attention at one level
+    # only) the attention-only LoRA's eval loss stopped at 0.066 after 1500 steps, 0.041 with these.
+    targets: str = "to_q,to_k,to_v,to_out.0,to_k_exp,to_v_exp,conv1,conv2"
+    # How the view text enters the prompt, in training and SDS alike: the engine's default "blend"
+    # (Arc2Avatar's 0.1 weight). "append" gave the same result (full run: 0.0077 vs blend 0.0074).
+    text_mode: str = "blend"
+    # geometry: the pipeline's GeometryStage, with these values as preset overrides (stage_settings)
     grid: int = 32
     pretrain_steps: int = 100
+    front_fraction: float = 0.6  # the presets' share of front views, in the dataset's cameras too
     sds_steps: int = 300
     sds_views: int = 4
     sds_lr: float = 1e-3
@@ -73,26 +83,26 @@ class ExperimentConfig:
     # 180: the trained prior asked for the back when the camera sees the front. If view conditioning
     # did nothing, that run would equal the trained one.
     view_offset_deg: float = 0.0
-    rotated_views_run: bool = False
+    rotated_views_run: bool = True
     extra: dict = field(default_factory=dict)
 
 
-# The test suite's version: fewer views, training and SDS steps (same method, same code).
-# Regularisers lighter than the full run's: at main's deformation bound (0.28 cells) Laplacian 0.5
-# held the quick run's surface where it was (trained 0.0285 vs control 0.0282, start 0.0272).
-QUICK = ExperimentConfig(views=64, vae_steps=60, vae_shapes=16, train_steps=250, sds_steps=60, pretrain_steps=60,
-                         laplacian=0.1, normal_consistency=0.01, rotated_views_run=True)
-QUICK_MAX_TRAINED_OVER_START = 0.97
-QUICK_MAX_TRAINED_OVER_CONTROL = 0.95
-QUICK_MAX_TRAINED_OVER_ROTATED = 0.97  # the trained prior told the true views must beat it told the opposite
+# The test suite's version: fewer views and fewer training and SDS steps (same method, same code).
+QUICK = ExperimentConfig(views=96, unet_steps=800, unet_shapes=32, train_steps=800, sds_steps=100, pretrain_steps=60)
+# Measured on seed 0 (docs/known-answer.md): eval loss 0.37x its start, trained/start 0.74,
+# trained/control 0.62, trained/rotated 0.69. The bounds leave room for other CPUs' float sums.
+QUICK_MAX_EVAL_LOSS_RATIO = 0.5
+QUICK_MAX_TRAINED_OVER_START = 0.85
+QUICK_MAX_TRAINED_OVER_CONTROL = 0.8
+QUICK_MAX_TRAINED_OVER_ROTATED = 0.85  # the trained prior told the true views must beat it told the opposite
 
 
 # ---- the target ----------------------------------------------------------------------------------
 
-def suzanne_mesh(height: float = TARGET_HEIGHT, voxel_size: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+def suzanne_mesh(width: float = TARGET_WIDTH, voxel_size: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     """Blender's Suzanne, made by bpy, closed and one piece (voxel remesh), triangulated, turned to
     face -Y (as ``primitive_monkey_add`` places it, and as the engine's heads look), scaled to
-    ``height`` metres and centred at the origin. Returns (vertices float32 [V,3], faces int32 [F,3])."""
+    ``width`` metres ear to ear and centred at the origin. Returns (vertices float32 [V,3], faces int32 [F,3])."""
     import bpy  # before bmesh: the bpy module makes Blender's other modules importable
     import bmesh
 
@@ -128,7 +138,7 @@ def suzanne_mesh(height: float = TARGET_HEIGHT, voxel_size: float = 0.05) -> tup
     x, y, z = verts.reshape(-1, 3).T
     verts = np.stack([-x, z, y], axis=1)
     lo, hi = verts.min(0), verts.max(0)
-    verts = (verts - 0.5 * (lo + hi)) * (height / (hi[2] - lo[2]))
+    verts = (verts - 0.5 * (lo + hi)) * (width / (hi[0] - lo[0]))
     return verts.astype(np.float32), faces.reshape(-1, 3)
 
 
@@ -140,16 +150,18 @@ def identity_embedding(seed: int = 0) -> np.ndarray:
 
 # ---- rendering -----------------------------------------------------------------------------------
 
-def sds_cameras(n: int, seed: int, resolution: int, elevation_deg=(-10.0, 30.0), azimuth_deg=None):
-    """Head-centred cameras as the SDS loop draws them (random azimuth all round, front oversampled),
-    or at fixed ``azimuth_deg`` (then ``elevation_deg`` is one value or one per azimuth)."""
+def sds_cameras(n: int, seed: int, resolution: int, elevation_deg=(-10.0, 30.0), azimuth_deg=None,
+                front_fraction: float = 0.6):
+    """Head-centred cameras as the geometry stage draws them (``sample_orbit_cameras`` with its
+    default distance: a 0.23 m head fills 70 % of the frame; azimuth all round, front views
+    oversampled), or at fixed ``azimuth_deg`` (then ``elevation_deg`` is one value or one per azimuth)."""
     from engine.render import orbit_cameras, radius_for_fill, sample_orbit_cameras
 
-    radius = radius_for_fill(TARGET_HEIGHT, 30.0, FILL)
     if azimuth_deg is not None:
-        return orbit_cameras(azimuth_deg, elevation_deg, radius=radius, fov_deg=30.0, resolution=(resolution,) * 2)
-    return sample_orbit_cameras(n, seed=seed, radius=radius, resolution=(resolution,) * 2,
-                                elevation_range_deg=elevation_deg)
+        return orbit_cameras(azimuth_deg, elevation_deg, radius=radius_for_fill(HEAD_HEIGHT, 30.0, 0.7), fov_deg=30.0,
+                             resolution=(resolution,) * 2)
+    return sample_orbit_cameras(n, seed=seed, resolution=(resolution,) * 2, elevation_range_deg=elevation_deg,
+                                front_oversample=front_fraction)
 
 
 def normal_images(verts, faces, cameras):
@@ -168,7 +180,7 @@ def write_heads_folder(folder: Path, verts, faces, embedding, config: Experiment
     head = folder / "suzanne"
     head.mkdir(parents=True, exist_ok=True)
     cams = sds_cameras(config.views, seed=config.seed + 17, resolution=config.resolution,
-                       elevation_deg=config.elevation_deg)
+                       elevation_deg=config.elevation_deg, front_fraction=config.front_fraction)
     v, f = torch.as_tensor(verts), torch.as_tensor(faces, dtype=torch.long)
     views = {}
     with torch.no_grad():
@@ -179,7 +191,8 @@ def write_heads_folder(folder: Path, verts, faces, embedding, config: Experiment
                 name = f"normal_{start + k:04d}.png"
                 Image.fromarray((image.clamp(0, 1).numpy() * 255).round().astype(np.uint8)).save(head / name)
                 views[name] = round(float(chunk.azimuth_deg[k]), 2)  # the azimuth: blended view text
-    (head / "meta.json").write_text(json.dumps({"expression": "", "views": views}), encoding="utf-8")
+    # "neutral": the text the geometry stage gives its neutral steps (there are no other expressions here)
+    (head / "meta.json").write_text(json.dumps({"expression": NEUTRAL, "views": views}), encoding="utf-8")
     np.save(head / "identity.npy", embedding)
     return len(views)
 
@@ -197,7 +210,7 @@ def other_shapes(count: int, seed: int):
     rng = np.random.default_rng(seed)
     sphere_v, sphere_f = icosphere(3)
     shapes = []
-    grid = make_tet_grid(24, size=GRID_SIZE)
+    grid = make_tet_grid(24)
     head = extract_surface(grid, head_sdf(grid.vertices))
     shapes.append((head.verts.detach(), head.faces.long()))
     for _ in range(count - 1):
@@ -229,7 +242,8 @@ def train_tiny_vae(models: Path, config: ExperimentConfig, log=print) -> float:
     images = []
     with torch.no_grad():
         for k, (verts, faces) in enumerate(other_shapes(config.vae_shapes, config.seed + 5)):
-            cams = sds_cameras(8, seed=config.seed * 31 + k, resolution=size, elevation_deg=config.elevation_deg)
+            cams = sds_cameras(8, seed=config.seed * 31 + k, resolution=size, elevation_deg=config.elevation_deg,
+                               front_fraction=config.front_fraction)
             images.append(normal_images(verts, faces, cams))
     images = torch.cat(images).permute(0, 3, 1, 2) * 2.0 - 1.0
     generator = torch.Generator().manual_seed(config.seed)
@@ -255,28 +269,99 @@ def train_tiny_vae(models: Path, config: ExperimentConfig, log=print) -> float:
     return error
 
 
-def calibrate_latent_scale(models: Path, heads: Path, samples: int = 32) -> float:
-    """Set the tiny VAE's ``scaling_factor`` so the target's latents have unit variance, the rule SD
-    chose its 0.18215 by. The tiny VAE's random weights give latents ~25x smaller than SD's at the
-    stock factor: the noise of every diffusion step would swamp the shape, and a trained denoiser
-    could barely tell one shape from another. Only this config value changes. Returns the factor."""
+def train_tiny_unet(models: Path, config: ExperimentConfig, log=print) -> float:
+    """Teach the tiny UNet to denoise normal maps of *other* shapes (never the target).
+
+    Arc2Face is a trained denoiser and a task LoRA adapts it; the tiny UNet's frozen random
+    convolutions, adapted only by a rank-8 LoRA on its attention, are no denoiser at all
+    (measured: with them the trained prior's SDS flattened at 0.86x the start's Chamfer, while the
+    same loop pulled by the ideal latent loss reached 0.18x). So the experiment first trains the
+    whole tiny UNet, as Stable Diffusion was trained, on latents of normal maps of random
+    ellipsoids and the procedural head, each shape with its own random identity and each render
+    with its view text. The trained and the control prior share this base: the control is a
+    denoiser of generic shapes, the trained prior that base plus the LoRA ``train-prior`` fits to
+    the target. Only the weights file changes. Returns the final batch loss."""
+    import shutil
+
+    import torch
+    import torch.nn.functional as F
+    from diffusers import UNet2DConditionModel
+
+    from engine.prior import load_prior
+    from engine.prior.conditioning import ConditioningOptions
+
+    prior = load_prior(models, device="cpu", options=ConditioningOptions(text_mode=config.text_mode))
+    rng = np.random.default_rng(config.seed + 77)
+    latents, prompts, unconds = [], [], []
+    with torch.no_grad():
+        for k, (verts, faces) in enumerate(other_shapes(config.unet_shapes, config.seed + 9)):
+            cams = sds_cameras(config.unet_views, seed=config.seed * 53 + k, resolution=prior.image_size,
+                               elevation_deg=config.elevation_deg, front_fraction=config.front_fraction)
+            latents.append(prior.encode_images(normal_images(verts, faces, cams)).float())
+            identity = rng.standard_normal(512).astype(np.float32)
+            cond = prior.conditioning(identity / np.linalg.norm(identity), NEUTRAL,
+                                      view=[float(a) for a in cams.azimuth_deg])
+            prompts.append(cond.prompt.float())
+            unconds.append(cond.uncond.float())
+    latents, prompts, unconds = torch.cat(latents), torch.cat(prompts), torch.cat(unconds)
+    folder = models / "arc2face" / "arc2face"
+    unet = UNet2DConditionModel.from_pretrained(folder)
+    unet.train()
+    scheduler, steps = prior.scheduler, prior.num_train_timesteps
+    del prior
+    generator = torch.Generator().manual_seed(config.seed + 3)
+    optimiser = torch.optim.AdamW(unet.parameters(), lr=config.unet_lr, weight_decay=0.0)
+    loss_value = float("nan")
+    for step in range(config.unet_steps):
+        idx = torch.randint(0, len(latents), (config.unet_batch,), generator=generator)
+        drop = torch.rand(config.unet_batch, generator=generator) < 0.1  # classifier-free guidance needs both
+        context = torch.where(drop.view(-1, 1, 1), unconds[idx], prompts[idx])
+        noise = torch.randn(latents[idx].shape, generator=generator)
+        t = torch.randint(0, steps, (config.unet_batch,), generator=generator)
+        noisy = scheduler.add_noise(latents[idx], noise, t)
+        loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=context).sample, noise)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimiser.step()
+        loss_value = float(loss.detach())
+        if step % 250 == 0 or step == config.unet_steps - 1:
+            log(f"  base UNet step {step}: loss {loss_value:.4f}")
+    unet.eval()
+    staging = folder.with_name(".unet-trained")
+    shutil.rmtree(staging, ignore_errors=True)  # our own leftover from an interrupted run
+    unet.save_pretrained(staging)
+    shutil.rmtree(folder)
+    staging.rename(folder)
+    log(f"tiny UNet trained as a normal-map denoiser of other shapes: {config.unet_steps} steps, "
+        f"loss {loss_value:.4f}")
+    return loss_value
+
+
+def calibrate_latent_scale(models: Path, config: ExperimentConfig, samples: int = 64) -> float:
+    """Set the tiny VAE's ``scaling_factor`` so latents of normal maps (of the other shapes, not the
+    target) have unit variance, the rule SD chose its 0.18215 by. The tiny VAE's random weights give
+    latents ~25x smaller than SD's at the stock factor: the noise of every diffusion step would
+    swamp the shape, and a trained denoiser could barely tell one shape from another. Only this
+    config value changes. Returns the factor."""
     import torch
     from diffusers import AutoencoderKL
 
     from engine.atomic import write_text_atomic
-    from engine.prior.dataset import load_image
 
     folder = models / "sd15" / "vae"
     vae = AutoencoderKL.from_pretrained(folder)
     size = int(vae.config.sample_size)
-    files = sorted(heads.glob("*/normal_*.png"))[:samples]
-    images = torch.from_numpy(np.stack([load_image(f, size) for f in files])).permute(0, 3, 1, 2)
+    images = []
     with torch.no_grad():
-        latents = vae.encode(images * 2.0 - 1.0).latent_dist.mean
+        for k, (verts, faces) in enumerate(other_shapes(max(samples // 8, 1), config.seed + 11)):
+            images.append(normal_images(verts, faces, sds_cameras(8, seed=config.seed * 7 + k, resolution=size,
+                                                                  elevation_deg=config.elevation_deg)))
+        latents = vae.encode(torch.cat(images).permute(0, 3, 1, 2) * 2.0 - 1.0).latent_dist.mean
     factor = float(1.0 / latents.std())
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    config["scaling_factor"] = factor
-    write_text_atomic(folder / "config.json", json.dumps(config, indent=2))
+    vae_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    vae_config["scaling_factor"] = factor
+    write_text_atomic(folder / "config.json", json.dumps(vae_config, indent=2))
     return factor
 
 
@@ -330,61 +415,67 @@ class GeometryRun:
     vanished_at: int | None = None  # step at which the surface left the grid (the run stops there)
 
 
-def start_field(config: ExperimentConfig):
-    """The procedural head, pretrained into a hash-grid SDF on the tet grid (the stage's start)."""
-    import torch
+def stage_settings(config: ExperimentConfig):
+    """The pipeline preset the geometry stage runs with: "test" with this experiment's values.
 
-    from engine.geometry.fit import DMTet
-    from engine.geometry.head_init import head_sdf, pretrain_field
-    from engine.geometry.sdf_field import HashGridSDF
-    from engine.geometry.tetgrid import make_tet_grid
+    No latent shortcut (the normal prior here was trained on VAE latents of normal maps only), the
+    largest deformation DMTet allows, no decimation (the raw extraction is measured)."""
+    from engine.pipeline.presets import resolve_preset
 
-    torch.manual_seed(config.seed)
-    grid = make_tet_grid(config.grid, size=GRID_SIZE)
-    field_ = HashGridSDF(size=GRID_SIZE, max_deformation=0.28 * grid.cell_size)  # the most DMTet allows
-    pretrain_field(field_, head_sdf, grid.vertices, steps=config.pretrain_steps, seed=config.seed)
-    return DMTet(grid, field_)
+    return resolve_preset("test", {
+        "grid": config.grid, "render_resolution": config.resolution, "pretrain_steps": config.pretrain_steps,
+        "geometry_steps": config.sds_steps, "views_per_step": config.sds_views, "geometry_lr": config.sds_lr,
+        "geometry_guidance": config.guidance, "geometry_t_start": list(config.t_start),
+        "geometry_t_end": list(config.t_end), "geometry_shortcut_fraction": 0.0, "max_deformation_cells": 0.28,
+        "laplacian": config.laplacian, "normal_consistency": config.normal_consistency,
+        "elevation_range_deg": list(config.elevation_deg), "front_fraction": config.front_fraction,
+        "target_faces": 0})
 
 
-def run_geometry(prior, embedding, config: ExperimentConfig, target=None, *, dmtet=None,
+def geometry_stage(prior, embedding, config: ExperimentConfig, start_state=None):
+    """``engine.pipeline.geometry_stage.GeometryStage`` as ``run_job`` builds it for a job without
+    expressions. From ``start_state`` (a field state) when given, else initialised to the procedural
+    head (``initialise``: ``pretrain_field`` of ``head_sdf``)."""
+    from engine.pipeline.geometry_stage import GeometryStage
+
+    stage = GeometryStage(stage_settings(config), prior, embedding, [], seed=config.seed, device="cpu",
+                          normal_maps=True)
+    if start_state is not None:
+        stage.field.load_state_dict(start_state)
+    else:
+        stage.initialise()
+    if config.view_offset_deg:  # the "views rotated" run: every camera's conditioning told the wrong azimuth
+        offset = float(config.view_offset_deg)
+        stage.objective = lambda images, name, cameras, step, azimuths: stage.sds_loss(
+            images, name, cameras, step, [a + offset for a in azimuths])
+    return stage
+
+
+def run_geometry(prior, embedding, config: ExperimentConfig, target=None, *, start_state=None,
                  chamfer_every: int = 0) -> GeometryRun:
-    """The SDS geometry loop (as scripts/smoke_pipeline.py runs it): DMTet + hash-grid SDF from the
-    head initialisation, normal-map renders of random orbit views, SDS from ``prior`` conditioned on
-    the identity and each view's azimuth, Laplacian + normal-consistency regularisers."""
-    import torch
+    """The pipeline's geometry stage, step by step as ``run_job`` drives it (no checkpoints):
+    DMTet + hash-grid SDF from the head initialisation, normal-map renders of random orbit views,
+    SDS from ``prior`` conditioned on the identity, "neutral" and each view's azimuth, Laplacian +
+    normal-consistency regularisers."""
+    from engine.errors import EngineError
 
-    from engine.geometry.fit import RegulariserWeights, geometry_regularisers
-    from engine.prior.sds import ScoreDistillation, SDSConfig
-
-    dmtet = dmtet or start_field(config)
-    torch.manual_seed(config.seed)
-    sds = ScoreDistillation(prior, SDSConfig(guidance_scale=config.guidance, t_start=config.t_start,
-                                             t_end=config.t_end, grad_clip=1.0))
-    optimiser = torch.optim.Adam(dmtet.field.parameters(), lr=config.sds_lr)
-    weights = RegulariserWeights(laplacian=config.laplacian, normal_consistency=config.normal_consistency)
-    generator = torch.Generator().manual_seed(config.seed)
+    stage = geometry_stage(prior, embedding, config, start_state)
     curve = []
     started = time.perf_counter()
-    vanished_at, last = None, dmtet.mesh()
+    vanished_at, last = None, stage.dmtet.mesh()
     for step in range(config.sds_steps):
         if chamfer_every and target is not None and step % chamfer_every == 0:
-            curve.append((step, chamfer(*dmtet.mesh(), *target, config)))
-        cameras = sds_cameras(config.sds_views, seed=config.seed * 100003 + step, resolution=config.resolution,
-                              elevation_deg=config.elevation_deg)
-        surface, sdf = dmtet()
-        if surface.faces.shape[0] == 0:  # SDS emptied the grid: a result (the prior destroyed the shape)
+            curve.append((step, chamfer(*stage.dmtet.mesh(), *target, config)))
+        try:
+            out = stage.step(step)
+        except EngineError as exc:  # SDS emptied the grid: a result (the prior destroyed the shape)
+            if exc.code != "surface_vanished":
+                raise
             vanished_at = step
             break
-        last = (surface.verts.detach(), surface.faces)
-        images = normal_images(surface.verts, surface.faces, cameras)
-        cond = prior.conditioning(embedding, "", view=[float(a) + config.view_offset_deg for a in cameras.azimuth_deg])
-        loss, _ = sds.step(images, cond, step, config.sds_steps, generator=generator)
-        loss = loss + geometry_regularisers(surface, sdf, weights, config.grid)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+        last = (out.vertices, out.faces)
     seconds = time.perf_counter() - started
-    verts, faces = dmtet.mesh() if vanished_at is None else last  # else: the last mesh that existed
+    verts, faces = stage.dmtet.mesh() if vanished_at is None else last  # else: the last mesh that existed
     if target is not None and chamfer_every:
         curve.append((config.sds_steps if vanished_at is None else vanished_at, chamfer(verts, faces, *target, config)))
     return GeometryRun(verts, faces, curve, seconds, vanished_at)
@@ -429,7 +520,16 @@ def run_experiment(work: Path, config: ExperimentConfig, *, chamfer_every: int =
     """Target -> renders -> build-prior-dataset -> train-prior -> SDS (trained, control) -> Chamfer.
 
     ``work`` receives the tiny models, the renders, the dataset and the LoRA. ``target`` may be
-    given as (verts, faces) numpy arrays; by default Suzanne is made with bpy."""
+    given as (verts, faces) numpy arrays; by default Suzanne is made with bpy. Torch's
+    deterministic CPU kernels are on throughout, as ``run_job`` has them: the same thread count
+    then gives the same figures."""
+    from engine.pipeline.run import deterministic_on_cpu
+
+    with deterministic_on_cpu("cpu"):
+        return _run_experiment(work, config, chamfer_every=chamfer_every, log=log, target=target, reuse=reuse)
+
+
+def _run_experiment(work, config, *, chamfer_every, log, target, reuse):
     import torch
 
     from engine.tiny_models import write_tiny_models
@@ -449,11 +549,17 @@ def run_experiment(work: Path, config: ExperimentConfig, *, chamfer_every: int =
     write_tiny_models(models)
     if config.vae_steps:
         train_tiny_vae(models, config, log)
+    if config.calibrate_latents:
+        factor = calibrate_latent_scale(models, config)
+        log(f"tiny VAE scaling_factor set to {factor:.3f} (unit-variance latents; stock 0.18215)")
+    seconds["vae"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    if config.unet_steps:
+        train_tiny_unet(models, config, log)
+    seconds["base_unet"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     count = write_heads_folder(work / "heads", target[0], target[1], embedding, config)
     build_dataset(work / "heads", work / "dataset", config.resolution)
-    if config.calibrate_latents:
-        factor = calibrate_latent_scale(models, work / "heads")
-        log(f"tiny VAE scaling_factor set to {factor:.3f} (unit-variance latents; stock 0.18215)")
     seconds["target_and_dataset"] = time.perf_counter() - clock
     log(f"dataset: {count} normal maps of the target at {config.resolution}px ({seconds['target_and_dataset']:.1f} s)")
 
@@ -475,17 +581,15 @@ def _reused_training(work: Path) -> dict:
 
 
 def _geometry_phase(work, config, models, embedding, tv, tf, training, seconds, chamfer_every, log):
-    import torch
-
     from engine.prior import load_prior
     from engine.prior.conditioning import ConditioningOptions
 
     seconds.update({k: v for k, v in training.get("seconds", {}).items() if k not in seconds})
     clock = time.perf_counter()
-    start = start_field(config)
+    start = geometry_stage(None, embedding, config)
     start_state = {k: v.clone() for k, v in start.field.state_dict().items()}
-    start_mesh = start.mesh()
-    if start_mesh[1].shape[0] == 0:  # seen with seed 1 at grid 32 over 0.36 m: nothing to measure from
+    start_mesh = start.dmtet.mesh()
+    if start_mesh[1].shape[0] == 0:  # seen with seed 1 in an earlier version (0.36 m box): nothing to measure
         raise RuntimeError(f"the head initialisation (pretrain_field, seed {config.seed}, grid {config.grid}, "
                            f"{config.pretrain_steps} steps) extracted no surface; try another seed or more steps")
     chamfer_start = chamfer(*start_mesh, tv, tf, config)
@@ -498,11 +602,10 @@ def _geometry_phase(work, config, models, embedding, tv, tf, training, seconds, 
         prior = load_prior(models, device="cpu", task="normal" if lora else None,
                            lora_dirs={"normal": work / "lora_normal"} if lora else None,
                            options=ConditioningOptions(text_mode=config.text_mode))
-        dmtet = start_field(ExperimentConfig(**{**asdict(config), "pretrain_steps": 0}))
-        dmtet.field.load_state_dict(start_state)  # every run starts from the very same field
         run_config = config if name != "views_rotated" else ExperimentConfig(
             **{**asdict(config), "view_offset_deg": config.view_offset_deg + 180.0})
-        run = run_geometry(prior, embedding, run_config, (tv, tf), dmtet=dmtet, chamfer_every=chamfer_every)
+        # every run starts from the very same field
+        run = run_geometry(prior, embedding, run_config, (tv, tf), start_state=start_state, chamfer_every=chamfer_every)
         runs[name] = run
         curves[name] = run.chamfer_curve
         seconds[f"sds_{name}"] = run.seconds
