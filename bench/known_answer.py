@@ -64,7 +64,7 @@ class ExperimentConfig:
     # only) the attention-only LoRA's eval loss stopped at 0.066 after 1500 steps, 0.041 with these.
     targets: str = "to_q,to_k,to_v,to_out.0,to_k_exp,to_v_exp,conv1,conv2"
     # How the view text enters the prompt, in training and SDS alike: the engine's default "blend"
-    # (Arc2Avatar's 0.1 weight). "append" gave the same result (full run: 0.0077 vs blend 0.0074).
+    # (Arc2Avatar's 0.1 weight). "append" gave the same result (200-step runs: 0.0077 vs blend 0.0074).
     text_mode: str = "blend"
     # geometry: the pipeline's GeometryStage, with these values as preset overrides (stage_settings)
     grid: int = 32
@@ -80,11 +80,17 @@ class ExperimentConfig:
     normal_consistency: float = 0.01
     chamfer_points: int = 8000
     # Azimuth added to every SDS view's conditioning (0: the true view). The "views_rotated" run uses
-    # 180: the trained prior asked for the back when the camera sees the front. If view conditioning
-    # did nothing, that run would equal the trained one.
+    # 180: the trained prior asked for the back when the camera sees the front (and the front when it
+    # sees the back; a profile stays a profile, as the side text has no left or right). If view
+    # conditioning did nothing, that run would equal the trained one.
     view_offset_deg: float = 0.0
     rotated_views_run: bool = True
-    extra: dict = field(default_factory=dict)
+
+
+# What the models, the dataset and the LoRA depend on: a --reuse of a work folder must match these.
+TRAINING_FIELDS = ("seed", "views", "resolution", "elevation_deg", "calibrate_latents", "vae_steps", "vae_shapes",
+                   "vae_lr", "unet_steps", "unet_shapes", "unet_views", "unet_batch", "unet_lr", "train_steps",
+                   "batch_size", "train_lr", "rank", "targets", "text_mode", "front_fraction")
 
 
 # The test suite's version: fewer views and fewer training and SDS steps (same method, same code).
@@ -340,10 +346,9 @@ def train_tiny_unet(models: Path, config: ExperimentConfig, log=print) -> float:
 
 def calibrate_latent_scale(models: Path, config: ExperimentConfig, samples: int = 64) -> float:
     """Set the tiny VAE's ``scaling_factor`` so latents of normal maps (of the other shapes, not the
-    target) have unit variance, the rule SD chose its 0.18215 by. The tiny VAE's random weights give
-    latents ~25x smaller than SD's at the stock factor: the noise of every diffusion step would
-    swamp the shape, and a trained denoiser could barely tell one shape from another. Only this
-    config value changes. Returns the factor."""
+    target) have unit variance, the rule SD chose its 0.18215 by. At the stock factor the tiny VAE
+    (random, as first measured: ~25x smaller than SD's) gave latents so small that the noise of
+    every diffusion step swamped the shape. Only this config value changes. Returns the factor."""
     import torch
     from diffusers import AutoencoderKL
 
@@ -356,7 +361,8 @@ def calibrate_latent_scale(models: Path, config: ExperimentConfig, samples: int 
     with torch.no_grad():
         for k, (verts, faces) in enumerate(other_shapes(max(samples // 8, 1), config.seed + 11)):
             images.append(normal_images(verts, faces, sds_cameras(8, seed=config.seed * 7 + k, resolution=size,
-                                                                  elevation_deg=config.elevation_deg)))
+                                                                  elevation_deg=config.elevation_deg,
+                                                                  front_fraction=config.front_fraction)))
         latents = vae.encode(torch.cat(images).permute(0, 3, 1, 2) * 2.0 - 1.0).latent_dist.mean
     factor = float(1.0 / latents.std())
     vae_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -525,8 +531,28 @@ def run_experiment(work: Path, config: ExperimentConfig, *, chamfer_every: int =
     then gives the same figures."""
     from engine.pipeline.run import deterministic_on_cpu
 
-    with deterministic_on_cpu("cpu"):
+    with deterministic_on_cpu("cpu"), _only_models_in(Path(work)):
         return _run_experiment(work, config, chamfer_every=chamfer_every, log=log, target=target, reuse=reuse)
+
+
+@contextlib.contextmanager
+def _only_models_in(work: Path):
+    """Point the engine's default models root at an empty folder inside ``work`` for the run: the
+    priors must come from the work folder alone, never from LoRAs installed on this machine
+    (``load_prior`` also looks for ``loras/`` in the default root)."""
+    import os
+
+    from engine.models import MODELS_ENV
+
+    before = os.environ.get(MODELS_ENV)
+    os.environ[MODELS_ENV] = str(work / "no-default-models")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(MODELS_ENV, None)
+        else:
+            os.environ[MODELS_ENV] = before
 
 
 def _run_experiment(work, config, *, chamfer_every, log, target, reuse):
@@ -544,7 +570,7 @@ def _run_experiment(work, config, *, chamfer_every, log, target, reuse):
     models = work / "models"
     if reuse and (work / "lora_normal" / "prior_adapter.json").is_file():  # geometry phase only
         log(f"reusing the models, dataset and LoRA in {work}")
-        return _geometry_phase(work, config, models, embedding, tv, tf, _reused_training(work), seconds,
+        return _geometry_phase(work, config, models, embedding, tv, tf, _reused_training(work, config), seconds,
                                chamfer_every, log)
     write_tiny_models(models)
     if config.vae_steps:
@@ -568,16 +594,24 @@ def _run_experiment(work, config, *, chamfer_every, log, target, reuse):
     seconds["train_prior"] = time.perf_counter() - clock
     log(f"train-prior: {config.train_steps} steps, eval loss {training['eval_loss_start']:.4f} -> "
         f"{training['eval_loss_end']:.4f} ({seconds['train_prior']:.1f} s)")
-    (work / "training.json").write_text(json.dumps({**training, "seconds": seconds}), encoding="utf-8")
+    made_with = {k: v for k, v in asdict(config).items() if k in TRAINING_FIELDS}
+    (work / "training.json").write_text(json.dumps({**training, "seconds": seconds, "config": made_with}),
+                                        encoding="utf-8")
     return _geometry_phase(work, config, models, embedding, tv, tf, training, seconds, chamfer_every, log)
 
 
-def _reused_training(work: Path) -> dict:
-    """The training record of an earlier run in ``work`` (absent: figures not recorded)."""
+def _reused_training(work: Path, config: ExperimentConfig) -> dict:
+    """The training record of an earlier run in ``work``; refuses one made with other settings."""
     path = work / "training.json"
-    if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
-    return {"eval_loss_start": float("nan"), "eval_loss_end": float("nan"), "curve": [], "reused": True}
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing: {work} was not made by this experiment; run without --reuse")
+    record = json.loads(path.read_text(encoding="utf-8"))
+    wanted = {k: v for k, v in json.loads(json.dumps(asdict(config))).items() if k in TRAINING_FIELDS}
+    differ = sorted(k for k in TRAINING_FIELDS if record.get("config", {}).get(k) != wanted[k])
+    if differ:
+        raise RuntimeError(f"the models, dataset and LoRA in {work} were made with other settings "
+                           f"({', '.join(differ)}); run without --reuse or use another --work folder")
+    return record
 
 
 def _geometry_phase(work, config, models, embedding, tv, tf, training, seconds, chamfer_every, log):

@@ -30,9 +30,10 @@ def quick_result(tmp_path_factory):
 
 def _figures(result) -> str:
     s = result.summary()
+    rotated = s["chamfer_views_rotated_m"]
     return (f"Chamfer (m) start {s['chamfer_start_m']:.4f}, trained {s['chamfer_trained_m']:.4f}, "
-            f"control {s['chamfer_control_m']:.4f}, views rotated {s['chamfer_views_rotated_m']:.4f}; "
-            f"train eval loss {s['train_eval_loss']}")
+            f"control {s['chamfer_control_m']:.4f}, views rotated "
+            f"{'not run' if rotated is None else format(rotated, '.4f')}; train eval loss {s['train_eval_loss']}")
 
 
 def test_trained_prior_pulls_the_head_to_the_shape_it_learnt(quick_result):
@@ -47,8 +48,9 @@ def test_trained_prior_pulls_the_head_to_the_shape_it_learnt(quick_result):
 
 
 def test_true_view_text_beats_the_opposite_view(quick_result):
-    # The same trained prior, told the opposite view for every camera (azimuth + 180 deg), must end
-    # farther from the target. A prior that ignored the view text would give the very same run
-    # (same seed and noise), so this fails when view conditioning is broken.
+    # The same trained prior, told the opposite view for every camera (azimuth + 180 deg: front for
+    # back and back for front; profiles stay profiles), must end farther from the target. A prior
+    # that ignored the view text would give the very same run (same seed and noise), so this fails
+    # when view conditioning is broken.
     assert quick_result.chamfer_trained < ka.QUICK_MAX_TRAINED_OVER_ROTATED * quick_result.chamfer_views_rotated, \
         _figures(quick_result)
