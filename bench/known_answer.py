@@ -607,7 +607,10 @@ def _reused_training(work: Path, config: ExperimentConfig) -> dict:
         raise RuntimeError(f"{path} is missing: {work} was not made by this experiment; run without --reuse")
     record = json.loads(path.read_text(encoding="utf-8"))
     wanted = {k: v for k, v in json.loads(json.dumps(asdict(config))).items() if k in TRAINING_FIELDS}
-    differ = sorted(k for k in TRAINING_FIELDS if record.get("config", {}).get(k) != wanted[k])
+    if "config" not in record:
+        raise RuntimeError(f"{path} records no settings (an older version of this experiment made it); "
+                           "run without --reuse or use another --work folder")
+    differ = sorted(k for k in TRAINING_FIELDS if record["config"].get(k) != wanted[k])
     if differ:
         raise RuntimeError(f"the models, dataset and LoRA in {work} were made with other settings "
                            f"({', '.join(differ)}); run without --reuse or use another --work folder")
