@@ -228,6 +228,18 @@ def other_shapes(count: int, seed: int):
     return shapes
 
 
+def replace_weights(model, folder: Path) -> None:
+    """Save a trained diffusers model in place of the tiny folder it was loaded from (a staging
+    folder first, so an interrupted save leaves the old weights whole)."""
+    import shutil
+
+    staging = folder.with_name(f".{folder.name}-trained")
+    shutil.rmtree(staging, ignore_errors=True)  # our own leftover from an interrupted run
+    model.save_pretrained(staging)
+    shutil.rmtree(folder)
+    staging.rename(folder)
+
+
 def train_tiny_vae(models: Path, config: ExperimentConfig, log=print) -> float:
     """Teach the tiny VAE to be an autoencoder of normal maps (of other shapes, never the target).
 
@@ -237,8 +249,6 @@ def train_tiny_vae(models: Path, config: ExperimentConfig, log=print) -> float:
     latent direction is uncorrelated with the image difference, cosine ~0.03), so without this no
     prior could move geometry through it. Same classes and files, only trained weights; the trained
     and the control prior share it. Returns the final reconstruction error (mean absolute)."""
-    import shutil
-
     import torch
     from diffusers import AutoencoderKL
 
@@ -266,11 +276,7 @@ def train_tiny_vae(models: Path, config: ExperimentConfig, log=print) -> float:
         optimiser.step()
         error = float((recon - batch).abs().mean().detach())
     vae.eval()
-    staging = folder.with_name(".vae-trained")
-    shutil.rmtree(staging, ignore_errors=True)  # our own leftover from an interrupted run
-    vae.save_pretrained(staging)
-    shutil.rmtree(folder)
-    staging.rename(folder)
+    replace_weights(vae, folder)
     log(f"tiny VAE trained as a normal-map autoencoder: {config.vae_steps} steps, L1 error {error:.3f}")
     return error
 
@@ -287,8 +293,6 @@ def train_tiny_unet(models: Path, config: ExperimentConfig, log=print) -> float:
     with its view text. The trained and the control prior share this base: the control is a
     denoiser of generic shapes, the trained prior that base plus the LoRA ``train-prior`` fits to
     the target. Only the weights file changes. Returns the final batch loss."""
-    import shutil
-
     import torch
     import torch.nn.functional as F
     from diffusers import UNet2DConditionModel
@@ -334,11 +338,7 @@ def train_tiny_unet(models: Path, config: ExperimentConfig, log=print) -> float:
         if step % 250 == 0 or step == config.unet_steps - 1:
             log(f"  base UNet step {step}: loss {loss_value:.4f}")
     unet.eval()
-    staging = folder.with_name(".unet-trained")
-    shutil.rmtree(staging, ignore_errors=True)  # our own leftover from an interrupted run
-    unet.save_pretrained(staging)
-    shutil.rmtree(folder)
-    staging.rename(folder)
+    replace_weights(unet, folder)
     log(f"tiny UNet trained as a normal-map denoiser of other shapes: {config.unet_steps} steps, "
         f"loss {loss_value:.4f}")
     return loss_value
