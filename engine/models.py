@@ -149,6 +149,19 @@ ARC2FACE_LICENCE = ("Arc2Face: code MIT, model card MIT; fine-tuned from SD 1.5 
                     "datasets (WebFace42M, FFHQ, CelebA-HQ) whose terms are research-only: check before any "
                     "commercial use")
 
+
+def _task_lora_spec(domain: str, what: str) -> "ModelSpec":
+    """The optional task-prior LoRA for ``domain``, trained by the user with ``train-prior``."""
+    return ModelSpec(
+        key=f"loras/{domain}",
+        title=f"ID-to-3D task prior: {what} (LoRA, optional)",
+        source=f"train with `python -m engine train-prior --domain {domain}`; the base prior is used without it",
+        required=False,
+        files=(_file(LORA_WEIGHTS_FILE), _file("prior_adapter.json", required=False)),
+        licence="yours (trained by you)",
+    )
+
+
 MODEL_SPECS: tuple[ModelSpec, ...] = (
     ModelSpec(
         key="sd15",
@@ -198,22 +211,8 @@ MODEL_SPECS: tuple[ModelSpec, ...] = (
         extra_sources=(
             (RECOGNITION_FILE, Source("hf", ARC2FACE_REPO, ARC2FACE_REVISION_UNVERIFIED), RECOGNITION_FILE),),
     ),
-    ModelSpec(
-        key="loras/normal",
-        title="ID-to-3D task prior: normal maps (LoRA, optional)",
-        source="train with `python -m engine train-prior --domain normal`; the base prior is used without it",
-        required=False,
-        files=(_file(LORA_WEIGHTS_FILE), _file("prior_adapter.json", required=False)),
-        licence="yours (trained by you)",
-    ),
-    ModelSpec(
-        key="loras/albedo",
-        title="ID-to-3D task prior: albedo (LoRA, optional)",
-        source="train with `python -m engine train-prior --domain albedo`; the base prior is used without it",
-        required=False,
-        files=(_file(LORA_WEIGHTS_FILE), _file("prior_adapter.json", required=False)),
-        licence="yours (trained by you)",
-    ),
+    _task_lora_spec("normal", "normal maps"),
+    _task_lora_spec("albedo", "albedo"),
     ModelSpec(
         key="loras/view",
         title="Arc2Avatar view LoRA for Arc2Face (360° heads, optional)",
