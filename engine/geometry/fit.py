@@ -85,15 +85,17 @@ class FitReport:
 
 
 def geometry_regularisers(
-    result: MarchingTetsResult, sdf: torch.Tensor, weights: RegulariserWeights, resolution: int
+    result: MarchingTetsResult, sdf: torch.Tensor, weights: RegulariserWeights, resolution: int, topology=None
 ) -> torch.Tensor:
-    """Weighted sum of the mesh and SDF regularisers on one extraction."""
+    """Weighted sum of the mesh and SDF regularisers on one extraction (``topology``:
+    ``mesh_topology(result.faces)``, built once per step and shared with the renderer)."""
     total = sdf.new_zeros(())
     if weights.laplacian:
-        total = total + weights.laplacian * regularisers.laplacian_smoothness(result.verts, result.faces)
+        total = total + weights.laplacian * regularisers.laplacian_smoothness(result.verts, result.faces,
+                                                                                topology=topology)
     if weights.normal_consistency:
         total = total + weights.normal_consistency * regularisers.normal_consistency(
-            result.verts, result.faces
+            result.verts, result.faces, topology
         )
     if weights.sdf_sign:
         total = total + weights.sdf_sign * regularisers.sdf_sign_regulariser(sdf, result.edges)
@@ -118,6 +120,7 @@ def fit_sdf_to_views(
     raising). Returns the per-step losses and the wall time.
     """
     from ..render import render
+    from ..render.mesh_ops import mesh_topology
 
     cfg = config or FitConfig()
     if target_mask.shape[0] != len(cameras) or target_normal.shape[0] != len(cameras):
@@ -138,10 +141,11 @@ def fit_sdf_to_views(
                 "the SDF has no surface inside the tet grid (all inside or all outside); "
                 "initialise it (head_init.pretrain_field) before fitting"
             )
-        out = render(result.verts, result.faces, cameras[views], passes=("mask", "normal_world"))
+        topology = mesh_topology(result.faces)  # one edge table per step, for the renderer and the regularisers
+        out = render(result.verts, result.faces, cameras[views], passes=("mask", "normal_world"), topology=topology)
         loss = cfg.mask_weight * (out["mask"] - target_mask[views]).abs().mean()
         loss = loss + cfg.normal_weight * (out["normal_world"] - target_normal[views]).abs().mean()
-        loss = loss + geometry_regularisers(result, sdf, cfg.regularisers, dmtet.grid.resolution)
+        loss = loss + geometry_regularisers(result, sdf, cfg.regularisers, dmtet.grid.resolution, topology)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
