@@ -35,21 +35,33 @@ class DMTet(torch.nn.Module):
         """(marching-tets result, SDF at every grid vertex [V]).
 
         A per-vertex field is simply read. A neural field is evaluated without gradients at all
-        grid vertices (to find the surface), then again, with gradients, only at the ends of the
-        crossing edges: the mesh depends on nothing else, and the autograd graph (and memory)
-        shrinks from the whole grid (2 M points at 128) to the surface band.
+        grid vertices (to find the surface: its signs everywhere decide where the surface is, so
+        no vertex can be skipped without risking a missed floater or bubble), then again, with
+        gradients, only at the ends of the crossing edges: the mesh depends on nothing else, and
+        the autograd graph (and memory) shrinks from the whole grid (2 M points at 128) to the
+        surface band. The whole-grid pass is the field's ``sdf_on_grid`` where it has one (the
+        hash grid: the same values, several times faster) and skips the deformation, which only
+        the band needs. The band pass gives the same values as the whole-grid pass (tested bit for
+        bit on the CPU), so the crossings found by the first are reused, not searched again. The
+        returned SDF holds the whole-grid values with the band's (differentiable) ones put in:
+        the regularisers read the crossing edges' ends, and the grid smoothness term every value.
         """
         points = self.grid.vertices
         if getattr(self.field, "per_vertex", False):
             sdf, deform = self.field.sdf_and_deformation(points)
             return extract_surface(self.grid, sdf, deform), sdf
         with torch.no_grad():
-            sdf_all, deform_all = self.field.sdf_and_deformation(points)
-            need = torch.unique(extract_surface(self.grid, sdf_all).edges.reshape(-1))
+            if hasattr(self.field, "sdf_on_grid"):
+                sdf_all = self.field.sdf_on_grid(self.grid)
+            else:
+                sdf_all = self.field.sdf_and_deformation(points)[0]
+            found = extract_surface(self.grid, sdf_all)
+            need = torch.unique(found.edges.reshape(-1))
         sdf_need, deform_need = self.field.sdf_and_deformation(points[need])
         sdf = sdf_all.index_put((need,), sdf_need)
-        deform = deform_all.index_put((need,), deform_need)
-        return extract_surface(self.grid, sdf, deform), sdf
+        # Deformation away from the band is never read (vertices sit on crossing edges only).
+        deform = torch.zeros_like(points).index_put((need,), deform_need)
+        return extract_surface(self.grid, sdf, deform, topology=found), sdf
 
     @torch.no_grad()
     def mesh(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -75,7 +75,8 @@ class MarchingTetsResult:
     edges: torch.Tensor
 
 
-def extract_surface(grid, sdf: torch.Tensor, deformation: torch.Tensor | None = None) -> MarchingTetsResult:
+def extract_surface(grid, sdf: torch.Tensor, deformation: torch.Tensor | None = None,
+                    topology: MarchingTetsResult | None = None) -> MarchingTetsResult:
     """Marching tetrahedra on a :class:`~engine.geometry.tetgrid.TetGrid`, visiting only crossing cubes.
 
     ``deformation`` [V,3] (metres) is added to the grid vertices (DMTet); keep every vector shorter
@@ -83,11 +84,18 @@ def extract_surface(grid, sdf: torch.Tensor, deformation: torch.Tensor | None = 
     outside (their SDF is clamped to >= 0), so the surface is closed even where the field
     reaches the edge of the grid. Otherwise the same as ``marching_tetrahedra(grid.vertices,
     grid.tets, sdf)``.
+
+    ``topology``: an earlier extraction whose SDF had the same signs (e.g. a no-grad one); its faces
+    and crossing edges are reused and only the vertices are placed, with gradients, from ``sdf``
+    and ``deformation`` (the same result, without finding the crossings again).
     """
     if sdf.dim() == 2 and sdf.shape[1] == 1:
         sdf = sdf[:, 0]
     sdf = torch.where(grid.boundary, sdf.clamp_min(0.0), sdf)
     verts = grid.vertices if deformation is None else grid.vertices + deformation
+    if topology is not None:
+        return MarchingTetsResult(verts=_place_vertices(verts, sdf, topology.edges), faces=topology.faces,
+                                  edges=topology.edges)
     with torch.no_grad():
         candidates = grid.crossing_tets(sdf < 0)
     return marching_tetrahedra(verts, candidates, sdf)
@@ -134,8 +142,12 @@ def marching_tetrahedra(
         faces2 = torch.gather(surf_id[two], 1, table[two, 1])
         faces = torch.cat([faces1, faces2], dim=0)
 
+    return MarchingTetsResult(verts=_place_vertices(grid_verts, sdf, edges), faces=faces, edges=edges)
+
+
+def _place_vertices(grid_verts: torch.Tensor, sdf: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """The linear zero crossing on each edge [M, 2]: differentiable w.r.t. sdf and the positions."""
     s = sdf[edges]  # [M,2]
     p = grid_verts[edges]  # [M,2,3]
     s_a, s_b = s[:, 0:1], s[:, 1:2]
-    verts = (p[:, 0] * s_b - p[:, 1] * s_a) / (s_b - s_a)
-    return MarchingTetsResult(verts=verts, faces=faces, edges=edges)
+    return (p[:, 0] * s_b - p[:, 1] * s_a) / (s_b - s_a)
