@@ -22,6 +22,7 @@ so reports can separate them from device syncs.
 from __future__ import annotations
 
 import collections
+import linecache
 import sys
 from pathlib import Path
 
@@ -32,8 +33,9 @@ DATA_DEPENDENT = (("torch", "nonzero"), ("Tensor", "nonzero"), ("torch", "argwhe
                   ("Tensor", "unique_consecutive"), ("torch", "masked_select"), ("Tensor", "masked_select"),
                   ("torch", "repeat_interleave"), ("Tensor", "repeat_interleave"), ("torch", "where"),
                   ("Tensor", "__getitem__"), ("Tensor", "__setitem__"))
-# Sites whose read-backs are of host tensors in a GPU run too (path fragments).
-HOST_SITES = ("torch/optim/", "engine/render/cameras.py")
+# Read-backs of tensors that are on the host in a GPU run too: (path fragment, source text
+# fragment or None). Adam's step counters; cameras, drawn on the CPU, read before they move.
+HOST_SITES = (("torch/optim/", None), ("engine/render/cameras.py", None), ("engine/pipeline/", "azimuth_deg.tolist()"))
 
 
 def _has_bool_tensor(index, torch) -> bool:
@@ -69,9 +71,11 @@ class SyncCounter:
         self.torch = torch
         self.read_backs = collections.Counter()
         self.data_dependent = collections.Counter()
+        self.host_sites: set[str] = set()
         self.on = False
         self._depth = 0
         self._installed = False
+        self._originals = []
 
     def install(self) -> "SyncCounter":
         if self._installed:
@@ -98,16 +102,27 @@ class SyncCounter:
                     frame = sys._getframe(1)
                     site = f"{_short(frame.f_code.co_filename)}:{frame.f_lineno} {name}"
                     (counter.read_backs if read_back else counter.data_dependent)[site] += 1
+                    if read_back and _is_host_site(frame.f_code.co_filename, frame.f_lineno):
+                        counter.host_sites.add(site)
                 return original(*args, **kwargs)
             finally:
                 counter._depth -= 1
 
         counted.__name__ = getattr(original, "__name__", name)
+        self._originals.append((owner, name, original))
         setattr(owner, name, counted)
+
+    def uninstall(self) -> None:
+        """Put torch's own functions back (timed code should not pay for the wrappers)."""
+        for owner, name, original in reversed(self._originals):
+            setattr(owner, name, original)
+        self._originals.clear()
+        self._installed = False
 
     def reset(self) -> None:
         self.read_backs.clear()
         self.data_dependent.clear()
+        self.host_sites.clear()
 
     def counting(self):
         counter = self
@@ -124,11 +139,18 @@ class SyncCounter:
         return _Block()
 
     def device_read_backs(self) -> collections.Counter:
-        return collections.Counter({k: v for k, v in self.read_backs.items()
-                                    if not any(h in k for h in HOST_SITES)})
+        return collections.Counter({k: v for k, v in self.read_backs.items() if k not in self.host_sites})
 
     def host_read_backs(self) -> collections.Counter:
-        return collections.Counter({k: v for k, v in self.read_backs.items() if any(h in k for h in HOST_SITES)})
+        return collections.Counter({k: v for k, v in self.read_backs.items() if k in self.host_sites})
+
+
+def _is_host_site(filename: str, lineno: int) -> bool:
+    path = filename.replace("\\", "/")
+    for fragment, text in HOST_SITES:
+        if fragment in path and (text is None or text in linecache.getline(filename, lineno)):
+            return True
+    return False
 
 
 def _short(filename: str) -> str:
