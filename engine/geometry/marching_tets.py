@@ -59,6 +59,17 @@ def _triangle_table() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 _TABLE, _COUNT = _triangle_table()
+_DEVICE_TABLES: dict = {}
+
+
+def _tables(device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(triangle table, triangle counts, tet edges, case bit values) on ``device``, copied there
+    once (a copy from the host each call would wait for a GPU's queue)."""
+    key = str(torch.device(device))
+    if key not in _DEVICE_TABLES:
+        _DEVICE_TABLES[key] = tuple(t.to(device) for t in (_TABLE, _COUNT, torch.tensor(TET_EDGES),
+                                                           torch.tensor([1, 2, 4, 8])))
+    return _DEVICE_TABLES[key]
 
 
 @dataclass
@@ -116,30 +127,33 @@ def marching_tetrahedra(
     device = grid_verts.device
     n_verts = grid_verts.shape[0]
     with torch.no_grad():
+        table_all, count_all, edge_local, bit_values = _tables(device)
         occ = sdf < 0
         occ_t = occ[tets]  # [T,4]
         n_in = occ_t.sum(-1)
         valid = (n_in > 0) & (n_in < 4)
-        vt = tets[valid].long()  # only tets that cross the surface
-        occ_v = occ_t[valid]
-        case = (occ_v.long() * torch.tensor([1, 2, 4, 8], device=device)).sum(-1)
+        # Each mask is turned into indices once (a data-dependent size: one host sync on a GPU),
+        # then used for every selection, as boolean indexing would do once per selection.
+        valid_idx = torch.nonzero(valid).squeeze(1)
+        vt = tets.index_select(0, valid_idx).long()  # only tets that cross the surface
+        occ_v = occ_t.index_select(0, valid_idx)
+        case = (occ_v.long() * bit_values).sum(-1)
 
-        edge_local = torch.tensor(TET_EDGES, device=device)  # [6,2]
         ends = vt[:, edge_local]  # [Tv,6,2]
         lo = torch.minimum(ends[..., 0], ends[..., 1])
         hi = torch.maximum(ends[..., 0], ends[..., 1])
-        crossing = occ[lo] != occ[hi]
+        crossing = torch.nonzero((occ[lo] != occ[hi]).reshape(-1)).squeeze(1)
         key = lo * n_verts + hi
-        uniq, inverse = torch.unique(key[crossing], return_inverse=True)
-        surf_id = torch.full(key.shape, -1, dtype=torch.long, device=device)
-        surf_id[crossing] = inverse
+        uniq, inverse = torch.unique(key.reshape(-1).index_select(0, crossing), return_inverse=True)
+        surf_id = torch.full((key.numel(),), -1, dtype=torch.long, device=device)
+        surf_id = surf_id.index_put_((crossing,), inverse).reshape(key.shape)
         edges = torch.stack([uniq // n_verts, uniq % n_verts], dim=-1)  # [M,2]
 
-        table = _TABLE.to(device)[case]  # [Tv,2,3]
-        count = _COUNT.to(device)[case]
+        table = table_all[case]  # [Tv,2,3]
+        count = count_all[case]
         faces1 = torch.gather(surf_id, 1, table[:, 0])  # [Tv,3]
-        two = count == 2
-        faces2 = torch.gather(surf_id[two], 1, table[two, 1])
+        two = torch.nonzero(count == 2).squeeze(1)
+        faces2 = torch.gather(surf_id.index_select(0, two), 1, table.index_select(0, two)[:, 1])
         faces = torch.cat([faces1, faces2], dim=0)
 
     return MarchingTetsResult(verts=_place_vertices(grid_verts, sdf, edges), faces=faces, edges=edges)
