@@ -2,11 +2,19 @@
 
     .venv/bin/python bench/bench_marching_tets.py [--peer PATH/isosurface.py] [--grids 64 128]
                                                  [--repeats 5] [--threads 2] [--write docs/benchmarks-geometry.md]
+                                                 [--dmtet-only]
 
 The field is the procedural head SDF on our tet grid (6 tets per cube). Timed: extraction
 forward, and forward + backward (gradient of a scalar of the vertices w.r.t. the SDF and the
 grid deformation). Ours is timed twice: the generic ``marching_tetrahedra(verts, tets, sdf)``
 (visits every tet, like the peer) and ``extract_surface(grid, ...)`` (visits crossing cubes only).
+
+DMTet with the hash-grid field (what the geometry stage runs every step), before and after the
+whole-grid pass went through ``HashGridSDF.sdf_on_grid``: "before" is the former
+``DMTet.forward`` (generic evaluation at every vertex, deformation included, a second extraction
+with the band values), kept here as the reference; "after" is ``DMTet.forward`` now. Both are
+timed forward + backward on the head-initialised field, side by side, and checked to give the
+same vertices bit for bit. ``--dmtet-only`` runs just this part.
 
 The peer is threestudio's ``MarchingTetrahedraHelper`` (threestudio/models/isosurface.py, Apache-2.0),
 loaded at run time from ``--peer`` (or $THREESTUDIO_ISOSURFACE) and never committed here; its
@@ -159,6 +167,67 @@ def bench_grid(resolution: int, repeats: int, peer_module) -> dict:
     return row
 
 
+def _dmtet_before(dmtet):
+    """The former DMTet.forward (until 62fda1c), the reference for the side-by-side timing."""
+    import torch
+
+    from engine.geometry.marching_tets import extract_surface
+
+    points = dmtet.grid.vertices
+    with torch.no_grad():
+        sdf_all, deform_all = dmtet.field.sdf_and_deformation(points)
+        need = torch.unique(extract_surface(dmtet.grid, sdf_all).edges.reshape(-1))
+    sdf_need, deform_need = dmtet.field.sdf_and_deformation(points[need])
+    sdf = sdf_all.index_put((need,), sdf_need)
+    deform = deform_all.index_put((need,), deform_need)
+    return extract_surface(dmtet.grid, sdf, deform), sdf
+
+
+def bench_dmtet(resolution: int, repeats: int) -> dict:
+    import torch
+
+    from engine.geometry.fit import DMTet
+    from engine.geometry.head_init import head_sdf, pretrain_field
+    from engine.geometry.sdf_field import HashGridSDF
+    from engine.geometry.tetgrid import make_tet_grid
+
+    torch.manual_seed(0)
+    grid = make_tet_grid(resolution)
+    field = HashGridSDF(max_deformation=0.25 * grid.cell_size)
+    pretrain_field(field, head_sdf, grid.vertices, steps=60, batch=8192)
+    dmtet = DMTet(grid, field)
+
+    def step(forward):
+        field.zero_grad(set_to_none=True)
+        result, _ = forward()
+        result.verts.square().sum().backward()
+        return result
+
+    before, after = step(lambda: _dmtet_before(dmtet)), step(dmtet)
+    assert torch.equal(before.verts, after.verts) and torch.equal(before.faces, after.faces)
+    with torch.no_grad():
+        row = {"grid": resolution, "vertices": grid.vertices.shape[0], "faces": after.faces.shape[0],
+               "band": int(torch.unique(after.edges).numel()),
+               "pass_before": _time(lambda: field.sdf_and_deformation(grid.vertices), repeats),
+               "pass_after": _time(lambda: field.sdf_on_grid(grid), repeats)}
+    row["step_before"] = _time(lambda: step(lambda: _dmtet_before(dmtet)), repeats)
+    row["step_after"] = _time(lambda: step(dmtet), repeats)
+    return row
+
+
+def format_dmtet(rows: list[dict], args, load_before: str, load_after: str) -> str:
+    ms = lambda s: f"{s * 1000:.0f}"  # noqa: E731
+    lines = [f"DMTet with the hash-grid field, head initialisation, forward + backward; {args.threads} threads, "
+             f"best of {args.repeats}; load average {load_before} before, {load_after} after.", "",
+             "| grid | grid vertices | band vertices | faces | whole-grid pass before (ms) | after (ms) | ratio "
+             "| DMTet step before (ms) | after (ms) | ratio |", "|" + "---|" * 10]
+    for r in rows:
+        lines.append(f"| {r['grid']} | {r['vertices']:,} | {r['band']:,} | {r['faces']:,} | {ms(r['pass_before'])} | "
+                     f"{ms(r['pass_after'])} | {r['pass_before'] / r['pass_after']:.2f}x | {ms(r['step_before'])} | "
+                     f"{ms(r['step_after'])} | {r['step_before'] / r['step_after']:.2f}x |")
+    return "\n".join(lines)
+
+
 def grid_memory_256() -> dict:
     import gc
     import resource
@@ -236,11 +305,23 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-256", action="store_true", help="skip building the 256 grid (1.8 GB)")
     parser.add_argument("--write", help="write the markdown table into this file (between markers)")
+    parser.add_argument("--dmtet-only", action="store_true", help="only the DMTet before/after timing")
     args = parser.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(args.threads)
+    load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    dmtet_rows = []
+    for g in args.grids:
+        dmtet_rows.append(bench_dmtet(g, args.repeats))
+        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in dmtet_rows[-1].items()}, flush=True)
+    dmtet_report = format_dmtet(dmtet_rows, args, load_before, " ".join(f"{x:.1f}" for x in os.getloadavg()))
+    print(dmtet_report)
+    if args.write:
+        _write_section(Path(args.write), dmtet_report, "bench_marching_tets:dmtet")
+    if args.dmtet_only:
+        return 0
     peer = _load_peer(args.peer) if args.peer else None
     if peer is None:
         print("no --peer given: timing ours only", file=sys.stderr)
@@ -257,9 +338,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def _write_section(path: Path, report: str) -> None:
+def _write_section(path: Path, report: str, name: str = "bench_marching_tets") -> None:
     """Replace the text between the benchmark markers (or append), writing atomically."""
-    begin, end = "<!-- bench_marching_tets:begin -->", "<!-- bench_marching_tets:end -->"
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     text = path.read_text() if path.exists() else ""
     block = f"{begin}\n{report}\n{end}"
     if begin in text and end in text:
