@@ -14,7 +14,9 @@ whole-grid pass went through ``HashGridSDF.sdf_on_grid``: "before" is the former
 ``DMTet.forward`` (generic evaluation at every vertex, deformation included, a second extraction
 with the band values), kept here as the reference; "after" is ``DMTet.forward`` now. Both are
 timed forward + backward on the head-initialised field, side by side, and checked to give the
-same vertices bit for bit. ``--dmtet-only`` runs just this part.
+same vertices bit for bit. ``--dmtet-only`` runs just this part. ``--band-certificate`` measures
+why the whole grid is still evaluated: after real SDS steps, the SDF's actual largest change and
+the best cheap bound of it (docs/benchmarks-geometry.md).
 
 The peer is threestudio's ``MarchingTetrahedraHelper`` (threestudio/models/isosurface.py, Apache-2.0),
 loaded at run time from ``--peer`` (or $THREESTUDIO_ISOSURFACE) and never committed here; its
@@ -228,6 +230,65 @@ def format_dmtet(rows: list[dict], args, load_before: str, load_after: str) -> s
     return "\n".join(lines)
 
 
+def _change_bound(old, new) -> float:
+    """An upper bound of max over the box of |sdf_new(x) - sdf_old(x)| (metres) for two HashGridSDF
+    states, by interval propagation of the parameter changes through the MLP (per neuron, no
+    cancellation assumed; softplus is 1-Lipschitz and below softplus(|pre|)): what a band-only
+    evaluation would need to certify that no vertex away from the band changed sign."""
+    import torch
+    import torch.nn.functional as F
+
+    t_old, t_new = old.encoding.table, new.encoding.table
+    d = torch.cat([torch.zeros(3), (t_new - t_old).abs().amax(1).reshape(-1)])  # |change| of each input
+    a = torch.cat([torch.ones(3), t_old.abs().amax(1).reshape(-1)])  # |input| before
+    layers = [(lo, ln) for lo, ln in zip(old.mlp, new.mlp) if isinstance(lo, torch.nn.Linear)]
+    for k, (lo, ln) in enumerate(layers):
+        dpre = ln.weight.abs() @ d + (ln.weight - lo.weight).abs() @ a + (ln.bias - lo.bias).abs()
+        if k < len(layers) - 1:
+            a = F.softplus(lo.weight.abs() @ a + lo.bias.abs(), beta=100)
+            d = dpre
+    return float(dpre[0]) * 0.5 * new.size
+
+
+def band_certificate(resolution: int = 48, steps: int = 6) -> str:
+    """Real SDS steps of the geometry stage (tiny random prior): the actual largest change of the
+    SDF over the grid since a reference step, the bound a certificate could use, and the share of
+    grid vertices it would keep out of the band (|sdf at the reference| above the bound)."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from engine.pipeline.geometry_stage import GeometryStage
+    from engine.pipeline.presets import resolve_preset
+    from engine.prior import load_prior
+    from engine.tiny_models import write_tiny_models
+
+    prior = load_prior(write_tiny_models(Path(tempfile.mkdtemp(prefix="bench-tiny-"))), device="cpu")
+    settings = resolve_preset("test", {"grid": resolution, "render_resolution": 64, "pretrain_steps": 100,
+                                       "geometry_steps": 100})
+    stage = GeometryStage(settings, prior, np.random.default_rng(0).normal(size=512).astype(np.float32), ["neutral"],
+                          seed=0, device="cpu", normal_maps=False)
+    stage.initialise()
+    for i in range(5):  # Adam's moments warmed up
+        stage.step(i)
+    reference = copy.deepcopy(stage.field)
+    with torch.no_grad():
+        s_ref = reference.sdf_on_grid(stage.grid)
+    lines = [f"Band certificate, grid {resolution}, geometry_lr {settings.geometry_lr:g}, after 5 SDS steps "
+             "(tiny random prior):", "",
+             "| SDS steps since the reference | actual max change (mm) | certified bound (mm) "
+             "| grid vertices certified, kept out of the band |", "|---|---|---|---|"]
+    for k in range(1, steps + 1):
+        stage.step(4 + k)
+        with torch.no_grad():
+            actual = float((stage.field.sdf_on_grid(stage.grid) - s_ref).abs().max())
+            bound = _change_bound(reference, stage.field)
+            certified = float((s_ref.abs() > bound).float().mean())
+        lines.append(f"| {k} | {actual * 1000:.2f} | {bound * 1000:.1f} | {100 * certified:.0f} % |")
+    return "\n".join(lines)
+
+
 def grid_memory_256() -> dict:
     import gc
     import resource
@@ -306,6 +367,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-256", action="store_true", help="skip building the 256 grid (1.8 GB)")
     parser.add_argument("--write", help="write the markdown table into this file (between markers)")
     parser.add_argument("--dmtet-only", action="store_true", help="only the DMTet before/after timing")
+    parser.add_argument("--band-certificate", action="store_true",
+                        help="how far a certified band-only evaluation would get (real SDS steps, tiny prior)")
     args = parser.parse_args(argv)
 
     import torch
@@ -320,6 +383,11 @@ def main(argv=None) -> int:
     print(dmtet_report)
     if args.write:
         _write_section(Path(args.write), dmtet_report, "bench_marching_tets:dmtet")
+    if args.band_certificate:
+        report = band_certificate()
+        print(report)
+        if args.write:
+            _write_section(Path(args.write), report, "bench_marching_tets:certificate")
     if args.dmtet_only:
         return 0
     peer = _load_peer(args.peer) if args.peer else None
