@@ -81,20 +81,28 @@ def whole_job(models: Path, preset: str, overrides: dict) -> dict:
 
 
 class Parts:
-    """Accumulates wall time per named part by wrapping callables (CPU: no device sync needed)."""
+    """Accumulates wall and CPU time per named part by wrapping callables (CPU: no device sync
+    needed). CPU time (this process, all threads) moves far less than wall time when other jobs
+    share the cores, so side-by-side ratios are taken from it."""
 
     def __init__(self):
         self.ms = collections.defaultdict(float)
+        self.cpu_ms = collections.defaultdict(float)
+
+    def clear(self) -> None:
+        self.ms.clear()
+        self.cpu_ms.clear()
 
     def wrap(self, owner, name: str, label: str):
         original = getattr(owner, name)
 
         def timed(*args, **kwargs):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             try:
                 return original(*args, **kwargs)
             finally:
                 self.ms[label] += (time.perf_counter() - t) * 1e3
+                self.cpu_ms[label] += (time.process_time() - c) * 1e3
 
         setattr(owner, name, timed)
         return original
@@ -103,12 +111,14 @@ class Parts:
 def _profile_loop(label: str, run_step, parts: Parts, steps: int, counter, count_steps: int) -> dict:
     """Time ``steps`` steps (after a warm-up), then count host syncs in ``count_steps`` more."""
     run_step(0)  # warm-up
-    parts.ms.clear()
-    t = time.perf_counter()
+    parts.clear()
+    t, c = time.perf_counter(), time.process_time()
     for i in range(1, steps + 1):
         run_step(i)
     wall = (time.perf_counter() - t) * 1e3 / steps
+    cpu = (time.process_time() - c) * 1e3 / steps
     part_ms = {k: v / steps for k, v in parts.ms.items()}
+    part_cpu_ms = {k: v / steps for k, v in parts.cpu_ms.items()}
     counter.install()
     counter.reset()
     with counter.counting():
@@ -116,12 +126,15 @@ def _profile_loop(label: str, run_step, parts: Parts, steps: int, counter, count
             run_step(i)
     counter.uninstall()
     per = lambda c: {k: v / count_steps for k, v in c.items()}  # noqa: E731
-    return {"label": label, "ms_per_step": wall, "parts": part_ms,
-            "device_read_backs": per(counter.device_read_backs()), "host_read_backs": per(counter.host_read_backs()),
+    return {"label": label, "ms_per_step": wall, "cpu_ms_per_step": cpu, "parts": part_ms,
+            "cpu_parts": part_cpu_ms,
+            "device_read_backs": per(counter.device_read_backs()),
+            "host_read_backs": per(counter.host_read_backs()),
             "data_dependent": per(counter.data_dependent)}
 
 
-def profile_stages(models: Path, preset: str, overrides: dict, steps: int, grids: list[int], count_steps: int = 1) -> list:
+def profile_stages(models: Path, preset: str, overrides: dict, steps: int, grids: list[int],
+                   count_steps: int = 1) -> list:
     import numpy as np
     import torch
 
@@ -153,18 +166,19 @@ def profile_stages(models: Path, preset: str, overrides: dict, steps: int, grids
             parts.wrap(stage.optimiser, "step", "optimiser")
             stage.shortcut_steps = 0  # profile the VAE path (the later, costlier part of stage 1)
             results.append(_profile_loop(f"geometry (VAE path), grid {settings.grid}",
-                                         lambda i: float(stage.step(i).loss), parts, steps, counter, count_steps))
+                                         lambda i: float(stage.step(i).loss), parts, steps, counter,
+                                         count_steps))
         # stage 2 on the last canonical mesh
         from engine.pipeline.texture_stage import TextureStage
         import engine.texture.render as tr
 
         v, f, offsets = stage.canonical(settings.target_faces)
-        tex = TextureStage(settings, prior, embedding, v, f, offsets, size=settings.texture_size, seed=0, device="cpu",
-                           albedo_lora=False)
+        tex = TextureStage(settings, prior, embedding, v, f, offsets, size=settings.texture_size, seed=0,
+                           device="cpu", albedo_lora=False)
         parts.wrap(tr, "render", "render")
         parts.wrap(tex.optimiser, "step", "optimiser")
-        results.append(_profile_loop(f"texture ({len(f)} faces)", lambda i: float(tex.step(i)[0]), parts, steps,
-                                     counter, count_steps))
+        results.append(_profile_loop(f"texture ({len(f)} faces)", lambda i: float(tex.step(i)[0]), parts,
+                                     steps, counter, count_steps))
     return results
 
 
@@ -175,8 +189,8 @@ def profile_baseline(ref: str, models: Path, args, overrides: dict) -> list:
                              capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
     out = tree / "profile.json"
-    cmd = [sys.executable, __file__, "--profile-only", str(out), "--models", str(models), "--preset", args.preset,
-           "--profile-steps", str(args.profile_steps), "--grids", *[str(g) for g in args.grids],
+    cmd = [sys.executable, __file__, "--profile-only", str(out), "--models", str(models),
+           "--preset", args.preset, "--profile-steps", str(args.profile_steps), "--grids", *[str(g) for g in args.grids],
            "--overrides-json", json.dumps(overrides)]
     subprocess.run(cmd, check=True, env={**os.environ, "BENCH_ENGINE_ROOT": str(tree)})
     return json.loads(out.read_text())
@@ -189,33 +203,38 @@ def _total(counts: dict) -> float:
 def print_profile(results: list, title: str) -> None:
     print(f"\n{title}")
     for r in results:
-        print(f"\n{r['label']}: {r['ms_per_step']:.0f} ms/step; host syncs per step: device read-backs "
-              f"{_total(r['device_read_backs']):g}, data-dependent sizes {_total(r['data_dependent']):g} "
-              f"(host-tensor read-backs, not device syncs: {_total(r['host_read_backs']):g})")
+        print(f"\n{r['label']}: {r['ms_per_step']:.0f} ms/step wall, {r['cpu_ms_per_step']:.0f} ms CPU; "
+              f"host syncs per step: device read-backs {_total(r['device_read_backs']):g}, data-dependent sizes "
+              f"{_total(r['data_dependent']):g} (host-tensor read-backs, not device syncs: "
+              f"{_total(r['host_read_backs']):g})")
         accounted = 0.0
-        for part, ms in sorted(r["parts"].items(), key=lambda kv: -kv[1]):
+        for part, ms in sorted(r["cpu_parts"].items(), key=lambda kv: -kv[1]):
             accounted += ms
-            print(f"  {part:<36} {ms:8.1f} ms  {100 * ms / r['ms_per_step']:5.1f} %")
-        other = max(r["ms_per_step"] - accounted, 0.0)
-        print(f"  {'other (SDS noise, regularisers, Python)':<36} {other:8.1f} ms  {100 * other / r['ms_per_step']:5.1f} %")
+            print(f"  {part:<36} {ms:8.1f} ms CPU  {100 * ms / r['cpu_ms_per_step']:5.1f} %  "
+                  f"(wall {r['parts'].get(part, 0):.1f} ms)")
+        other = max(r["cpu_ms_per_step"] - accounted, 0.0)
+        print(f"  {'other (SDS noise, regularisers, Python)':<36} {other:8.1f} ms CPU  "
+              f"{100 * other / r['cpu_ms_per_step']:5.1f} %")
         for kind in ("device_read_backs", "data_dependent", "host_read_backs"):
             if r[kind]:
-                print(f"  {kind.replace('_', ' ')}: " + ", ".join(f"{k} x{v:g}" for k, v in sorted(r[kind].items())))
+                sites = ", ".join(f"{k} x{v:g}" for k, v in sorted(r[kind].items()))
+                print(f"  {kind.replace('_', ' ')}: {sites}")
 
 
 def print_side_by_side(before: list, after: list, ref: str) -> None:
-    print(f"\nside by side (before = engine at {ref}, after = this tree; same run, same machine):")
-    print(f"| step | ms/step before | after | ratio | device read-backs before | after "
-          "| data-dependent before | after |")
+    print(f"\nside by side (before = engine at {ref}, after = this tree; same run, same machine; CPU time of "
+          "this process, steady under shared cores, with wall time in brackets):")
+    print("| step | ms/step before | after | ratio | device read-backs before | after "
+          "| data-dependent sizes before | after |")
     print("|---|---|---|---|---|---|---|---|")
     for b, a in zip(before, after):
-        print(f"| {a['label']} | {b['ms_per_step']:.0f} | {a['ms_per_step']:.0f} | "
-              f"{b['ms_per_step'] / a['ms_per_step']:.2f}x | {_total(b['device_read_backs']):g} | "
-              f"{_total(a['device_read_backs']):g} | {_total(b['data_dependent']):g} | {_total(a['data_dependent']):g} |")
-        shared = sorted(set(b["parts"]) | set(a["parts"]))
-        for part in shared:
-            print(f"|   {part} | {b['parts'].get(part, 0):.0f} | {a['parts'].get(part, 0):.0f} | "
-                  f"{b['parts'].get(part, 0) / max(a['parts'].get(part, 0), 1e-9):.2f}x | | | | |")
+        print(f"| {a['label']} | {b['cpu_ms_per_step']:.0f} ({b['ms_per_step']:.0f}) | "
+              f"{a['cpu_ms_per_step']:.0f} ({a['ms_per_step']:.0f}) | {b['cpu_ms_per_step'] / a['cpu_ms_per_step']:.2f}x | "
+              f"{_total(b['device_read_backs']):g} | {_total(a['device_read_backs']):g} | "
+              f"{_total(b['data_dependent']):g} | {_total(a['data_dependent']):g} |")
+        for part in sorted(set(b["cpu_parts"]) | set(a["cpu_parts"])):
+            pb, pa = b["cpu_parts"].get(part, 0.0), a["cpu_parts"].get(part, 0.0)
+            print(f"|   {part} | {pb:.0f} | {pa:.0f} | {pb / max(pa, 1e-9):.2f}x | | | | |")
 
 
 def main() -> int:
@@ -225,7 +244,8 @@ def main() -> int:
     parser.add_argument("--texture-steps", type=int, default=6)
     parser.add_argument("--pretrain-steps", type=int, default=60)
     parser.add_argument("--profile-steps", type=int, default=4)
-    parser.add_argument("--grids", type=int, nargs="+", default=[0], help="stage-1 profile grids (0: the preset's)")
+    parser.add_argument("--grids", type=int, nargs="+", default=[0],
+                        help="stage-1 profile grids (0: the preset's)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                         help="extra preset override, e.g. --set grid=48 --set render_resolution=128")
     parser.add_argument("--models", type=Path, default=None, help="models root (default: tiny models written here)")
@@ -243,8 +263,8 @@ def main() -> int:
         import engine
 
         print(f"baseline engine: {Path(engine.__file__).parent}", flush=True)
-        results = profile_stages(args.models, args.preset, json.loads(args.overrides_json), args.profile_steps,
-                                 args.grids)
+        results = profile_stages(args.models, args.preset, json.loads(args.overrides_json),
+                                 args.profile_steps, args.grids)
         args.profile_only.write_text(json.dumps(results))
         return 0
     print(f"load average before: {load()}  (cores: {os.cpu_count()}, torch threads {torch.get_num_threads()})")

@@ -35,7 +35,8 @@ DATA_DEPENDENT = (("torch", "nonzero"), ("Tensor", "nonzero"), ("torch", "argwhe
                   ("Tensor", "__getitem__"), ("Tensor", "__setitem__"))
 # Read-backs of tensors that are on the host in a GPU run too: (path fragment, source text
 # fragment or None). Adam's step counters; cameras, drawn on the CPU, read before they move.
-HOST_SITES = (("torch/optim/", None), ("engine/render/cameras.py", None), ("engine/pipeline/", "azimuth_deg.tolist()"))
+HOST_SITES = (("torch/optim/", None), ("engine/render/cameras.py", None),
+              ("engine/pipeline/", "azimuth_deg.tolist()"))
 
 
 def _has_bool_tensor(index, torch) -> bool:
