@@ -10,9 +10,10 @@ device, so a CPU run tells how many times a step would stall a GPU:
   ``output_size``, and indexing (read or write) with a boolean tensor -- the output's shape depends
   on values, so the host must wait to size it.
 
-Not seen by this method: host-to-device copies from pageable memory (synchronous on CUDA) and
-syncs inside C++ kernels. Calls made inside a counted call (torch internals) are not counted
-again. Sites are the file and line of the direct caller.
+Counted through a ``TorchFunctionMode`` (every torch function and tensor method passes through
+it while counting; nothing is patched). Not seen by this method: host-to-device copies from
+pageable memory (synchronous on CUDA) and syncs inside C++ kernels. Calls made inside a counted
+call (torch internals) are not counted again. Sites are the file and line of the caller.
 
 Some read-backs touch tensors that stay on the host even in a GPU run (Adam's ``step`` counters,
 ``capturable=False``; cameras drawn on the CPU before they are moved): ``HOST_SITES`` names them
@@ -27,16 +28,15 @@ import sys
 from pathlib import Path
 
 READ_BACKS = ("item", "__float__", "__int__", "__bool__", "__index__", "tolist", "numpy", "cpu")
-# (owner name, attribute) of data-dependent-size functions and methods.
-DATA_DEPENDENT = (("torch", "nonzero"), ("Tensor", "nonzero"), ("torch", "argwhere"), ("Tensor", "argwhere"),
-                  ("torch", "unique"), ("Tensor", "unique"), ("torch", "unique_consecutive"),
-                  ("Tensor", "unique_consecutive"), ("torch", "masked_select"), ("Tensor", "masked_select"),
-                  ("torch", "repeat_interleave"), ("Tensor", "repeat_interleave"), ("torch", "where"),
-                  ("Tensor", "__getitem__"), ("Tensor", "__setitem__"))
+DATA_DEPENDENT = ("nonzero", "argwhere", "unique", "unique_consecutive", "masked_select", "repeat_interleave",
+                  "where", "__getitem__", "__setitem__")
 # Read-backs of tensors that are on the host in a GPU run too: (path fragment, source text
 # fragment or None). Adam's step counters; cameras, drawn on the CPU, read before they move.
 HOST_SITES = (("torch/optim/", None), ("engine/render/cameras.py", None),
               ("engine/pipeline/", "azimuth_deg.tolist()"))
+# Frames between the caller and the counter (torch's Python wrappers that dispatch to modes).
+_PASS_THROUGH = ("torch/overrides.py", "torch/functional.py", "torch/_tensor.py", "torch/_jit_internal.py",
+                 "torch/utils/_contextlib.py", "torch/_compile.py", "bench/host_syncs.py")
 
 
 def _has_bool_tensor(index, torch) -> bool:
@@ -44,27 +44,27 @@ def _has_bool_tensor(index, torch) -> bool:
     return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool and i.ndim > 0 for i in items)
 
 
-def _data_dependent(owner: str, name: str, args, kwargs, torch) -> bool:
-    """Whether this call of a DATA_DEPENDENT entry has a value-dependent output size."""
+def _data_dependent(name: str, args, kwargs, torch) -> bool:
+    """Whether this call of a DATA_DEPENDENT function has a value-dependent output size."""
     if name in ("__getitem__", "__setitem__"):
         return len(args) > 1 and _has_bool_tensor(args[1], torch)
     if name == "where":
         return len(args) + len(kwargs) == 1
     if name == "repeat_interleave":
-        repeats = args[1] if len(args) > 1 else kwargs.get("repeats")
-        if owner == "torch" and len(args) == 1 and "repeats" not in kwargs:
-            repeats = args[0]  # torch.repeat_interleave(repeats): the one-argument form
-        return (isinstance(repeats, torch.Tensor) and repeats.numel() > 1
-                and kwargs.get("output_size") is None)
+        # torch.repeat_interleave(repeats) (one argument) or (input, repeats, ...)
+        repeats = args[0] if len(args) == 1 and "repeats" not in kwargs else (
+            args[1] if len(args) > 1 else kwargs.get("repeats"))
+        return isinstance(repeats, torch.Tensor) and repeats.numel() > 1 and kwargs.get("output_size") is None
     return True
 
 
 class SyncCounter:
     """``with counter.counting(): ...`` counts host syncs in the block (see the module docstring).
 
-    ``install()`` once (it wraps torch functions for the life of the process; the wrappers cost
-    Python overhead only, and count only inside ``counting``). ``read_backs`` / ``data_dependent``
-    are Counters of ``"file:line call"``; ``device_read_backs()`` leaves out HOST_SITES."""
+    Counting runs through a ``TorchFunctionMode``: torch's own classes are not touched, and calls
+    made inside a counted call (torch internals) are not seen. ``read_backs`` / ``data_dependent``
+    are Counters of ``"file:line call"``; ``device_read_backs()`` leaves out HOST_SITES.
+    ``install``/``uninstall`` are kept for callers written against the former patching version."""
 
     def __init__(self):
         import torch
@@ -73,52 +73,12 @@ class SyncCounter:
         self.read_backs = collections.Counter()
         self.data_dependent = collections.Counter()
         self.host_sites: set[str] = set()
-        self.on = False
-        self._depth = 0
-        self._installed = False
-        self._originals = []
 
     def install(self) -> "SyncCounter":
-        if self._installed:
-            return self
-        torch = self.torch
-        for name in READ_BACKS:
-            self._wrap(torch.Tensor, "Tensor", name, read_back=True)
-        for owner_name, name in DATA_DEPENDENT:
-            owner = torch.Tensor if owner_name == "Tensor" else torch
-            self._wrap(owner, owner_name, name, read_back=False)
-        self._installed = True
         return self
 
-    def _wrap(self, owner, owner_name: str, name: str, read_back: bool) -> None:
-        original = getattr(owner, name)
-        counter, torch = self, self.torch
-
-        def counted(*args, **kwargs):
-            if not counter.on or counter._depth:
-                return original(*args, **kwargs)
-            counter._depth += 1
-            try:
-                if read_back or _data_dependent(owner_name, name, args, kwargs, torch):
-                    frame = sys._getframe(1)
-                    site = f"{_short(frame.f_code.co_filename)}:{frame.f_lineno} {name}"
-                    (counter.read_backs if read_back else counter.data_dependent)[site] += 1
-                    if read_back and _is_host_site(frame.f_code.co_filename, frame.f_lineno):
-                        counter.host_sites.add(site)
-                return original(*args, **kwargs)
-            finally:
-                counter._depth -= 1
-
-        counted.__name__ = getattr(original, "__name__", name)
-        self._originals.append((owner, name, original))
-        setattr(owner, name, counted)
-
     def uninstall(self) -> None:
-        """Put torch's own functions back (timed code should not pay for the wrappers)."""
-        for owner, name, original in reversed(self._originals):
-            setattr(owner, name, original)
-        self._originals.clear()
-        self._installed = False
+        pass
 
     def reset(self) -> None:
         self.read_backs.clear()
@@ -126,24 +86,55 @@ class SyncCounter:
         self.host_sites.clear()
 
     def counting(self):
-        counter = self
+        from torch.overrides import TorchFunctionMode
 
-        class _Block:
-            def __enter__(self):
-                counter.on = True
-                return counter
+        counter, torch = self, self.torch
 
-            def __exit__(self, *exc):
-                counter.on = False
-                return False
+        class _Mode(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                name = getattr(func, "__name__", "")
+                if name in READ_BACKS or (name in DATA_DEPENDENT and _data_dependent(name, args, kwargs, torch)):
+                    counter._record(name, name in READ_BACKS)
+                if name == "backward" and func is torch.Tensor.backward:
+                    return _backward_counted(self, *args, **kwargs)
+                return func(*args, **kwargs)
 
-        return _Block()
+        return _Mode()
+
+    def _record(self, name: str, read_back: bool) -> None:
+        frame = sys._getframe(2)
+        while frame is not None and frame.f_code.co_filename.replace("\\", "/").endswith(_PASS_THROUGH):
+            frame = frame.f_back
+        if frame is None:
+            return
+        site = f"{_short(frame.f_code.co_filename)}:{frame.f_lineno} {name}"
+        (self.read_backs if read_back else self.data_dependent)[site] += 1
+        if read_back and _is_host_site(frame.f_code.co_filename, frame.f_lineno):
+            self.host_sites.add(site)
 
     def device_read_backs(self) -> collections.Counter:
         return collections.Counter({k: v for k, v in self.read_backs.items() if k not in self.host_sites})
 
     def host_read_backs(self) -> collections.Counter:
         return collections.Counter({k: v for k, v in self.read_backs.items() if k in self.host_sites})
+
+
+def _backward_counted(mode, tensor, gradient=None, retain_graph=None, create_graph=False, inputs=None):
+    """``tensor.backward(...)`` with ``mode`` kept on: the autograd engine carries the mode into the
+    backward pass, so the Python code of custom autograd Functions is counted too (a mode is off
+    while its own ``__torch_function__`` runs, which would hide all of it). torch.autograd.backward's
+    own steps, minus its re-dispatch to the mode."""
+    import torch
+    from torch.autograd import _make_grads
+    from torch.autograd.graph import _engine_run_backward
+
+    tensors = (tensor,)
+    inputs = () if inputs is None else ((inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs))
+    with mode:
+        grads = _make_grads(tensors, (gradient,), is_grads_batched=False)
+        _engine_run_backward(tensors, grads, create_graph if retain_graph is None else retain_graph, create_graph,
+                             inputs, allow_unreachable=True, accumulate_grad=True)
 
 
 def _is_host_site(filename: str, lineno: int) -> bool:
