@@ -17,7 +17,9 @@ priors, with the step counts reduced by overrides so it finishes in a minute or 
    (``nonzero``, ``unique``, boolean indexing...: each a sync on a GPU), with the call sites.
 3. the same profile with the engine as it was at ``--baseline`` (a git commit; default the one
    before the host-sync and narrow-band work), extracted with ``git archive`` into a temporary
-   folder and run in a subprocess, so before and after are measured side by side in one run.
+   folder and run in a subprocess, so before and after are measured side by side in one run;
+   after this tree's profile, or with ``--concurrent`` at the same time, one thread each (on a
+   shared machine the load then changes both alike; on a quiet one, run them in turn).
 The machine's load average is printed with the figures (2 shared cores: numbers move a lot).
 """
 
@@ -182,18 +184,28 @@ def profile_stages(models: Path, preset: str, overrides: dict, steps: int, grids
     return results
 
 
-def profile_baseline(ref: str, models: Path, args, overrides: dict) -> list:
-    """The same profile with the engine as it was at ``ref``, in a subprocess (its own imports)."""
+def start_baseline(ref: str, models: Path, args, overrides: dict):
+    """Start the same profile with the engine as it was at ``ref``, in a subprocess (its own
+    imports); returns a function that waits for it and returns its results."""
     tree = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
     archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", ref, "engine"], check=True,
                              capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
     out = tree / "profile.json"
     cmd = [sys.executable, __file__, "--profile-only", str(out), "--models", str(models),
-           "--preset", args.preset, "--profile-steps", str(args.profile_steps), "--grids", *[str(g) for g in args.grids],
-           "--overrides-json", json.dumps(overrides)]
-    subprocess.run(cmd, check=True, env={**os.environ, "BENCH_ENGINE_ROOT": str(tree)})
-    return json.loads(out.read_text())
+           "--preset", args.preset, "--profile-steps", str(args.profile_steps),
+           "--grids", *[str(g) for g in args.grids], "--overrides-json", json.dumps(overrides)]
+    env = {**os.environ, "BENCH_ENGINE_ROOT": str(tree)}
+    if args.concurrent:
+        env["OMP_NUM_THREADS"] = "1"
+    process = subprocess.Popen(cmd, env=env)
+
+    def result() -> list:
+        if process.wait() != 0:
+            raise RuntimeError(f"the baseline profile failed (exit {process.returncode})")
+        return json.loads(out.read_text())
+
+    return result
 
 
 def _total(counts: dict) -> float:
@@ -252,6 +264,8 @@ def main() -> int:
     parser.add_argument("--baseline", default=DEFAULT_BASELINE,
                         help="git commit whose engine is profiled beside this one ('none': skip)")
     parser.add_argument("--no-whole-job", action="store_true")
+    parser.add_argument("--concurrent", action="store_true",
+                        help="profile the baseline at the same time, one thread each (for a shared machine)")
     parser.add_argument("--profile-only", type=Path, help=argparse.SUPPRESS)  # subprocess mode: JSON out
     parser.add_argument("--overrides-json", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -283,11 +297,16 @@ def main() -> int:
             rate = f", {job[name]:.2f} steps/s" if name in job else ""
             print(f"  {name:<9} {t1 - t0:7.1f} s{rate}")
         print(f"  peak RSS {rss:.0f} MiB")
+    baseline = None
+    if args.baseline != "none" and args.concurrent:
+        # Both at once, one thread each: whatever else loads the machine loads both alike.
+        torch.set_num_threads(1)
+        baseline = start_baseline(args.baseline, models, args, overrides)
     after = profile_stages(models, args.preset, overrides, args.profile_steps, args.grids)
     print_profile(after, "profile, this tree:")
     if args.baseline != "none":
-        print(f"\nload average before the baseline run: {load()}")
-        before = profile_baseline(args.baseline, models, args, overrides)
+        print(f"\nload average before the baseline profile's results: {load()}")
+        before = (baseline or start_baseline(args.baseline, models, args, overrides))()
         print_profile(before, f"profile, engine at {args.baseline}:")
         print_side_by_side(before, after, args.baseline)
     print(f"\nload average after: {load()}")

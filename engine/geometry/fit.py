@@ -153,8 +153,9 @@ def fit_sdf_to_views(
                 "the SDF has no surface inside the tet grid (all inside or all outside); "
                 "initialise it (head_init.pretrain_field) before fitting"
             )
-        topology = mesh_topology(result.faces)  # one edge table per step, for the renderer and the regularisers
-        out = render(result.verts, result.faces, cameras[views], passes=("mask", "normal_world"), topology=topology)
+        topology = mesh_topology(result.faces)  # one edge table per step: renderer and regularisers
+        out = render(result.verts, result.faces, cameras[views], passes=("mask", "normal_world"),
+                     topology=topology)
         loss = cfg.mask_weight * (out["mask"] - target_mask[views]).abs().mean()
         loss = loss + cfg.normal_weight * (out["normal_world"] - target_normal[views]).abs().mean()
         loss = loss + geometry_regularisers(result, sdf, cfg.regularisers, dmtet.grid.resolution, topology)

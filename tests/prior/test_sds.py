@@ -125,8 +125,9 @@ def test_annealing_reaches_the_scheduled_bounds(base_prior, schedule):
     assert all(a >= b for a, b in zip(highs, highs[1:]))  # never goes back up
     lo, hi = timestep_bounds(500, 1000, (0.0, 1.0), (0.0, 0.0), schedule)
     assert lo == 0.0 and 0.0 <= hi <= 1.0
-    drawn = [int(sds.step_latents(torch.randn(1, 4, 8, 8, requires_grad=True), base_prior.conditioning(torch.randn(512)),
-                                  1000, 1000, generator=torch.Generator().manual_seed(i))[1]["lazy"]["t"][0]) for i in range(3)]
+    cond = base_prior.conditioning(torch.randn(512))
+    drawn = [int(sds.step_latents(torch.randn(1, 4, 8, 8, requires_grad=True), cond, 1000, 1000,
+                                  generator=torch.Generator().manual_seed(i))[1]["lazy"]["t"][0]) for i in range(3)]
     assert all(last[0] <= t <= last[1] for t in drawn)
 
 
