@@ -85,6 +85,16 @@ def expressions_in_use(settings) -> list[str]:
     return names if names[0] == NEUTRAL else [NEUTRAL, *[n for n in names if n != NEUTRAL]]
 
 
+def expression_prompts(settings, names: list[str]) -> dict[str, str]:
+    """The prompt of each expression in use that has one of its own (job.json ``expression_prompts``)."""
+    prompts = {}
+    for item in settings.expressions:
+        prompt = " ".join(item.prompt.split())
+        if item.enabled and item.text in names and prompt and prompt != item.text:
+            prompts[item.text] = prompt
+    return prompts
+
+
 # Pythons proven to start with torch, per session ((path, mtime)); failures are probed again each
 # time, so installing torch into the same Python is seen at the next press.
 _probed: set[tuple[str, float]] = set()
@@ -201,6 +211,7 @@ def job_request(settings, prefs, photos: list[str], expressions: list[str], mode
         "output": {"glb": True, "contact_sheet": True, "quality_report": True},
         "snapshot_interval_s": 1.0,
         "allow_download": False,
+        "expression_prompts": expression_prompts(settings, expressions),
     }
 
 
