@@ -70,11 +70,12 @@ _hdri_items: list[tuple[str, str, str]] = []  # kept alive: Blender does not cop
 
 
 def _studio_hdri_items(self, context):
-    from .operators.relight import studio_hdris
+    """Blender's bundled studio HDRIs, listed once (the folder is scanned once per session)."""
+    if not _hdri_items:
+        from .operators.relight import studio_hdris
 
-    names = studio_hdris()
-    _hdri_items[:] = [(name, os.path.splitext(name)[0].capitalize(), f"Blender's studio light {name}")
-                      for name in names] or [("studio.exr", "Studio", "Blender's studio light")]
+        _hdri_items[:] = [(name, os.path.splitext(name)[0].capitalize(), f"Blender's studio light {name}")
+                          for name in studio_hdris()] or [("studio.exr", "Studio", "Blender's studio light")]
     return _hdri_items
 
 
@@ -114,6 +115,14 @@ class IDTO3D_PG_settings(bpy.types.PropertyGroup):
                             description="Animate the camera and lights 360° around the head")
     turntable_frames: IntProperty(name="Frames", default=120, min=8, max=10000,
                                   description="Length of one turn")
+    placement: EnumProperty(
+        name="Placement",
+        items=(("BESIDE", "Beside Other Objects",
+                "At the 3D cursor, or beside the objects there when the head would be inside one "
+                "(e.g. the default Cube)"),
+               ("CURSOR", "At the 3D Cursor", "Always at the 3D cursor, even inside other objects (you are told)")),
+        default="BESIDE",
+    )
     output_dir: StringProperty(
         name="Output Folder",
         subtype="DIR_PATH",

@@ -56,6 +56,11 @@ def _eta(seconds) -> str:
 
 
 def draw_job(layout, job: generation.Job) -> None:
+    if job.placement_note:
+        column = layout.column(align=True)
+        column.scale_y = 0.8
+        for index, part in enumerate(job.placement_note.split(": ", 1)):
+            column.label(text=part, icon="ERROR" if index == 0 else "BLANK1")
     if not job.finished:
         layout.progress(factor=job.progress, type="BAR", text=job.status_line())
         row = layout.row()
