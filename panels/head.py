@@ -57,6 +57,7 @@ class IDTO3D_PT_head(SidebarPanel, bpy.types.Panel):
         row.operator("idto3d.expressions_neutral", icon="LOOP_BACK")
         row.operator("idto3d.expressions_keyframe", icon="KEY_HLT")
         layout.operator("idto3d.import_live_link", icon="ANIM")
+        layout.operator("idto3d.export_head", icon="EXPORT")
 
 
 class IDTO3D_PT_relight(SidebarPanel, bpy.types.Panel):
