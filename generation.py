@@ -11,7 +11,6 @@ timer calls it; headless callers and tests call it directly (timers do not run i
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import os
 import time
 from pathlib import Path
@@ -20,6 +19,8 @@ import bpy
 
 from . import placement, result_import
 from .engine.models import check_models
+from .engine.owned import claim_dir
+from .engine.pipeline.job import JobError, JobSpec, write_job  # stdlib only; imported once, not on a press
 from .engine.result_format import ResultFormatError
 from .engine_runner import ADDON_DIR, EngineNotFound, engine_environment, engine_python
 from .worker_monitor import CommandFailed, CommandMonitor, WorkerMonitor
@@ -249,11 +250,7 @@ def new_job_folder(root: Path) -> Path:
 
 
 def _claim(folder: Path) -> None:
-    """Mark the job folder as the engine's (engine/owned.py, where that module exists)."""
-    if importlib.util.find_spec(f"{ADDON_PACKAGE}.engine.owned") is None:
-        return
-    from .engine.owned import claim_dir
-
+    """Mark the job folder as the engine's (engine/owned.py)."""
     claim_dir(folder, "job")
 
 
@@ -527,8 +524,6 @@ class Launch:
             base = jobs_root(settings)
             check_writable(base)
             request = job_request(settings, prefs, self.photos, self.expressions, root)
-            from .engine.pipeline.job import JobError, JobSpec, write_job
-
             try:
                 JobSpec.from_dict(request, base)  # the worker's own validation, before any folder is made
             except JobError as exc:
