@@ -126,25 +126,28 @@ def bench_pump(module: str, tiny_root: Path, photo: Path, jobs: Path) -> tuple[l
     for text in ("neutral", "smiling", "angry", "surprised"):
         settings.expressions.add().text = text
     settings.preset, settings.texture_size, settings.output_dir = "TEST", 64, str(jobs)
-    started = time.perf_counter()
+    # (wall seconds, main-thread CPU seconds, what the tick did); CPU excludes waiting for the
+    # scheduler, which on a loaded machine dominates a tick that starts a process or a thread.
+    started, cpu = time.perf_counter(), time.thread_time()
     launch = generation.begin_job(bpy.context)  # what a press in the UI does; the engine probe runs behind
-    durations = [(time.perf_counter() - started, "the press")]  # (seconds, what the tick did)
+    durations = [(time.perf_counter() - started, time.thread_time() - cpu, "the press")]
     while True:  # the modal timer's ticks until the worker runs (the last one writes the job, starts it)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         job = launch.pump()
-        durations.append((time.perf_counter() - started, "probe" if job is None else "job folder + worker start"))
+        durations.append((time.perf_counter() - started, time.thread_time() - cpu,
+                          "probe" if job is None else "job folder + worker start"))
         if job is not None:
             break
         time.sleep(0.25)
     while True:
         seen = (job.snapshots_applied, bool(job.result_folder), job.stage)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         running = job.pump()
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.thread_time() - cpu
         what = ("result import" if job.result_folder and not seen[1] else
                 "snapshot" if job.snapshots_applied != seen[0] else
                 f"stage {job.stage}" if job.stage != seen[2] else "messages")
-        durations.append((elapsed, what))
+        durations.append((elapsed, cpu, what))
         if not running:
             break
         time.sleep(0.25)  # the modal operator's timer interval
@@ -202,14 +205,16 @@ def main() -> int:
         tiny = write_tiny_models(work / "tiny-models")
         photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
         durations, job = bench_pump(module, tiny, photo, work / "jobs")
-        ms = [d * 1000 for d, _ in durations]
+        ms = [d * 1000 for d, _, _ in durations]
+        cpu_ms = [c * 1000 for _, c, _ in durations]
         print(
-            f"pump() on the main thread while a real worker streamed (test preset, {job.snapshots_applied} "
-            f"snapshots applied, {len(ms)} pumps): median {statistics.median(ms):.2f} ms, worst {max(ms):.1f} ms "
-            f"(the worst includes importing the result; goal <= 10 ms)"
+            f"main-thread ticks of a real job (the press, the probe, then the worker streaming; test preset, "
+            f"{job.snapshots_applied} snapshots applied, {len(ms)} ticks): median {statistics.median(ms):.2f} ms, "
+            f"worst {max(ms):.1f} ms wall, {max(cpu_ms):.1f} ms main-thread CPU (goal <= 10 ms)"
         )
         worst = sorted(durations, reverse=True)[:4]
-        print("  the slowest ticks: " + ", ".join(f"{d * 1000:.1f} ms ({what})" for d, what in worst))
+        print("  the slowest: " + ", ".join(f"{d * 1000:.1f} ms wall / {c * 1000:.1f} ms CPU ({what})"
+                                         for d, c, what in worst))
     return 0
 
 
