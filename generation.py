@@ -558,6 +558,11 @@ class Launch:
 _launches: dict[str, Launch] = {}  # scene name -> a Generate Head press still checking the engine
 
 
+def launch_for(scene_name: str) -> Launch | None:
+    """A Generate Head press in this scene still checking the engine's Python, if any."""
+    return _launches.get(scene_name)
+
+
 def begin_job(context, *, resume: bool = False) -> Launch:
     """The quick checks; the engine probe starts in the background (see :class:`Launch`)."""
     return Launch(context, resume)

@@ -1,7 +1,7 @@
 """Generate Head (modal in the UI, blocking in EXEC mode for scripts), Cancel, Resume, Import Head Result.
 
-The work of a timer tick lives in :meth:`generation.Job.pump`; the modal operator only calls it
-and redraws. ``bpy.ops.idto3d.generate_head()`` from a script (EXEC) blocks until the head is in
+The work of a timer tick lives in :meth:`generation.Launch.pump` (while the engine's Python is
+probed) and then :meth:`generation.Job.pump`; the modal operator only calls them and redraws. ``bpy.ops.idto3d.generate_head()`` from a script (EXEC) blocks until the head is in
 the scene, which is what ``blender -b --python`` and farms need.
 """
 
@@ -91,7 +91,7 @@ class _JobOperator:
             return {"PASS_THROUGH"}
         launch = getattr(self, "_launch", None)
         if launch is not None:  # still probing the engine's Python
-            if generation._launches.get(self._scene_name) is not launch:  # the add-on was disabled
+            if generation.launch_for(self._scene_name) is not launch:  # the add-on was disabled
                 return {"CANCELLED"}
             try:
                 job = launch.pump()
@@ -104,6 +104,8 @@ class _JobOperator:
                 return {"PASS_THROUGH"}
             job.timer, launch.timer, self._launch = launch.timer, None, None
             self._started(context, job)
+            redraw_3d_views(context.window_manager)
+            return {"PASS_THROUGH"}  # the worker's first messages come with the next tick
         job = generation._jobs.get(getattr(self, "_scene_name", ""))
         if job is None:  # the add-on was disabled or a file loaded: the job is gone
             return {"CANCELLED"}

@@ -43,6 +43,7 @@ def test_generate_heads_engine_probe_runs_in_the_background(ready_scene, blender
         for _ in range(5):
             assert launch.pump() is None  # a timer tick: nothing to do yet, and no waiting
         assert generation.job_for(bpy.context.scene) is None
+        assert generation.launch_for(bpy.context.scene.name) is launch  # the panel shows "Checking …"
         with pytest.raises(RuntimeError, match="already being generated"):
             bpy.ops.idto3d.generate_head()  # a second press while the first is still starting
         gate.write_text("")
