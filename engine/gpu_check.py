@@ -180,7 +180,8 @@ def preset_estimates(seconds_per_step: float, views: int, memory: dict | None, t
     return out
 
 
-def run_check(models_root, *, preset: str = "standard", device: str = "auto", precisions=None, steps: int | None = None,
+def run_check(models_root, *, preset: str = "standard", overrides: dict | None = None, device: str = "auto",
+              precisions=None, steps: int | None = None,
               warmup: int | None = None, prior_loader: Callable = load_prior_for_check, save: bool = True,
               progress: Callable[[str], None] = log.info) -> dict:
     """Check GPU: see the module docstring. Returns the report (a plain dict)."""
@@ -190,7 +191,7 @@ def run_check(models_root, *, preset: str = "standard", device: str = "auto", pr
     from .pipeline.presets import resolve_preset
 
     root = Path(models_root).expanduser()
-    settings = resolve_preset(preset)
+    settings = resolve_preset(preset, overrides)
     report: dict = {"engine_version": __version__, "platform": platform.platform(), "torch": torch.__version__,
                     "torch_cuda": torch.version.cuda, "models_root": str(root), "preset": preset, "ok": False}
     if device == "auto":
