@@ -109,7 +109,8 @@ def main() -> int:
           f"full-size random-weight models, CPU fp32: {result['total_s']:.0f} s")
     for name, seconds in result["stages_s"].items():
         steps = result["steps_s"].get(name)
-        extra = f"  (SDS steps: {', '.join(f'{s:.0f} s' for s in steps)})" if steps else ""
+        extra = (f"  (step by step: {', '.join(f'{s:.0f} s' for s in steps)}; the first includes the stage's "
+                 "set-up: pretraining / unwrap)") if steps else ""
         print(f"  {name:<9} {seconds:7.0f} s{extra}")
     print(f"  peak RSS {peak:.2f} GiB")
     folder = result["folder"]

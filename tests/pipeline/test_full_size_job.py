@@ -75,8 +75,7 @@ def test_standard_preset_job_at_full_size(tmp_path):
     gltf = pygltflib.GLTF2().load(str(folder / "head.glb"))
     prim = gltf.meshes[0].primitives[0]
     assert len(prim.targets) == len(EXPRESSIONS) - 1
-    assert gltf.accessors[prim.attributes.POSITION].count == len(f) * 3 or \
-        gltf.accessors[prim.attributes.POSITION].count >= len(v)
+    assert gltf.accessors[prim.attributes.POSITION].count >= len(v)  # split along UV seams
     assert len(gltf.images) >= 2
 
     info = json.loads((folder / "result.json").read_text())
