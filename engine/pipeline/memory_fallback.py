@@ -138,9 +138,9 @@ def resumed_plan(requested, checkpoint_settings: dict | None, record: dict | Non
     differ = sorted(k for k in set(wanted) | set(have) if wanted.get(k) != have.get(k))
     bad = [k for k in differ if k not in ADAPTIVE_FIELDS]
     for k in differ:
-        if k in ADAPTIVE_FIELDS and not (FLOORS[k] <= have[k] < wanted[k] and final[k] == have[k]):
-            bad.append(k)
-    unexplained = [k for k in ADAPTIVE_FIELDS if final[k] != have.get(k, wanted[k])]
+        if k in ADAPTIVE_FIELDS and not FLOORS[k] <= have[k] < wanted[k]:
+            bad.append(k)  # raised, or below the floor: no fallback does that
+    unexplained = [k for k in ADAPTIVE_FIELDS if final[k] != have.get(k, wanted[k])]  # not as recorded
     if bad or unexplained:
         names = ", ".join(dict.fromkeys(bad + unexplained))
         raise EngineError(f"the checkpoint was made with other settings than job.json now holds ({names})",

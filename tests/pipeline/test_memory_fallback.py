@@ -31,6 +31,7 @@ class FakeAllocator:
         self.stage_cls, self.k, self.budget = stage_cls, k, budget
         self.views, self.resolution = views, resolution
         self.refused: list[tuple[int, int, int]] = []
+        self.calls: list[int] = []  # every step index the stage was asked to run, in order
 
     def install(self, monkeypatch):
         original = self.stage_cls.step
@@ -39,6 +40,7 @@ class FakeAllocator:
         def step(stage, i):
             s = stage.settings
             need = getattr(s, allocator.views) * getattr(s, allocator.resolution) ** 2
+            allocator.calls.append(i)
             if i >= allocator.k and need > allocator.budget:
                 allocator.refused.append((i, getattr(s, allocator.views), getattr(s, allocator.resolution)))
                 raise torch.cuda.OutOfMemoryError(
@@ -66,9 +68,10 @@ def test_geometry_oom_at_step_k_resumes_with_fewer_views_and_finishes(make_job, 
     w = warnings[0]
     assert (w["stage"], w["step"], w["field"], w["old"], w["new"]) == ("geometry", 4, "views_per_step", 2, 1)
     assert "ran out of memory at geometry step 4" in w["message"] and "1 views per geometry step" in w["message"]
-    # the stage restarted from the checkpoint at step 2: steps 3.. ran again, then every step to the end
+    # the stage went on from its checkpoint at step 2 (next index 2), not from the start
+    assert allocator.calls == [0, 1, 2, 3, 2, 3, 4, 5]
     steps = [m["step"] for m in messages if m["type"] == "progress" and m["stage"] == "geometry"]
-    assert steps[-1] == 6 and steps.count(3) == 2 and 5 in steps
+    assert steps[-1] == 6
     info = json.loads((folder / "result.json").read_text())
     record = info["memory"]["fallback"]
     assert record["final"]["views_per_step"] == 1 and record["final"]["render_resolution"] == 32
