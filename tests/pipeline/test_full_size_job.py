@@ -84,7 +84,8 @@ def test_standard_preset_job_at_full_size(tmp_path):
     assert info["job"]["texture_size"] == 2048
     assert info["memory"]["fallback"]["changes"] == [] and info["memory"]["before_launch"] is None  # CPU
     assert set(info["quality"]["expressions"]) == set(EXPRESSIONS)
-    assert {"identity", "prior", "geometry", "texture", "quality", "export"} <= set(info["timings_s"])
+    # (result.json is written by the export stage, before its own time is known)
+    assert {"identity", "prior", "geometry", "texture", "quality"} <= set(info["timings_s"])
     assert (folder / "contact_sheet.png").is_file()
     ckpt = sorted((job / "checkpoints").glob("ckpt-*.pt"))
     assert ckpt and ckpt[-1].stat().st_size > 2048 * 2048 * 4  # the texture maps at full size are in it
