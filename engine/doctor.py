@@ -112,7 +112,8 @@ def _torch_check() -> tuple[Check, dict[str, Any]]:
 
 def _nvdiffrast_check() -> Check:
     if importlib.util.find_spec("nvdiffrast") is None:
-        return Check("nvdiffrast", False, False, "not installed (optional; the built-in rasteriser is used)")
+        return Check("nvdiffrast", False, False, "not installed (optional): the built-in torch rasteriser runs, "
+                                                 "on the GPU too; Check GPU measures its share of a step")
     try:
         importlib.import_module("nvdiffrast.torch")
     except Exception as exc:
