@@ -81,7 +81,8 @@ class _Job:
         self.spec, self.job_dir, self._emit, self.should_stop = spec, job_dir, emit, should_stop
         self.plan = MemoryPlan(spec.settings)  # the settings as they run (lowered on GPU memory errors)
         self.memory_estimate = None
-        self.machine_profile = None
+        self.machine_profile = self.profile = None
+        self.own_checkpoint = False  # a checkpoint of this run (or the one it resumed) is the newest
         self.stages = ["identity", "prior", "geometry"]
         if spec.stop_after != "geometry":
             self.stages.append("texture")
@@ -135,6 +136,7 @@ class _Job:
             from .memory_fallback import resumed_plan
 
             self.plan = resumed_plan(spec.settings, state.get("settings"), state.get("memory_fallback"))
+            self.own_checkpoint = True
 
         self.stage("identity")
         embedding = state["embedding"].numpy() if state is not None else self.identity()
@@ -278,7 +280,7 @@ class _Job:
         if free is None:
             return
         dtype = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(prior.dtype, "fp32")
-        per_view, source = mf.activation_bytes_per_view(dtype, getattr(self, "profile", None))
+        per_view, source = mf.activation_bytes_per_view(dtype, self.profile)
         for change in mf.fit_before_launch(self.plan, free, per_view, source):
             self.send("warning", code="memory_estimate", message=mf.describe(change), stage=change.stage,
                       step=0, field=change.field, old=change.old, new=change.new)
@@ -293,9 +295,13 @@ class _Job:
 
     # ---- stage 1 -----------------------------------------------------------------------------
 
-    def checkpoint_settings(self) -> dict:
-        """The settings as they run and the memory fallbacks that made them (a resume keeps both)."""
-        return {"settings": self.settings.to_dict(), "memory_fallback": self.plan.record()}
+    def save_checkpoint(self, step: int, state: dict) -> Path:
+        """A checkpoint with the settings as they run and the memory fallbacks that made them
+        (a resume keeps both)."""
+        path = ckpt.save_checkpoint(self.job_dir, step, {
+            **state, "settings": self.settings.to_dict(), "memory_fallback": self.plan.record()})
+        self.own_checkpoint = True
+        return path
 
     def with_memory_fallback(self, stage: str, run, state):
         """``run(state)``; on a CUDA out-of-memory error in a step, lower the stage's next memory
@@ -314,7 +320,8 @@ class _Job:
             # Outside the except block: the failed step's frames (and their tensors) are released.
             change = self.plan.lower(stage, self.current_step, "cuda_out_of_memory", detail)
             free_device_memory(self.device)
-            latest = ckpt.load_latest(self.job_dir)
+            # Only a checkpoint this run wrote (or resumed from): an earlier run's may lie in the folder.
+            latest = ckpt.load_latest(self.job_dir) if self.own_checkpoint else None
             state = latest if latest is not None and latest["stage"] == stage else None
             log.warning("%s", describe(change))
             self.send("warning", code="memory_fallback", message=describe(change), stage=stage,
@@ -338,10 +345,9 @@ class _Job:
             raise Cancelled("cancelled while the head shape was initialised (no checkpoint yet)")
 
         def save(next_step: int) -> Path:
-            return ckpt.save_checkpoint(self.job_dir, next_step, {
+            return self.save_checkpoint(next_step, {
                 "stage": "geometry", "next_step": next_step, "embedding": torch.from_numpy(embedding),
-                "geometry": stage.state_dict(), "rng": torch.get_rng_state(),
-                **self.checkpoint_settings()})
+                "geometry": stage.state_dict(), "rng": torch.get_rng_state()})
 
         for i in range(first, s.geometry_steps):
             if self.should_stop():
@@ -365,11 +371,11 @@ class _Job:
             self.send("warning", code=error.code,
                       message=f"{error.message}; the canonical mesh keeps its {len(faces)} faces ({error.hint})")
         self.live.write(s.geometry_steps, image=None, vertices=vertices, faces=faces)
-        ckpt.save_checkpoint(self.job_dir, s.geometry_steps, {
+        self.save_checkpoint(s.geometry_steps, {
             "stage": "texture", "next_step": 0, "embedding": torch.from_numpy(embedding),
             "canonical": {"vertices": torch.from_numpy(vertices), "faces": torch.from_numpy(faces),
                           **{f"offset:{n}": torch.from_numpy(o) for n, o in offsets.items()}},
-            "rng": torch.get_rng_state(), **self.checkpoint_settings()})
+            "rng": torch.get_rng_state()})
         return vertices, faces, offsets
 
     # ---- stage 2 -----------------------------------------------------------------------------
@@ -403,10 +409,9 @@ class _Job:
             first = int(state["next_step"])
 
         def save(next_step: int) -> Path:
-            return ckpt.save_checkpoint(self.job_dir, s.geometry_steps + next_step, {
+            return self.save_checkpoint(s.geometry_steps + next_step, {
                 "stage": "texture", "next_step": next_step, "embedding": torch.from_numpy(embedding),
-                "canonical": canonical_state, "texture": stage.state_dict(), "rng": torch.get_rng_state(),
-                **self.checkpoint_settings()})
+                "canonical": canonical_state, "texture": stage.state_dict(), "rng": torch.get_rng_state()})
 
         for i in range(first, s.texture_steps):
             if self.should_stop():

@@ -82,6 +82,19 @@ def test_geometry_oom_at_step_k_resumes_with_fewer_views_and_finishes(make_job, 
     assert state["settings"]["views_per_step"] == 1 and state["memory_fallback"] == record
 
 
+def test_an_earlier_runs_checkpoint_is_never_taken_for_this_runs(make_job, monkeypatch):
+    job = make_job(stop_after="geometry", overrides={"views_per_step": 2, "checkpoint_every": 2})
+    seen = []
+    with pytest.raises(EngineError):  # an earlier run, cancelled after step 4: its checkpoint stays
+        run_job(job, emit=lambda m: seen.append(m) if m["type"] == "progress" else None,
+                should_stop=lambda: any(m["step"] == 4 for m in seen))
+    assert checkpoint.load_latest(job)["next_step"] == 4
+    allocator = FakeAllocator(GeometryStage, k=1, budget=32 * 32, views="views_per_step",
+                              resolution="render_resolution").install(monkeypatch)
+    run_job(job)  # a new run (no --resume) that runs out of memory before its first checkpoint
+    assert allocator.calls == [0, 1, 0, 1, 2, 3, 4, 5]  # started the stage again, not at the old step 4
+
+
 def test_views_then_resolution_then_a_clear_error(make_job, monkeypatch):
     # a GPU so small that nothing fits: views 2 -> 1, resolution 512 -> 256, then cuda_out_of_memory
     allocator = FakeAllocator(GeometryStage, k=1, budget=1, views="views_per_step",
