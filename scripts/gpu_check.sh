@@ -26,9 +26,9 @@ models=${IDTO3D_FULLSIZE_MODELS:-/tmp/fullsize-models}
 {
     echo "== 1. CUDA tests"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-    timeout 180 "$python" -m pytest tests/render/test_nvdiffrast_backend.py tests/geometry/test_fields_and_mesh.py \
+    timeout 90 "$python" -m pytest tests/render/test_nvdiffrast_backend.py tests/geometry/test_fields_and_mesh.py \
         -m gpu -q -p no:cacheprovider -rs 2>&1 | tail -15
     echo "== 2-4. rasteriser parity, Check GPU, standard job"
-    timeout 420 "$python" bench/gpu_acceptance.py --models "$models" --out "$out"
+    timeout 380 "$python" bench/gpu_acceptance.py --models "$models" --out "$out"
     echo "exit: $?"
 } 2>&1 | tee "$log"
