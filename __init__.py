@@ -14,7 +14,7 @@ import bpy
 
 from . import generation, preferences, properties
 from .operators import engine_check, export, expressions as expression_operators, fetch_models, generate
-from .operators import head as head_operators, install_engine, live_link, photos as photo_operators, relight
+from .operators import gpu_check, head as head_operators, install_engine, live_link, photos as photo_operators, relight
 from .panels import expressions as expression_panels, generate as generate_panel, head as head_panels
 from .panels import references, settings
 
@@ -26,6 +26,7 @@ CLASSES = (
     *photo_operators.CLASSES,
     *expression_operators.CLASSES,
     *engine_check.CLASSES,
+    *gpu_check.CLASSES,
     *fetch_models.CLASSES,
     *install_engine.CLASSES,
     *generate.CLASSES,
@@ -45,6 +46,7 @@ def _end_processes() -> None:
     """Every process and timer of the add-on, ended (unregister, and Blender quitting)."""
     generation.stop_all()
     engine_check.stop()
+    gpu_check.stop()
     photo_operators.stop_check()
     install_engine.stop_install()
     if bpy.app.timers.is_registered(fetch_models._timer_tick):

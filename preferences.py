@@ -72,6 +72,7 @@ class IDTO3D_AP_preferences(bpy.types.AddonPreferences):
         row.operator("idto3d.fetch_models", icon="IMPORT")
         runtime = context.window_manager.idto3d_runtime
         draw_engine_report(layout.box(), runtime)
+        draw_gpu_check(layout.box(), runtime)
         box = layout.box()
         row = box.row(align=True)
         row.prop(self, "torch_variant")
@@ -120,6 +121,17 @@ def parsed_engine_report(text: str) -> dict:
             report = {}
         _report_cache = (text, report if isinstance(report, dict) else {})
     return _report_cache[1]
+
+
+def draw_gpu_check(layout, runtime) -> None:
+    """Check GPU (one real step on this GPU with the models) and its verdict; Copy Report for bug reports."""
+    row = layout.row(align=True)
+    row.operator("idto3d.check_gpu", icon="MEMORY")
+    row.operator("idto3d.copy_gpu_report", icon="COPYDOWN")
+    if runtime.gpu_check_running:
+        layout.label(text="Checking the GPU (loads the models, runs a few steps)…", icon="SORTTIME")
+    elif runtime.gpu_check_summary:
+        layout.label(text=runtime.gpu_check_summary, icon="CHECKMARK" if runtime.gpu_check_ok else "ERROR")
 
 
 def addon_prefs(context) -> IDTO3D_AP_preferences:

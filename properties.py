@@ -143,6 +143,10 @@ class IDTO3D_PG_runtime(bpy.types.PropertyGroup):
     offer_download: BoolProperty(default=False)  # the last Generate Head was refused for missing models
     download_running: BoolProperty(default=False)
     download_status: StringProperty(default="")
+    gpu_check_running: BoolProperty(default=False)
+    gpu_check_ok: BoolProperty(default=False)
+    gpu_check_summary: StringProperty(default="")  # one line for the preferences
+    gpu_check_text: StringProperty(default="")  # the copyable report
 
 
 def reset_expressions(settings, which: str = "DEFAULT") -> None:

@@ -23,15 +23,12 @@ from pathlib import Path
 import bpy
 
 from . import redraw_3d_views
+from ..engine.cuda_wheels import ONNXRUNTIME_GPU, TORCH_INDEX as TORCH_INDEX_URL, WheelChoice, choose_wheel, query_gpus
 from ..engine_runner import ADDON_DIR
 from ..preferences import addon_prefs
 from ..worker_monitor import tail
 
 MARKER = ".idto3d-runtime.json"
-TORCH_INDEX = {
-    "CPU": "https://download.pytorch.org/whl/cpu",
-    "CUDA": "https://download.pytorch.org/whl/cu128",
-}
 LOG_NAME = "install.log"
 
 
@@ -176,28 +173,45 @@ class Install:
 _current: Install | None = None
 
 
+def torch_choice(variant: str, gpus=None) -> WheelChoice:
+    """Which torch build Install Engine puts in: the CPU build when asked, else the newest CUDA
+    build of the pinned torch the NVIDIA driver and GPU can run (``nvidia-smi``, when present),
+    falling back to the CPU build with the reason (engine/cuda_wheels.py)."""
+    if variant == "CPU":
+        return WheelChoice("cpu", TORCH_INDEX_URL.format("cpu"), False, "the CPU build of torch (chosen)")
+    return choose_wheel(query_gpus() if gpus is None else gpus)
+
+
 def install_steps(
     partial: Path,
-    variant: str,
+    variant: str | WheelChoice,
     *,
     requirements: Path,
     constraints: Path,
     pip_args: list[str],
     with_torch: bool = True,
 ) -> list[tuple[str, list[str]]]:
+    """The install's commands: venv, torch from the chosen index, the pinned requirements, and
+    with a CUDA 13 torch onnxruntime-gpu in place of the CPU onnxruntime (same module name: the
+    CPU one is removed first; it shares torch's CUDA 13 libraries)."""
+    choice = variant if isinstance(variant, WheelChoice) else torch_choice(variant)
     python = str(venv_python(partial))
     pip = [python, "-m", "pip", "install", "--disable-pip-version-check", *pip_args]
     steps = [("creating the environment", [sys.executable, "-m", "venv", str(partial)])]
     if with_torch:
         steps.append(
             (
-                f"installing torch ({variant})",
-                [*pip, pinned("torch", constraints), "--index-url", TORCH_INDEX[variant]],
+                f"installing torch ({choice.variant})",
+                [*pip, pinned("torch", constraints), "--index-url", choice.index_url],
             )
         )
     steps.append(
         ("installing the engine's packages", [*pip, "-r", str(requirements), "-c", str(constraints)])
     )
+    if choice.onnxruntime_gpu:
+        steps.append(("removing the CPU onnxruntime",
+                      [python, "-m", "pip", "uninstall", "--disable-pip-version-check", "-y", "onnxruntime"]))
+        steps.append(("installing onnxruntime-gpu", [*pip, ONNXRUNTIME_GPU, "-c", str(constraints)]))
     return steps
 
 
@@ -230,16 +244,17 @@ def start_install(
         _delete_later(leftover)
     partial.mkdir(parents=True)
     (partial / MARKER).write_text(json.dumps({"state": "installing"}), encoding="utf-8")
+    choice = torch_choice(prefs.torch_variant) if with_torch else torch_choice("CPU")
     steps = install_steps(
         partial,
-        prefs.torch_variant,
+        choice,
         requirements=requirements or ADDON_DIR / "requirements.txt",
         constraints=constraints or ADDON_DIR / "constraints.txt",
         pip_args=list(pip_args),
         with_torch=with_torch,
     )
     _current = Install(root, steps)
-    runtime.install_running, runtime.install_status = True, f"Install Engine: {_current.label}…"
+    runtime.install_running, runtime.install_status = True, f"Install Engine: {_current.label}… ({choice.reason})"
     return _current
 
 

@@ -25,6 +25,7 @@ from . import checkpoint as ckpt
 from .failures import Cancelled, classify, nan_loss
 from .job import JobSpec, load_job
 from .live import LiveOutput
+from .memory_fallback import MemoryPlan
 
 log = logging.getLogger(__name__)
 RESULT = "result"
@@ -78,7 +79,10 @@ def _check_writable(job_dir: Path) -> None:
 class _Job:
     def __init__(self, spec: JobSpec, job_dir: Path, emit, should_stop):
         self.spec, self.job_dir, self._emit, self.should_stop = spec, job_dir, emit, should_stop
-        self.settings = spec.settings
+        self.plan = MemoryPlan(spec.settings)  # the settings as they run (lowered on GPU memory errors)
+        self.memory_estimate = None
+        self.machine_profile = self.profile = None
+        self.own_checkpoint = False  # a checkpoint of this run (or the one it resumed) is the newest
         self.stages = ["identity", "prior", "geometry"]
         if spec.stop_after != "geometry":
             self.stages.append("texture")
@@ -91,6 +95,10 @@ class _Job:
         self.step_seconds: list[float] = []
         self.last_progress = -math.inf
         self.live = LiveOutput(job_dir, spec.snapshot_interval_s, self.send)
+
+    @property
+    def settings(self):
+        return self.plan.settings
 
     # ---- messages ----------------------------------------------------------------------------
 
@@ -124,10 +132,11 @@ class _Job:
         state = ckpt.load_latest(self.job_dir) if resume else None
         if resume and state is None:
             self.send("warning", code="no_checkpoint", message="no checkpoint in the job folder: starting from the beginning")
-        if state is not None and state.get("settings") != spec.resolved_dict()["settings"]:
-            raise EngineError("the checkpoint was made with other settings than job.json now holds",
-                              code="checkpoint_mismatch",
-                              hint="run without --resume to start over with the new settings, or restore job.json")
+        if state is not None:  # job.json's settings, or exactly the memory fallbacks the checkpoint records
+            from .memory_fallback import resumed_plan
+
+            self.plan = resumed_plan(spec.settings, state.get("settings"), state.get("memory_fallback"))
+            self.own_checkpoint = True
 
         self.stage("identity")
         embedding = state["embedding"].numpy() if state is not None else self.identity()
@@ -217,11 +226,13 @@ class _Job:
         normal = (root / "loras" / "normal" / "prior_adapter.json").is_file()
         albedo = (root / "loras" / "albedo" / "prior_adapter.json").is_file()
         m = self.spec.memory
-        memory = MemoryOptions(attention=m["attention"], channels_last=m["channels_last"],
+        dtype, attention = self.machine_settings(root)
+        memory = MemoryOptions(attention=attention, channels_last=m["channels_last"],
                                vae_tiling=m["vae_tiling"], cpu_offload=m["cpu_offload"])
-        prior = load_prior(root, device=self.device, dtype=None if self.spec.dtype == "auto" else self.spec.dtype,
+        prior = load_prior(root, device=self.device, dtype=dtype,
                            task="normal" if normal else None, memory=memory,
                            allow_download=self.spec.allow_download)
+        self.fit_memory_before_launch(prior)
         if not normal:
             self.send("warning", code="base_prior",
                       message="no normal-map prior under loras/normal: geometry uses shaded renders with the base prior")
@@ -232,9 +243,95 @@ class _Job:
                       message="the models are tiny random test models: the head will not be a likeness")
         return prior, normal, albedo
 
+    def machine_settings(self, root: Path) -> tuple[str | None, str]:
+        """(dtype, attention) for the prior: job.json's, except that ``"dtype": "auto"`` and the
+        default attention take what Check GPU found on this GPU (the machine profile), e.g. bf16 or
+        fp32 where fp16 gave NaN, sliced attention where the fused kernel ran out of memory."""
+        dtype = None if self.spec.dtype == "auto" else self.spec.dtype
+        attention = self.spec.memory["attention"]
+        if self.device.type != "cuda":
+            return dtype, attention
+        from ..machine_profile import load_profile
+
+        profile = load_profile(self.device, root)
+        if profile is None:
+            return dtype, attention
+        used = {"path": profile["path"], "dtype": profile.get("dtype"), "attention": profile.get("attention")}
+        self.machine_profile = used
+        self.profile = profile
+        notes = []
+        if dtype is None and profile.get("dtype"):
+            dtype = profile["dtype"]
+            if profile.get("fp16_finite") is False:
+                notes.append(f"{dtype}: fp16 gave non-finite gradients on this GPU")
+        if attention == "sdpa" and profile.get("attention") == "sliced":
+            attention = "sliced"
+            notes.append("sliced attention: the fused kernel ran out of memory in Check GPU")
+        if notes:
+            self.send("warning", code="machine_profile",
+                      message="using the settings Check GPU found for this GPU: " + "; ".join(notes))
+        return dtype, attention
+
+    def fit_memory_before_launch(self, prior) -> None:
+        """Lower views per step up front when one step's estimated need exceeds the free GPU memory."""
+        from . import memory_fallback as mf
+
+        free = mf.free_memory_bytes(self.device)
+        if free is None:
+            return
+        dtype = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(prior.dtype, "fp32")
+        per_view, source = mf.activation_bytes_per_view(dtype, self.profile)
+        for change in mf.fit_before_launch(self.plan, free, per_view, source):
+            self.send("warning", code="memory_estimate", message=mf.describe(change), stage=change.stage,
+                      step=0, field=change.field, old=change.old, new=change.new)
+        self.memory_estimate = mf.estimate_report(self.plan, free, per_view)
+        need = max(self.memory_estimate["geometry_need_gib"], self.memory_estimate["texture_need_gib"])
+        if need > self.memory_estimate["free_gib"]:
+            self.send("warning", code="memory_tight",
+                      message=f"one step needs about {need:.1f} GiB even at 1 view ({source}) and the GPU has "
+                              f"{self.memory_estimate['free_gib']:.1f} GiB free: the job tries anyway and lowers the "
+                              'render resolution if it runs out; "memory": {"cpu_offload": true} or '
+                              '{"attention": "sliced"} in job.json need less')
+
     # ---- stage 1 -----------------------------------------------------------------------------
 
+    def save_checkpoint(self, step: int, state: dict) -> Path:
+        """A checkpoint with the settings as they run and the memory fallbacks that made them
+        (a resume keeps both)."""
+        path = ckpt.save_checkpoint(self.job_dir, step, {
+            **state, "settings": self.settings.to_dict(), "memory_fallback": self.plan.record()})
+        self.own_checkpoint = True
+        return path
+
+    def with_memory_fallback(self, stage: str, run, state):
+        """``run(state)``; on a CUDA out-of-memory error in a step, lower the stage's next memory
+        setting (memory_fallback.LADDERS), free the device, reload the stage's last checkpoint and
+        run again. Gives up (cuda_out_of_memory) when every setting is at its floor."""
+        from .memory_fallback import describe, free_device_memory, is_cuda_oom
+
+        while True:
+            self.current_step = 0
+            try:
+                return run(state)
+            except Exception as exc:
+                if not is_cuda_oom(exc) or self.plan.next_change(stage) is None:
+                    raise
+                detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            # Outside the except block: the failed step's frames (and their tensors) are released.
+            change = self.plan.lower(stage, self.current_step, "cuda_out_of_memory", detail)
+            free_device_memory(self.device)
+            # Only a checkpoint this run wrote (or resumed from): an earlier run's may lie in the folder.
+            latest = ckpt.load_latest(self.job_dir) if self.own_checkpoint else None
+            state = latest if latest is not None and latest["stage"] == stage else None
+            log.warning("%s", describe(change))
+            self.send("warning", code="memory_fallback", message=describe(change), stage=stage,
+                      step=change.step, field=change.field, old=change.old, new=change.new)
+
     def geometry(self, prior, embedding, normal_lora: bool, state):
+        return self.with_memory_fallback("geometry", lambda st: self._geometry(prior, embedding, normal_lora, st),
+                                         state)
+
+    def _geometry(self, prior, embedding, normal_lora: bool, state):
         from .geometry_stage import GeometryStage
 
         s = self.settings
@@ -248,14 +345,14 @@ class _Job:
             raise Cancelled("cancelled while the head shape was initialised (no checkpoint yet)")
 
         def save(next_step: int) -> Path:
-            return ckpt.save_checkpoint(self.job_dir, next_step, {
+            return self.save_checkpoint(next_step, {
                 "stage": "geometry", "next_step": next_step, "embedding": torch.from_numpy(embedding),
-                "geometry": stage.state_dict(), "rng": torch.get_rng_state(),
-                "settings": self.spec.resolved_dict()["settings"]})
+                "geometry": stage.state_dict(), "rng": torch.get_rng_state()})
 
         for i in range(first, s.geometry_steps):
             if self.should_stop():
                 raise Cancelled(checkpoint=save(i))
+            self.current_step = i + 1
             started = time.perf_counter()
             out = stage.step(i)
             loss = float(out.loss)  # the one host sync of the step
@@ -274,16 +371,22 @@ class _Job:
             self.send("warning", code=error.code,
                       message=f"{error.message}; the canonical mesh keeps its {len(faces)} faces ({error.hint})")
         self.live.write(s.geometry_steps, image=None, vertices=vertices, faces=faces)
-        ckpt.save_checkpoint(self.job_dir, s.geometry_steps, {
+        self.save_checkpoint(s.geometry_steps, {
             "stage": "texture", "next_step": 0, "embedding": torch.from_numpy(embedding),
             "canonical": {"vertices": torch.from_numpy(vertices), "faces": torch.from_numpy(faces),
                           **{f"offset:{n}": torch.from_numpy(o) for n, o in offsets.items()}},
-            "rng": torch.get_rng_state(), "settings": self.spec.resolved_dict()["settings"]})
+            "rng": torch.get_rng_state()})
         return vertices, faces, offsets
 
     # ---- stage 2 -----------------------------------------------------------------------------
 
     def texture(self, prior, embedding, vertices, faces, offsets, albedo_lora, state, canonical_state):
+        return self.with_memory_fallback(
+            "texture",
+            lambda st: self._texture(prior, embedding, vertices, faces, offsets, albedo_lora, st, canonical_state),
+            state)
+
+    def _texture(self, prior, embedding, vertices, faces, offsets, albedo_lora, state, canonical_state):
         try:
             from .texture_stage import TextureStage
             stage_cls = TextureStage
@@ -298,21 +401,22 @@ class _Job:
             prior.set_task(None)
         stage = stage_cls(s, prior, embedding, vertices, faces, offsets, size=self.spec.resolved_texture_size,
                           seed=self.spec.seed, device=self.device, albedo_lora=albedo_lora,
-                          prompts=self.spec.expression_prompts)
+                          prompts=self.spec.expression_prompts, layout=getattr(self, "texture_layout", None))
+        self.texture_layout = stage.layout  # a memory fallback reuses the unwrap (seconds on a 40k-face mesh)
         first = 0
         if state is not None and state["stage"] == "texture" and "texture" in state:
             stage.load_state_dict(state["texture"])
             first = int(state["next_step"])
 
         def save(next_step: int) -> Path:
-            return ckpt.save_checkpoint(self.job_dir, s.geometry_steps + next_step, {
+            return self.save_checkpoint(s.geometry_steps + next_step, {
                 "stage": "texture", "next_step": next_step, "embedding": torch.from_numpy(embedding),
-                "canonical": canonical_state, "texture": stage.state_dict(), "rng": torch.get_rng_state(),
-                "settings": self.spec.resolved_dict()["settings"]})
+                "canonical": canonical_state, "texture": stage.state_dict(), "rng": torch.get_rng_state()})
 
         for i in range(first, s.texture_steps):
             if self.should_stop():
                 raise Cancelled(checkpoint=save(i))
+            self.current_step = i + 1
             started = time.perf_counter()
             loss_t, name, image = stage.step(i)
             loss = float(loss_t)
@@ -342,7 +446,9 @@ class _Job:
         return {"job": self.spec.resolved_dict(), "seed": self.spec.seed,
                 "models": {"root": str(self.models_root), "tiny_test_models": bool(getattr(self, "models_tiny", False)),
                            "files": getattr(self, "model_files", {})},
-                "versions": versions, "timings_s": dict(self.timings)}
+                "versions": versions, "timings_s": dict(self.timings),
+                "memory": {"fallback": self.plan.record(), "before_launch": self.memory_estimate,
+                           "machine_profile": self.machine_profile}}
 
     def head_mesh(self, vertices, faces, offsets, textures):
         from ..result_format import HeadMesh

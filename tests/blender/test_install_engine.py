@@ -184,3 +184,29 @@ def test_a_partial_environment_deleted_during_the_install_ends_it_cleanly(instal
         time.sleep(0.2)
     assert not runtime.install_running and runtime.install_status.startswith("Install Engine:")
     assert prefs.python_executable == ""
+
+
+def test_cuda_install_takes_the_drivers_torch_build_and_onnxruntime_gpu(installer, tmp_path):
+    module, prefs, runtime = installer
+    from engine.cuda_wheels import Gpu
+
+    h100 = [Gpu("NVIDIA H100 80GB HBM3", "580.82.07", (9, 0), 81559)]
+    kw = dict(requirements=tmp_path / "r.txt", constraints=tmp_path / "c.txt", pip_args=[])
+    steps = module.install_steps(tmp_path / "venv.partial", module.torch_choice("CUDA", gpus=h100), **kw)
+    labels = [label for label, _ in steps]
+    assert labels == ["creating the environment", "installing torch (cu130)", "installing the engine's packages",
+                      "removing the CPU onnxruntime", "installing onnxruntime-gpu"]
+    torch_step = steps[1][1]
+    assert torch_step[torch_step.index("--index-url") + 1] == "https://download.pytorch.org/whl/cu130"
+    assert steps[3][1][-3:] == ["uninstall", "--disable-pip-version-check", "-y", "onnxruntime"][-3:]
+    assert "onnxruntime-gpu==" in " ".join(steps[4][1])
+    # an RTX 3060 on a 550 driver: the CUDA 12.6 build, and the CPU onnxruntime stays
+    ampere = [Gpu("NVIDIA GeForce RTX 3060", "550.54.14", (8, 6), 12288)]
+    steps = module.install_steps(tmp_path / "venv.partial", module.torch_choice("CUDA", gpus=ampere), **kw)
+    assert [label for label, _ in steps][-1] == "installing the engine's packages"
+    assert "https://download.pytorch.org/whl/cu126" in steps[1][1]
+    # no driver: the CPU build, said plainly
+    choice = module.torch_choice("CUDA", gpus=[])
+    assert choice.variant == "cpu" and "no NVIDIA driver found" in choice.reason
+    assert "https://download.pytorch.org/whl/cpu" in module.install_steps(tmp_path / "p", choice, **kw)[1][1]
+    assert module.torch_choice("CPU").variant == "cpu"
