@@ -131,12 +131,17 @@ def test_replace_dir_atomic_old_version_kept_until_new_is_in(tmp_path, monkeypat
 def test_recover_dir_restores_the_old_version_after_a_gap(tmp_path):
     target = tmp_path / "t"
     atomic.replace_dir_atomic(target, lambda s: (s / "v").write_text("old"))
-    # The portable swap's one gap: old moved aside, new not yet in (as if killed there).
-    os.rename(target, tmp_path / f".t{atomic.OLD_TAG}dead")
-    (tmp_path / f".t{atomic.NEW_TAG}dead").mkdir()
+    # The portable swap's one gap: old moved aside, new not yet in (as if killed there); the
+    # names are exactly those replace_dir_atomic makes (token_hex(4), tempfile's 8 characters).
+    os.rename(target, tmp_path / f".t{atomic.OLD_TAG}0a1b2c3d")
+    (tmp_path / f".t{atomic.NEW_TAG}k2_x9q0z").mkdir()
+    # A user's folders that merely contain a tag are not the engine's: never restored or deleted.
+    (tmp_path / f".t{atomic.NEW_TAG}mine").mkdir()
+    (tmp_path / f".t{atomic.OLD_TAG}0a1b2c3d-notes").mkdir()
     atomic.recover_dir(target)
     assert (target / "v").read_text() == "old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["t", f".t{atomic.NEW_TAG}mine", f".t{atomic.OLD_TAG}0a1b2c3d-notes"])
 
 
 def test_nested_owned_folder_is_judged_by_its_own_manifest(tmp_path):
