@@ -14,6 +14,7 @@ resumed run draws exactly what the uninterrupted run would have drawn.
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -56,7 +57,7 @@ def load_latest(job_dir: Path) -> dict | None:
         if not _NAME.fullmatch(path.name):
             raise ValueError(f"unexpected checkpoint name {path.name!r}")
         state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
-    except (OSError, ValueError, KeyError, RuntimeError, EOFError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # garbage bytes
         raise CheckpointError(f"the checkpoint named by {latest} cannot be read ({exc})",
                               hint="run the job again without --resume (it starts over)") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -135,7 +135,7 @@ def wait_until_free(job_dir: Path | str, timeout_s: float, poll_s: float = 0.5) 
     return True
 
 
-def open_for_run(job_dir: Path | str, *, wait_s: float = RUN_LOCK_WAIT_S) -> JobLock:
+def open_for_run(job_dir: Path | str, *, wait_s: float | None = None) -> JobLock:
     """Make ``job_dir`` ready for :func:`engine.pipeline.run.run_job` and return its held lock.
 
     Claims the folder as kind "job" (one without a marker, e.g. job.json written by hand, is
@@ -148,7 +148,7 @@ def open_for_run(job_dir: Path | str, *, wait_s: float = RUN_LOCK_WAIT_S) -> Job
     job_dir = Path(job_dir)
     shared = owned.read_manifest(job_dir) is None
     owned.check_claimable(job_dir, KIND, shared=shared)
-    lock = JobLock(job_dir).acquire(wait_s)
+    lock = JobLock(job_dir).acquire(RUN_LOCK_WAIT_S if wait_s is None else wait_s)
     try:
         owned.claim_dir(job_dir, KIND, shared=shared)
         lock_entry = owned.read_manifest(job_dir)["entries"].get(LOCK)
@@ -302,34 +302,26 @@ def _clear_engine_outputs(job_dir: Path) -> None:
     """Delete the previous job's engine-written outputs (recorded, unchanged files only), after
     checking that nothing of the user's would stay behind where it would be mistaken for the new
     job's (a checkpoint the engine did not record, a file inside result/ or identity/)."""
-    with JobLock(job_dir).acquire() if owned.read_manifest(job_dir) is not None else _NoLock():
-        blocking = foreign_checkpoints(job_dir)
-        for name in (RESULT, IDENTITY):
-            if (job_dir / name).exists():
-                blocking += owned.foreign_entries(job_dir / name) if owned.read_manifest(job_dir / name) \
-                    else [job_dir / name]
-        if blocking:
-            shown = ", ".join(str(p) for p in blocking[:4]) + (f" and {len(blocking) - 4} more" if len(blocking) > 4 else "")
-            raise owned.ForeignFolderError(
-                f"cannot replace the job in {job_dir}: {shown} would stay behind and the engine did not write "
-                "them (or they changed); nothing was changed", code="foreign_entries",
-                hint="move those files elsewhere, or choose another folder")
-        if owned.read_manifest(job_dir) is None:
-            return  # nothing in an unclaimed folder was recorded by the engine
+    blocking = foreign_checkpoints(job_dir)
+    for name in (RESULT, IDENTITY):
+        if (job_dir / name).exists():
+            blocking += owned.foreign_entries(job_dir / name) if owned.read_manifest(job_dir / name) \
+                else [job_dir / name]
+    if blocking:
+        shown = ", ".join(str(p) for p in blocking[:4]) + (f" and {len(blocking) - 4} more" if len(blocking) > 4 else "")
+        raise owned.ForeignFolderError(
+            f"cannot replace the job in {job_dir}: {shown} would stay behind and the engine did not write "
+            "them (or they changed); nothing was changed", code="foreign_entries",
+            hint="move those files elsewhere, or choose another folder")
+    if owned.read_manifest(job_dir) is None:
+        return  # nothing in an unclaimed folder was recorded by the engine
+    with JobLock(job_dir).acquire():  # not while a worker runs the old job
         for name in (CHECKPOINTS, LIVE):
             if (job_dir / name).is_dir():
                 owned.prune_owned(job_dir / name, re.compile(r".*", re.DOTALL), 0)
         for name in (RESULT, IDENTITY):
             if (job_dir / name).exists():
                 owned.remove_owned(job_dir / name)
-
-
-class _NoLock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
 
 
 def _short(value) -> str:
