@@ -39,6 +39,8 @@ def import_ray():
 def connect(ray, address: str) -> None:
     """Join the cluster at ``address`` ('auto': the one this machine is part of, or $RAY_ADDRESS),
     or start a throwaway one here ('local')."""
+    if address not in ("auto", "local"):
+        _check_reachable(address)
     engine_package = Path(__file__).resolve().parents[1]  # this engine/ folder, sent to every node
     options = dict(logging_level=logging.WARNING, log_to_driver=False,
                    runtime_env={"py_modules": [str(engine_package)]})
@@ -54,6 +56,22 @@ def connect(ray, address: str) -> None:
                           hint="start a cluster with `ray start --head` (and `ray start --address HEAD:6379` on "
                                "each worker node, docs/batch.md); check the address, and that this machine has the "
                                "cluster's token (RAY_AUTH_TOKEN or ~/.ray/auth_token); or use --ray local") from None
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds on an address nobody listens at (Ray itself keeps retrying for minutes)."""
+    import socket
+
+    host, _, port = address.split("://")[-1].rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5.0).close()
+    except ValueError:
+        raise EngineError(f"{address!r} is not a Ray address", code="ray_unreachable",
+                          hint="give HOST:PORT of the head node (port 6379 by default), 'auto' or 'local'") from None
+    except OSError as exc:
+        raise EngineError(f"no Ray cluster answers at {address} ({exc.strerror or exc})", code="ray_unreachable",
+                          hint="start one with `ray start --head` on that machine (docs/batch.md), or check the "
+                               "address (`ray status` on the head node shows it)") from None
 
 
 def _job_task(job_dir: str, batch_id: str, retries: int, progress_every: float) -> dict:
