@@ -39,8 +39,6 @@ def import_ray():
 def connect(ray, address: str) -> None:
     """Join the cluster at ``address`` ('auto': the one this machine is part of, or $RAY_ADDRESS),
     or start a throwaway one here ('local')."""
-    if address not in ("auto", "local"):
-        _check_reachable(address)
     engine_package = Path(__file__).resolve().parents[1]  # this engine/ folder, sent to every node
     options = dict(logging_level=logging.WARNING, log_to_driver=False,
                    runtime_env={"py_modules": [str(engine_package)]})
@@ -84,6 +82,8 @@ def _job_task(job_dir: str, batch_id: str, retries: int, progress_every: float) 
 def run_on_ray(entries, *, address: str, batch_id: str, retries: int, cpus_per_job: float,
                gpus_per_job: float | None, progress_every: float, should_stop, update) -> None:
     """Run ``entries`` (batch.Entry) as Ray tasks; ``update(entry, record)`` as each ends."""
+    if address not in ("auto", "local"):
+        _check_reachable(address)  # before importing Ray: a wrong address is told in seconds
     ray = import_ray()
     connect(ray, address)
     try:
