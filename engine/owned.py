@@ -313,9 +313,10 @@ def write_owned_file(path: Path | str, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def prune_owned(folder: Path | str, pattern: re.Pattern, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` (by name) of the files in ``folder`` whose names match
-    ``pattern`` and that the engine wrote and nobody changed since; return what was deleted.
+def prune_owned(folder: Path | str, pattern: re.Pattern, keep: int, *, newest_last=None) -> list[Path]:
+    """Delete all but the newest ``keep`` of the files in ``folder`` whose names match ``pattern``
+    and that the engine wrote and nobody changed since; return what was deleted. "Newest" is the
+    order of ``newest_last(path)`` (default: the name).
 
     A file that merely matches the pattern (the user's, or one changed since) is neither counted
     nor deleted. One manifest write, and only when something was deleted.
@@ -323,9 +324,9 @@ def prune_owned(folder: Path | str, pattern: re.Pattern, keep: int) -> list[Path
     folder = Path(os.path.abspath(folder))
     owner, manifest = _require_owner(folder / MARKER)
     entries = manifest["entries"]
-    mine = sorted(p for p in folder.iterdir()
-                  if pattern.fullmatch(p.name) and _rel(p, owner) in entries and not p.is_dir()
-                  and _is_own(p, owner, entries))
+    mine = sorted((p for p in folder.iterdir()
+                   if pattern.fullmatch(p.name) and _rel(p, owner) in entries and not p.is_dir()
+                   and _is_own(p, owner, entries)), key=newest_last or (lambda p: p.name))
     doomed = mine[:-keep] if keep > 0 else mine
     for path in doomed:
         os.unlink(path)

@@ -63,9 +63,9 @@ def read_state(job_dir: Path) -> dict | None:
     return state if isinstance(state, dict) else None
 
 
-def _write_state(job_dir: Path, state: dict) -> None:
+def _write_state(job_dir: Path, state: dict, wait_s: float = LOCK_WAIT_S) -> None:
     """batch.json, under the job's lock (see the module doc), recorded as the engine's."""
-    with JobLock(job_dir).acquire(LOCK_WAIT_S):
+    with JobLock(job_dir).acquire(wait_s):
         owned.write_owned_file(job_dir / STATE, lambda p: p.write_text(json.dumps(state, indent=1) + "\n",
                                                                         encoding="utf-8"))
         if (job_dir / LOG).exists():
@@ -173,7 +173,8 @@ def run_one(job_dir: Path | str, *, batch_id: str, retries: int = 2, should_stop
         try:
             _finish(job_dir, state, log, "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed",
                     _stopped(job_dir) if isinstance(exc, KeyboardInterrupt) else
-                    {"code": "runner_error", "message": f"{type(exc).__name__}: {exc}", "hint": "see batch.log"})
+                    {"code": "runner_error", "message": f"{type(exc).__name__}: {exc}", "hint": "see batch.log"},
+                    wait_s=5.0)  # leaving in a hurry: a worker still stopping keeps the lock a moment
         except Exception:  # noqa: BLE001  (the original exception is the one to report)
             pass
         raise
@@ -187,7 +188,7 @@ def _attempt(job_dir: Path, state: dict, log: _Log, printer, should_stop, interr
     step = checkpoint_step(job_dir)
     number = len(state["attempts"]) + 1
     attempt = {"number": number, "started": _now(), "runner_pid": os.getpid(), "host": socket.gethostname(),
-               "resumed_from": step, "outcome": None}
+               "engine": str(engine_root()), "resumed_from": step, "outcome": None}
     state["attempts"].append(attempt)
     _write_state(job_dir, state)  # waits while an earlier worker of this job still holds the lock
     command = [python or sys.executable, "-m", "engine", "run", str(job_dir)] + (["--resume"] if step is not None else [])
@@ -197,6 +198,7 @@ def _attempt(job_dir: Path, state: dict, log: _Log, printer, should_stop, interr
     attempt["pid"] = process.pid
     how = f"resuming from checkpoint step {step}" if step is not None else "from the beginning"
     log.line(f"attempt {number}: worker pid {process.pid} (runner pid {os.getpid()} on {attempt['host']}), {how}")
+    log.line(f"attempt {number}: {' '.join(command)} (engine from {attempt['engine']})")
     messages: queue.Queue = queue.Queue()
     threading.Thread(target=_read_messages, args=(process.stdout, messages), daemon=True).start()
     done = error = None
@@ -296,7 +298,8 @@ def _read_messages(stream, messages: queue.Queue) -> None:
         messages.put(None)
 
 
-def _finish(job_dir: Path, state: dict, log: _Log, status: str, error: dict | None) -> dict:
+def _finish(job_dir: Path, state: dict, log: _Log, status: str, error: dict | None,
+            wait_s: float = LOCK_WAIT_S) -> dict:
     state["status"] = status
     state["error"] = error
     state["finished"] = _now()
@@ -304,7 +307,7 @@ def _finish(job_dir: Path, state: dict, log: _Log, status: str, error: dict | No
     state.update(result_summary(job_dir) if status == "done" else {"result": None})
     log.line(f"{status}" + (f": {error['message']}" if error else ""))
     try:
-        _write_state(job_dir, state)
+        _write_state(job_dir, state, wait_s)
     except JobBusyError:  # a worker of this job still runs (it was told to stop): say so in the log
         log.line("could not write batch.json: the job's worker still holds its lock")
     return record_of(state)

@@ -41,8 +41,14 @@ def save_checkpoint(job_dir: Path, step: int, state: dict) -> Path:
     write_owned_file(path, lambda tmp: torch.save(payload, tmp))
     latest = json.dumps({"format": FORMAT, "file": path.name, "step": step}) + "\n"
     write_owned_file(folder / LATEST, lambda tmp: tmp.write_text(latest, encoding="utf-8"))
-    prune_owned(folder, _NAME, KEEP)  # the names sort by step (zero-padded)
+    # The newest are this run's latest steps. Checkpoints of a later step come from an earlier run
+    # that went further (the job was started over): they go first, never the one just written.
+    prune_owned(folder, _NAME, KEEP, newest_last=lambda p: (_step(p) <= step, _step(p)))
     return path
+
+
+def _step(path: Path) -> int:
+    return int(_NAME.fullmatch(path.name).group(1))
 
 
 def load_latest(job_dir: Path) -> dict | None:

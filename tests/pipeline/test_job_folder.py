@@ -83,3 +83,21 @@ def test_one_process_runs_a_job_at_a_time(make_job, monkeypatch):
     finally:
         holder.release()
     assert (job / "result" / "head.npz").is_file() and not job_folder.is_running(job)
+
+
+def test_a_job_started_over_never_loses_its_newest_checkpoint(tmp_path):
+    """Started again without --resume after an earlier run reached step 12: the checkpoint just
+    written (step 2) sorts before the old ones by name, yet it is the one latest.json names; the
+    earlier run's are the ones pruned."""
+    import torch
+
+    from engine.pipeline import checkpoint
+
+    job = owned.claim_dir(tmp_path / "job", "job")
+    for step in (10, 12):  # the earlier run
+        checkpoint.save_checkpoint(job, step, {"stage": "geometry", "value": torch.tensor(step)})
+    checkpoint.save_checkpoint(job, 2, {"stage": "geometry", "value": torch.tensor(2)})
+    assert checkpoint.load_latest(job)["value"].item() == 2
+    checkpoint.save_checkpoint(job, 4, {"stage": "geometry", "value": torch.tensor(4)})
+    assert sorted(p.name for p in (job / "checkpoints").glob("ckpt-*.pt")) == ["ckpt-0000002.pt", "ckpt-0000004.pt"]
+    assert checkpoint.load_latest(job)["value"].item() == 4
