@@ -63,6 +63,16 @@ def ray_cluster():
         assert left == [], f"Ray processes left behind: {left}"
 
 
+def _wait_dead(pid: int) -> None:
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.05)
+
+
 def _log_pids(log: Path) -> list[tuple[int, int]]:
     """(worker pid, runner pid) of each attempt, as batch_job writes them in the job's log."""
     if not log.exists():
@@ -100,8 +110,7 @@ def test_ray_batch_survives_killed_workers_and_a_bad_row(tmp_path, tiny_models_r
             if job not in killed and pids and step is not None and step >= 2:
                 pid = pids[-1][which]
                 os.kill(pid, signal.SIGKILL)
-                while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    time.sleep(0.05)
+                _wait_dead(pid)
                 killed[job] = (pid, checkpoint_step(root / job))
         time.sleep(0.1)
     _, err = driver.communicate(timeout=300)
