@@ -97,7 +97,7 @@ def _csv_records(text: str, path: Path) -> list[tuple[int, dict]]:
     delimiter = next((d for d in (",", ";", "\t") if "id" in [c.strip().lower() for c in first.split(d)]), None)
     if delimiter is None:
         raise ManifestError(f"{path.name}: the first line must be a header naming the columns, with an 'id' column "
-                            f"(it is {first[:80]!r})", hint=f"e.g. id,photos,expressions,preset,seed")
+                            f"(it is {first[:80]!r})", hint="e.g. id,photos,expressions,preset,seed")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header = [c.strip().lower() for c in next(reader)]
     unknown = [c for c in header if c not in COLUMNS]
@@ -419,7 +419,7 @@ def run(args: argparse.Namespace) -> int:
     _say(f"batch {header['status']}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
          + f"; index: {root / INDEX_JSON}")
     if stop.is_set():
-        _say(f"continue with the same command: finished jobs are skipped, the others resume")
+        _say("continue with the same command: finished jobs are skipped, the others resume")
         return EXIT_INTERRUPTED
     return 0 if all(e.status == "done" for e in entries) else EXIT_SOME_FAILED
 
