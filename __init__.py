@@ -13,8 +13,8 @@ import atexit
 import bpy
 
 from . import generation, preferences, properties
-from .operators import engine_check, expressions as expression_operators, fetch_models, generate
-from .operators import head as head_operators, install_engine, photos as photo_operators, relight
+from .operators import engine_check, export, expressions as expression_operators, fetch_models, generate
+from .operators import head as head_operators, install_engine, live_link, photos as photo_operators, relight
 from .panels import expressions as expression_panels, generate as generate_panel, head as head_panels
 from .panels import references, settings
 
@@ -30,6 +30,8 @@ CLASSES = (
     *install_engine.CLASSES,
     *generate.CLASSES,
     *head_operators.CLASSES,
+    *live_link.CLASSES,
+    *export.CLASSES,
     *relight.CLASSES,
     *references.CLASSES,
     *expression_panels.CLASSES,

@@ -11,19 +11,19 @@ timer calls it; headless callers and tests call it directly (timers do not run i
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import os
-import subprocess
 import time
 from pathlib import Path
 
 import bpy
 
-from . import result_import
+from . import placement, result_import
 from .engine.models import check_models
+from .engine.owned import claim_dir
+from .engine.pipeline.job import JobError, JobSpec, write_job  # stdlib only; imported once, not on a press
 from .engine.result_format import ResultFormatError
 from .engine_runner import ADDON_DIR, EngineNotFound, engine_environment, engine_python
-from .worker_monitor import WorkerMonitor
+from .worker_monitor import CommandFailed, CommandMonitor, WorkerMonitor
 
 ADDON_PACKAGE = __package__
 CHECKPOINT_MARKER = Path("checkpoints") / "latest.json"
@@ -85,48 +85,79 @@ def expressions_in_use(settings) -> list[str]:
     return names if names[0] == NEUTRAL else [NEUTRAL, *[n for n in names if n != NEUTRAL]]
 
 
+def expression_prompts(settings, names: list[str]) -> dict[str, str]:
+    """The prompt of each expression in use that has one of its own (job.json ``expression_prompts``)."""
+    prompts = {}
+    for item in settings.expressions:
+        prompt = " ".join(item.prompt.split())
+        if item.enabled and item.text in names and prompt and prompt != item.text:
+            prompts[item.text] = prompt
+    return prompts
+
+
 # Pythons proven to start with torch, per session ((path, mtime)); failures are probed again each
 # time, so installing torch into the same Python is seen at the next press.
 _probed: set[tuple[str, float]] = set()
+# Finds torch without importing it (importing takes seconds); prints one JSON object for CommandMonitor.
+PROBE = "import importlib.util, json; print(json.dumps({'torch': importlib.util.find_spec('torch') is not None}))"
 
 
-def check_engine_python(prefs) -> str:
-    """The engine's Python, proven to start and to have torch (found without importing it)."""
-    try:
-        python = engine_python(prefs)
-    except EngineNotFound as exc:
-        raise Refusal("engine_python", str(exc)) from None
-    try:
-        key = (python, os.stat(python).st_mtime)
-    except OSError as exc:
-        raise Refusal("engine_python", f"Engine Python {python!r} cannot be used: {exc}") from None
-    if key not in _probed:
-        probe = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('torch') else 3)"
+class EngineProbe:
+    """Is the engine's Python usable? Asked in the background: a new Python can take up to
+    :data:`PROBE_TIMEOUT_S` to start (a cold disk, a virus scanner), and the UI must not wait.
+
+    :meth:`pump` returns None while the probe runs, the Python's path once it passed, and raises
+    :class:`Refusal` when it failed. A Python proven in this session answers at once.
+    """
+
+    def __init__(self, prefs):
         try:
-            done = subprocess.run(
-                [python, "-c", probe],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=PROBE_TIMEOUT_S,
-                env=engine_environment(),
+            self.python = engine_python(prefs)
+        except EngineNotFound as exc:
+            raise Refusal("engine_python", str(exc)) from None
+        try:
+            self.key = (self.python, os.stat(self.python).st_mtime)
+        except OSError as exc:
+            raise Refusal("engine_python", f"Engine Python {self.python!r} cannot be used: {exc}") from None
+        self.monitor: CommandMonitor | None = None
+        if self.key not in _probed:
+            try:
+                self.monitor = CommandMonitor([self.python, "-c", PROBE], cwd=str(ADDON_DIR), env=engine_environment(),
+                                              what="the torch check", timeout_s=PROBE_TIMEOUT_S)
+            except OSError as exc:
+                raise self._refusal(f"does not start ({exc})") from None
+
+    def pump(self) -> str | None:
+        if self.monitor is None:
+            return self.python
+        try:
+            answer = self.monitor.pump()
+        except CommandFailed as exc:
+            code = self.monitor.process.returncode
+            if self.monitor.timed_out:
+                raise self._refusal(f"does not start ({exc})") from None
+            last = (self.monitor.stderr_text().strip().splitlines() or ["no output"])[-1]
+            raise self._refusal(f"does not start (exit {code}: {last})") from None
+        if answer is None:
+            return None
+        if not answer.get("torch"):
+            raise Refusal(
+                "engine_no_torch",
+                f"Engine Python {self.python!r} has no torch. Press Install Engine in the add-on's "
+                "preferences, or choose a Python that has the engine's packages (docs/install.md)",
             )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            problem = f"Engine Python {python!r} does not start ({exc}). Set Engine Python in the add-on's preferences"
-        else:
-            if done.returncode == 3:
-                problem = (
-                    f"Engine Python {python!r} has no torch. Press Install Engine in the add-on's "
-                    "preferences, or choose a Python that has the engine's packages (docs/install.md)"
-                )
-            elif done.returncode != 0:
-                last = (done.stderr.decode("utf-8", "replace").strip().splitlines() or ["no output"])[-1]
-                problem = f"Engine Python {python!r} does not start (exit {done.returncode}: {last})"
-            else:
-                problem = None
-        if problem:
-            raise Refusal("engine_no_torch" if "no torch" in problem else "engine_python", problem)
-        _probed.add(key)
-    return python
+        _probed.add(self.key)
+        self.monitor = None
+        return self.python
+
+    def _refusal(self, problem: str) -> Refusal:
+        return Refusal(
+            "engine_python", f"Engine Python {self.python!r} {problem}. Set Engine Python in the add-on's preferences"
+        )
+
+    def stop(self) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
 
 
 # The identity step falls back to dlib's detector with Arc2Face's own arcface.onnx when the
@@ -201,6 +232,7 @@ def job_request(settings, prefs, photos: list[str], expressions: list[str], mode
         "output": {"glb": True, "contact_sheet": True, "quality_report": True},
         "snapshot_interval_s": 1.0,
         "allow_download": False,
+        "expression_prompts": expression_prompts(settings, expressions),
     }
 
 
@@ -218,11 +250,7 @@ def new_job_folder(root: Path) -> Path:
 
 
 def _claim(folder: Path) -> None:
-    """Mark the job folder as the engine's (engine/owned.py, where that module exists)."""
-    if importlib.util.find_spec(f"{ADDON_PACKAGE}.engine.owned") is None:
-        return
-    from .engine.owned import claim_dir
-
+    """Mark the job folder as the engine's (engine/owned.py)."""
     claim_dir(folder, "job")
 
 
@@ -232,9 +260,10 @@ def _claim(folder: Path) -> None:
 class Job:
     """One running (or finished) generation for one scene, and what the panel shows of it."""
 
-    def __init__(self, scene, job_dir: Path, monitor: WorkerMonitor, location, resumed: bool):
+    def __init__(self, scene, job_dir: Path, monitor: WorkerMonitor, location, resumed: bool, placement_note=""):
         self.scene_name = scene.name
         self.job_dir, self.monitor, self.location, self.resumed = job_dir, monitor, tuple(location), resumed
+        self.placement_note = placement_note  # where the head goes and why, when not simply at the cursor
         self.started = time.monotonic()
         self.stage = "starting"
         self.stage_index = self.stage_count = 0
@@ -338,6 +367,7 @@ class Job:
         obj["idto3d_job"] = str(self.job_dir)
         scene.collection.objects.link(obj)
         self.object_name = obj.name
+        _make_active(scene, obj)
         return obj
 
     def _apply_result(self, msg: dict) -> None:
@@ -360,6 +390,7 @@ class Job:
             return
         if into is None:
             obj.location = self.location
+            _make_active(bpy.data.scenes.get(self.scene_name) or bpy.context.scene, obj)
         obj.data.name = "Head"
         self.object_name, self.result_folder = obj.name, str(folder)
 
@@ -397,6 +428,19 @@ class Job:
         return text
 
 
+def _make_active(scene, obj) -> None:
+    """The new head is the selected, active object (as after Blender's own Add or Import)."""
+    for view_layer in scene.view_layers:
+        try:
+            obj.select_set(True, view_layer=view_layer)  # also brings the view layer up to date
+        except RuntimeError:  # not in this view layer (an excluded collection)
+            continue
+        for other in view_layer.objects:
+            if other is not obj and other.select_get(view_layer=view_layer):
+                other.select_set(False, view_layer=view_layer)
+        view_layer.objects.active = obj
+
+
 _jobs: dict[str, Job] = {}  # scene name -> its latest job (one job per scene at a time)
 
 
@@ -409,60 +453,125 @@ def running_job(scene) -> Job | None:
     return job if job is not None and not job.finished else None
 
 
-def start_job(context, *, resume: bool = False) -> Job:
-    """Check everything, write job.json into a fresh job folder and start the worker."""
-    from .preferences import addon_prefs, models_root
+class Launch:
+    """Generate Head between the press and the worker: the checks, with the engine probe in the
+    background. :meth:`pump` (a timer tick) returns None while the probe runs, then does the rest
+    of the checks, writes the job folder, starts the worker and returns the :class:`Job`; a check
+    that fails raises :class:`Refusal` and starts nothing."""
 
-    scene = context.scene
-    settings = scene.idto3d
-    if running_job(scene) is not None:
-        raise Refusal(
-            "job_running",
-            "A head is already being generated in this scene: wait for it or press Cancel first",
-        )
-    prefs = addon_prefs(context)
-    root = models_root(prefs)
-    if resume:
-        job_dir = Path(settings.last_job_dir)
-        if not (job_dir / CHECKPOINT_MARKER).is_file():
-            raise Refusal("no_checkpoint", f"No checkpoint to resume from in {job_dir}: press Generate Head")
-        python = check_engine_python(prefs)
-        check_writable(job_dir)
-    else:
-        photos = photos_in_use(settings)
-        expressions = expressions_in_use(settings)
-        python = check_engine_python(prefs)
-        check_models_present(root, prefs)
-        base = jobs_root(settings)
-        check_writable(base)
-        request = job_request(settings, prefs, photos, expressions, root)
-        from .engine.pipeline.job import JobError, JobSpec, write_job
+    def __init__(self, context, resume: bool):
+        from .preferences import addon_prefs
 
+        self.scene_name = context.scene.name
+        self.resume = resume
+        self.timer = None  # the modal operator's event timer while the probe runs
+        scene, settings = context.scene, context.scene.idto3d
+        if running_job(scene) is not None or _launches.get(scene.name) is not None:
+            raise Refusal(
+                "job_running",
+                "A head is already being generated in this scene: wait for it or press Cancel first",
+            )
+        self.prefs = addon_prefs(context)
+        if resume:
+            self.job_dir = Path(settings.last_job_dir)
+            if not (self.job_dir / CHECKPOINT_MARKER).is_file():
+                raise Refusal("no_checkpoint", f"No checkpoint to resume from in {self.job_dir}: press Generate Head")
+        else:
+            self.photos = photos_in_use(settings)
+            self.expressions = expressions_in_use(settings)
+        self.probe = EngineProbe(self.prefs)
+        _launches[scene.name] = self
+
+    def pump(self) -> Job | None:
         try:
-            JobSpec.from_dict(request, base)  # the worker's own validation, before any folder is made
-        except JobError as exc:
-            raise Refusal(exc.code, f"{exc.message}" + (f" ({exc.hint})" if exc.hint else "")) from None
-        job_dir = new_job_folder(base)
-        write_job(job_dir, request)
-    command = [python, "-m", "engine", "run", str(job_dir)] + (["--resume"] if resume else [])
-    monitor = WorkerMonitor(
-        command,
-        cwd=str(ADDON_DIR),
-        env=engine_environment(root),
-        stderr_path=job_dir / "addon-worker-stderr.log",
-    )
-    job = Job(scene, job_dir, monitor, scene.cursor.location, resume)
-    previous = _jobs.get(scene.name)
-    if (
-        resume
-        and previous is not None
-        and previous.head_object() is not None
-        and previous.result_folder == ""
-    ):
-        job.object_name = previous.object_name  # keep streaming into the same unfinished head
-    _jobs[scene.name] = job
-    settings.last_job_dir = str(job_dir)
-    return job
+            python = self.probe.pump()
+            if python is None:
+                return None
+            job = self._start(python)
+        except BaseException:
+            self.stop()
+            raise
+        self._forget()
+        return job
+
+    def wait(self, poll_s: float = 0.02) -> Job:
+        """Block until the worker runs (EXEC mode, scripts, farms)."""
+        while (job := self.pump()) is None:
+            time.sleep(poll_s)
+        return job
+
+    def stop(self) -> None:
+        self.probe.stop()
+        self._forget()
+
+    def _forget(self) -> None:
+        if _launches.get(self.scene_name) is self:
+            del _launches[self.scene_name]
+
+    def _start(self, python: str) -> Job:
+        from .preferences import models_root
+
+        scene = bpy.data.scenes.get(self.scene_name)
+        if scene is None:
+            raise Refusal("scene_gone", f"The scene {self.scene_name!r} is gone")
+        settings, prefs = scene.idto3d, self.prefs
+        root = models_root(prefs)
+        if self.resume:
+            job_dir = self.job_dir
+            check_writable(job_dir)
+        else:
+            check_models_present(root, prefs)
+            base = jobs_root(settings)
+            check_writable(base)
+            request = job_request(settings, prefs, self.photos, self.expressions, root)
+            try:
+                JobSpec.from_dict(request, base)  # the worker's own validation, before any folder is made
+            except JobError as exc:
+                raise Refusal(exc.code, f"{exc.message}" + (f" ({exc.hint})" if exc.hint else "")) from None
+            job_dir = new_job_folder(base)
+            write_job(job_dir, request)
+        previous = _jobs.get(scene.name)
+        if self.resume and previous is not None and previous.job_dir == job_dir:
+            location, note = previous.location, previous.placement_note
+        else:
+            location, note = placement.place_head(scene, scene.cursor.location, beside=settings.placement == "BESIDE")
+        command = [python, "-m", "engine", "run", str(job_dir)] + (["--resume"] if self.resume else [])
+        monitor = WorkerMonitor(
+            command,
+            cwd=str(ADDON_DIR),
+            env=engine_environment(root),
+            stderr_path=job_dir / "addon-worker-stderr.log",
+        )
+        job = Job(scene, job_dir, monitor, location, self.resume, note)
+        if (
+            self.resume
+            and previous is not None
+            and previous.head_object() is not None
+            and previous.result_folder == ""
+        ):
+            job.object_name = previous.object_name  # keep streaming into the same unfinished head
+        _jobs[scene.name] = job
+        settings.last_job_dir = str(job_dir)
+        return job
+
+
+_launches: dict[str, Launch] = {}  # scene name -> a Generate Head press still checking the engine
+
+
+def launch_for(scene_name: str) -> Launch | None:
+    """A Generate Head press in this scene still checking the engine's Python, if any."""
+    return _launches.get(scene_name)
+
+
+def begin_job(context, *, resume: bool = False) -> Launch:
+    """The quick checks; the engine probe starts in the background (see :class:`Launch`)."""
+    return Launch(context, resume)
+
+
+def start_job(context, *, resume: bool = False) -> Job:
+    """Check everything, write job.json into a fresh job folder and start the worker (blocks
+    while the engine's Python is probed: headless callers and tests)."""
+    return begin_job(context, resume=resume).wait()
 
 
 def wait(job: Job, poll_s: float = 0.1) -> Job:
@@ -475,6 +584,11 @@ def wait(job: Job, poll_s: float = 0.1) -> Job:
 def stop_all() -> None:
     """End every worker and remove every timer (unregister, quitting Blender)."""
     window_manager = getattr(bpy.context, "window_manager", None)
+    for launch in list(_launches.values()):
+        if launch.timer is not None and window_manager is not None:
+            window_manager.event_timer_remove(launch.timer)
+        launch.timer = None
+        launch.stop()
     for job in list(_jobs.values()):
         if job.timer is not None and window_manager is not None:
             window_manager.event_timer_remove(job.timer)

@@ -94,9 +94,7 @@ def draw_engine_report(layout, runtime) -> None:
         layout.label(text=runtime.engine_summary or "Press Check Engine to see what the engine's Python has",
                      icon="QUESTION")
         return
-    import json
-
-    report = json.loads(runtime.engine_report)
+    report = parsed_engine_report(runtime.engine_report)
     layout.label(text=runtime.engine_summary, icon="CHECKMARK" if report.get("ok") else "ERROR")
     column = layout.column(align=True)
     for check in report.get("checks", []):
@@ -105,6 +103,23 @@ def draw_engine_report(layout, runtime) -> None:
     for model in report.get("models", []):
         state = "complete" if model.get("complete") else "missing " + ", ".join(model.get("missing", [])[:2])
         column.label(text=f"models/{model.get('key')}: {state}", icon="CHECKMARK" if model.get("complete") else "ERROR")
+
+
+_report_cache: tuple[str, dict] = ("", {})  # the doctor's JSON text and its parse, kept between draws
+
+
+def parsed_engine_report(text: str) -> dict:
+    """The doctor's report as a dict, parsed once per report rather than on every redraw."""
+    global _report_cache
+    if text != _report_cache[0]:
+        import json
+
+        try:
+            report = json.loads(text)
+        except ValueError:
+            report = {}
+        _report_cache = (text, report if isinstance(report, dict) else {})
+    return _report_cache[1]
 
 
 def addon_prefs(context) -> IDTO3D_AP_preferences:

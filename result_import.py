@@ -52,13 +52,15 @@ def _geometry_problem(faces: np.ndarray) -> str | None:
     repeated = (faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2]) | (faces[:, 0] == faces[:, 2])
     if repeated.any():
         return f"{int(repeated.sum())} face(s) use a vertex twice (first: face {int(np.argmax(repeated))})"
-    ordered = np.sort(faces.astype(np.int64), axis=1)
-    count = int(ordered.max()) + 1
+    a, b, c = (faces[:, k].astype(np.int64) for k in range(3))
+    low, high = np.minimum(np.minimum(a, b), c), np.maximum(np.maximum(a, b), c)
+    middle = a + b + c - low - high  # each face's corners in order, without sorting every row
+    count = int(high.max()) + 1
     if count < 2**21:  # one int64 key per face: sorting keys is far faster than unique rows
-        keys = (ordered[:, 0] * count + ordered[:, 1]) * count + ordered[:, 2]
-        repeats = len(np.unique(keys)) != len(faces)
+        keys = np.sort((low * count + middle) * count + high)
+        repeats = bool((keys[1:] == keys[:-1]).any())
     else:
-        repeats = len(np.unique(ordered, axis=0)) != len(faces)
+        repeats = len(np.unique(np.stack([low, middle, high], 1), axis=0)) != len(faces)
     if repeats:
         return "some faces repeat another face"
     return None

@@ -270,6 +270,7 @@ class CommandMonitor:
     def __init__(self, command: list[str], *, cwd: str, env: dict[str, str], what: str, timeout_s: float):
         self.what, self.timeout_s = what, timeout_s
         self.started = time.monotonic()
+        self.timed_out = False
         self._answer: dict | None = None
         self._failure: Exception | None = None
         self._output: dict[str, bytes] = {}
@@ -295,6 +296,7 @@ class CommandMonitor:
             raise self._failure
         if self._thread.is_alive():
             if time.monotonic() - self.started > self.timeout_s:
+                self.timed_out = True
                 self.stop()
                 self._failure = CommandFailed(
                     f"the engine did not answer within {self.timeout_s:.0f} s ({self.what}); "
@@ -317,6 +319,10 @@ class CommandMonitor:
             raise self._failure from None
         self._answer = answer
         return answer
+
+    def stderr_text(self) -> str:
+        """What the command wrote on stderr (once it has ended)."""
+        return self._output.get("stderr", b"").decode("utf-8", errors="replace")
 
     def wait(self, poll_s: float = 0.05) -> dict:
         while (answer := self.pump()) is None:

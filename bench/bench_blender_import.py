@@ -5,8 +5,10 @@
    importer on the same head written as .glb by the engine's exporter. Best of N, ratio.
 2. Applying one 100k-vertex streamed snapshot to the head object in place (the heaviest thing a
    pump() does).
-3. main-thread time per ``Job.pump()`` while a real worker streams (``python -m engine run`` on
-   tiny models with the test preset): median and worst over every pump of the job.
+3. main-thread time per timer tick of a real job, as the UI runs it: ``Launch.pump()`` while the
+   engine's Python is probed (the last tick writes the job folder and starts the worker), then
+   ``Job.pump()`` while the worker (``python -m engine run`` on tiny models, test preset) streams:
+   median and worst over every tick.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_blender_import.py [--repeats 3] [--skip-job]
 """
@@ -94,14 +96,24 @@ def clear_scene() -> None:
             collection.remove(item)
 
 
-def best_of_clean(repeats: int, run) -> float:
-    """Best of ``repeats`` imports, each into an empty scene, leaving it empty."""
-    seconds = best_of(repeats, run, before=clear_scene)
+def best_of_clean(repeats: int, run) -> tuple[float, float]:
+    """Best wall-clock and best CPU seconds of ``repeats`` imports, each into an empty scene.
+
+    CPU time (this process, all threads) is printed beside wall time: on a machine shared with
+    other jobs, wall time grows with the load while CPU time mostly does not."""
+    cpu = []
+
+    def timed():
+        started = time.process_time()
+        run()
+        cpu.append(time.process_time() - started)
+
+    seconds = best_of(repeats, timed, before=clear_scene)
     clear_scene()
-    return seconds
+    return seconds, min(cpu)
 
 
-def bench_pump(module: str, tiny_root: Path, photo: Path, jobs: Path) -> list[float]:
+def bench_pump(module: str, tiny_root: Path, photo: Path, jobs: Path) -> tuple[list[float], object]:
     import bpy
 
     generation = importlib.import_module(f"{module}.generation")
@@ -114,12 +126,28 @@ def bench_pump(module: str, tiny_root: Path, photo: Path, jobs: Path) -> list[fl
     for text in ("neutral", "smiling", "angry", "surprised"):
         settings.expressions.add().text = text
     settings.preset, settings.texture_size, settings.output_dir = "TEST", 64, str(jobs)
-    job = generation.start_job(bpy.context)
-    durations = []
+    # (wall seconds, main-thread CPU seconds, what the tick did); CPU excludes waiting for the
+    # scheduler, which on a loaded machine dominates a tick that starts a process or a thread.
+    started, cpu = time.perf_counter(), time.thread_time()
+    launch = generation.begin_job(bpy.context)  # what a press in the UI does; the engine probe runs behind
+    durations = [(time.perf_counter() - started, time.thread_time() - cpu, "the press")]
+    while True:  # the modal timer's ticks until the worker runs (the last one writes the job, starts it)
+        started, cpu = time.perf_counter(), time.thread_time()
+        job = launch.pump()
+        durations.append((time.perf_counter() - started, time.thread_time() - cpu,
+                          "probe" if job is None else "job folder + worker start"))
+        if job is not None:
+            break
+        time.sleep(0.25)
     while True:
-        started = time.perf_counter()
+        seen = (job.snapshots_applied, bool(job.result_folder), job.stage)
+        started, cpu = time.perf_counter(), time.thread_time()
         running = job.pump()
-        durations.append(time.perf_counter() - started)
+        elapsed, cpu = time.perf_counter() - started, time.thread_time() - cpu
+        what = ("result import" if job.result_folder and not seen[1] else
+                "snapshot" if job.snapshots_applied != seen[0] else
+                f"stage {job.stage}" if job.stage != seen[2] else "messages")
+        durations.append((elapsed, cpu, what))
         if not running:
             break
         time.sleep(0.25)  # the modal operator's timer interval
@@ -146,13 +174,16 @@ def main() -> int:
 
     module = enable_addon()
     importer = importlib.import_module(f"{module}.result_import")
-    ours = best_of_clean(args.repeats, lambda: importer.import_result(work / "result"))
-    gltf = best_of_clean(
-        args.repeats, lambda: bpy.ops.import_scene.gltf(filepath=str(work / "result" / "head.glb"))
-    )
-    print(f"import, add-on (head.npz + PNGs): {ours:.2f} s  (best of {args.repeats})")
-    print(f"import, Blender glTF importer (.glb): {gltf:.2f} s  (best of {args.repeats})")
-    print(f"ratio glTF / add-on: {gltf / ours:.2f}x")
+    # Alternate the two importers so both see the same machine load.
+    ours, gltf = [], []
+    for _ in range(args.repeats):
+        ours.append(best_of_clean(1, lambda: importer.import_result(work / "result")))
+        gltf.append(best_of_clean(1, lambda: bpy.ops.import_scene.gltf(filepath=str(work / "result" / "head.glb"))))
+    (ours_wall, ours_cpu), (gltf_wall, gltf_cpu) = (
+        (min(w for w, _ in runs), min(c for _, c in runs)) for runs in (ours, gltf))
+    print(f"import, add-on (head.npz + PNGs): {ours_wall:.3f} s wall, {ours_cpu:.3f} s CPU  (best of {args.repeats})")
+    print(f"import, Blender glTF importer (.glb): {gltf_wall:.3f} s wall, {gltf_cpu:.3f} s CPU  (best of {args.repeats})")
+    print(f"ratio glTF / add-on: {gltf_wall / ours_wall:.2f}x wall, {gltf_cpu / ours_cpu:.2f}x CPU  (goal >= 5x)")
 
     obj = importer.import_result(work / "result")
     moved = head.vertices + np.float32(0.001)
@@ -174,14 +205,16 @@ def main() -> int:
         tiny = write_tiny_models(work / "tiny-models")
         photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
         durations, job = bench_pump(module, tiny, photo, work / "jobs")
-        ms = [d * 1000 for d in durations]
+        ms = [d * 1000 for d, _, _ in durations]
+        cpu_ms = [c * 1000 for _, c, _ in durations]
         print(
-            f"pump() on the main thread while a real worker streamed (test preset, {job.snapshots_applied} "
-            f"snapshots applied, {len(ms)} pumps): median {statistics.median(ms):.2f} ms, worst {max(ms):.1f} ms "
-            f"(the worst includes importing the result)"
+            f"main-thread ticks of a real job (the press, the probe, then the worker streaming; test preset, "
+            f"{job.snapshots_applied} snapshots applied, {len(ms)} ticks): median {statistics.median(ms):.2f} ms, "
+            f"worst {max(ms):.1f} ms wall, {max(cpu_ms):.1f} ms main-thread CPU (goal <= 10 ms)"
         )
-        without_result = sorted(ms)[:-1]
-        print(f"  worst pump other than the final import: {max(without_result):.1f} ms")
+        worst = sorted(durations, reverse=True)[:4]
+        print("  the slowest: " + ", ".join(f"{d * 1000:.1f} ms wall / {c * 1000:.1f} ms CPU ({what})"
+                                         for d, c, what in worst))
     return 0
 
 

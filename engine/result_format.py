@@ -14,6 +14,7 @@ Readable with numpy alone. Written to a temporary name and renamed into place.
 
 from __future__ import annotations
 
+import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,9 @@ def write_head_mesh(folder: Path | str, mesh: HeadMesh) -> Path:
     }
     if mesh.uvs is not None:
         arrays["uvs"] = mesh.uvs.astype(np.float32)
-    target = write_file_atomic(folder / MESH_FILE, lambda stream: np.savez_compressed(stream, **arrays))
+    # Stored, not deflated: a generated head deflates only to about half (dense float offsets), and
+    # inflating it was the largest part of bringing a head into Blender (docs/blender.md, Speed).
+    target = write_file_atomic(folder / MESH_FILE, lambda stream: np.savez(stream, **arrays))
     return target
 
 
@@ -97,19 +100,47 @@ def read_head_mesh(folder: Path | str) -> HeadMesh:
     if not path.is_file():
         raise ResultFormatError(f"{path} not found: is this a result folder of ID-to-3D?")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            names = data["expression_names"]
-            if names.ndim != 1 or names.dtype.kind != "U":
-                raise ResultFormatError(
-                    f"{path}: expression_names must be a list of text, got {names.dtype} {list(names.shape)}")
-            mesh = HeadMesh(
-                vertices=data["vertices"], faces=data["faces"],
-                expression_names=[str(name) for name in names],
-                expression_offsets=data["expression_offsets"],
-                uvs=data["uvs"] if "uvs" in data.files else None,
-            )
+        data = _stored_arrays(path)
+        if data is None:  # deflated members (result folders written before head.npz was stored)
+            with np.load(path, allow_pickle=False) as archive:
+                data = {name: archive[name] for name in archive.files}
+        names = data["expression_names"]
+        if names.ndim != 1 or names.dtype.kind != "U":
+            raise ResultFormatError(
+                f"{path}: expression_names must be a list of text, got {names.dtype} {list(names.shape)}")
+        mesh = HeadMesh(
+            vertices=data["vertices"], faces=data["faces"],
+            expression_names=[str(name) for name in names],
+            expression_offsets=data["expression_offsets"],
+            uvs=data.get("uvs"),
+        )
     except ResultFormatError:
         raise
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, struct.error) as exc:
         raise ResultFormatError(f"{path} is unreadable or incomplete ({exc}); generate the head again") from exc
     return mesh.validate(str(path))
+
+
+def _stored_arrays(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of an .npz whose members are all stored, read straight from the file into their
+    arrays (numpy's own ``read_array`` on the open file: no inflating, no intermediate copy, no
+    CRC pass over the data; the arrays are validated instead). None when a member is deflated."""
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+    if any(member.compress_type != zipfile.ZIP_STORED for member in members):
+        return None
+    arrays = {}
+    with open(path, "rb") as stream:
+        for member in members:
+            stream.seek(member.header_offset)
+            local = stream.read(30)  # the zip local file header: signature ... name and extra lengths
+            if len(local) != 30 or local[:4] != b"PK\x03\x04":
+                raise ValueError(f"member {member.filename} has no local header")
+            name_length, extra_length = struct.unpack("<HH", local[26:30])
+            stream.seek(member.header_offset + 30 + name_length + extra_length)
+            start = stream.tell()
+            array = np.lib.format.read_array(stream, allow_pickle=False)
+            if stream.tell() - start != member.file_size:
+                raise ValueError(f"member {member.filename} is {member.file_size} bytes, its array another size")
+            arrays[member.filename.removesuffix(".npy")] = array
+    return arrays

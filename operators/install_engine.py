@@ -16,6 +16,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import uuid
 from pathlib import Path
 
 import bpy
@@ -55,6 +57,34 @@ def pinned(package: str, constraints: Path) -> str:
 
 def _is_ours(folder: Path) -> bool:
     return (folder / MARKER).is_file()
+
+
+TRASH_PREFIX = ".idto3d-trash-"
+_deleting: list[threading.Thread] = []
+
+
+def discard(folder: Path) -> None:
+    """Remove a folder of ours without making the caller wait: an environment is several GB, so it
+    is renamed aside at once (one rename: the timer tick never waits on the disk) and deleted by a
+    background thread. A deletion cut short (Blender quit) leaves a trash folder that the next
+    install clears. Raises OSError when even the rename fails."""
+    trash = folder.parent / f"{TRASH_PREFIX}{uuid.uuid4().hex[:12]}"
+    os.replace(folder, trash)
+    _delete_later(trash)
+
+
+def _delete_later(path: Path) -> None:
+    thread = threading.Thread(target=shutil.rmtree, args=(path,), kwargs={"ignore_errors": True},
+                              name="idto3d-delete-environment", daemon=True)
+    thread.start()
+    _deleting[:] = [t for t in _deleting if t.is_alive()] + [thread]
+
+
+def wait_for_deletions(timeout_s: float | None = None) -> bool:
+    """Wait for the background deletions (tests, benchmarks); True when all have finished."""
+    for thread in list(_deleting):
+        thread.join(timeout_s)
+    return not any(thread.is_alive() for thread in _deleting)
 
 
 class Install:
@@ -101,16 +131,26 @@ class Install:
         return self._succeed()
 
     def _succeed(self) -> bool:
-        (self.partial / MARKER).write_text(json.dumps({"state": "ready"}), encoding="utf-8")
-        old = self.root / "venv.old"
-        if self.final.exists():
-            if not _is_ours(self.final):
-                return self._fail(
-                    f"{self.final} exists and was not made by Install Engine; nothing was replaced"
-                )
-            os.replace(self.final, old)
-        os.replace(self.partial, self.final)
-        shutil.rmtree(old, ignore_errors=True)
+        """The new environment replaces the old one: two renames, the old one deleted in the background."""
+        old = self.root / f"{TRASH_PREFIX}{uuid.uuid4().hex[:12]}"
+        try:
+            (self.partial / MARKER).write_text(json.dumps({"state": "ready"}), encoding="utf-8")
+            if self.final.exists():
+                if not _is_ours(self.final):
+                    return self._fail(
+                        f"{self.final} exists and was not made by Install Engine; nothing was replaced"
+                    )
+                os.replace(self.final, old)
+            try:
+                os.replace(self.partial, self.final)
+            except OSError:
+                if old.exists() and not self.final.exists():
+                    os.replace(old, self.final)  # the previous environment stays in use
+                raise
+        except OSError as exc:
+            return self._fail(f"the new environment could not be moved into place ({exc.strerror or exc})")
+        if old.exists():
+            _delete_later(old)
         self.outcome = "ok"
         self._log.close()
         return False
@@ -119,7 +159,10 @@ class Install:
         self.outcome = f"Install Engine: {text}. Nothing was installed; full log: {self.log_path}"
         self._log.close()
         if _is_ours(self.partial):
-            shutil.rmtree(self.partial, ignore_errors=True)
+            try:
+                discard(self.partial)
+            except OSError:
+                pass  # left marked as ours: the next install removes it
         return False
 
     def stop(self) -> None:
@@ -182,7 +225,9 @@ def start_install(
     if partial.exists():
         if not _is_ours(partial):
             raise InstallRefused(f"{partial} exists and was not made by Install Engine: move it away")
-        shutil.rmtree(partial)  # a previous install that was interrupted
+        discard(partial)  # a previous install that was interrupted (deleted in the background)
+    for leftover in root.glob(f"{TRASH_PREFIX}*"):  # deletions that Blender quitting cut short
+        _delete_later(leftover)
     partial.mkdir(parents=True)
     (partial / MARKER).write_text(json.dumps({"state": "installing"}), encoding="utf-8")
     steps = install_steps(
@@ -204,7 +249,11 @@ def pump(prefs, runtime) -> bool:
     if _current is None:
         runtime.install_running = False
         return False
-    if _current.pump():
+    try:
+        running = _current.pump()
+    except OSError as exc:  # the log or the next step's process: never leave the button stuck
+        running = _current._fail(f"{_current.label} could not go on ({exc.strerror or exc})")
+    if running:
         runtime.install_status = f"Install Engine: {_current.label}: {_current.last_line()[:80]}"
         return True
     runtime.install_running = False

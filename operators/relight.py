@@ -1,10 +1,17 @@
-"""Relight in Cycles: a studio rig around the active head, and Render Preview.
+"""Relight in Cycles: a studio scene around the active head, and Render Preview.
 
-The rig lives in its own collection; every part carries its role (``idto3d_rig``) so running
-Relight again finds and updates the parts instead of adding new ones. Key, fill and rim area
-lights, or one of Blender's bundled studio HDRIs (``bpy.utils.system_resource``); a camera that
-frames the head from the front (the face looks toward -Y); an optional 360° turntable that turns
-the rig (camera and lights) around the head, so the head's own transform is never animated.
+The studio is a scene of its own ("ID-to-3D Studio") that links the head object and nothing else
+of the user's: the head is lit and rendered in isolation (in Blender's default scene the head
+would otherwise sit inside the default Cube and render blank), and the user's scene, its objects,
+camera, world, render settings and frame range stay exactly as they were. The same object is in
+both scenes, so edits to the head show in the studio at once.
+
+The rig lives in its own collection inside the studio; every part carries its role
+(``idto3d_rig``) so running Relight again finds and updates the parts instead of adding new ones.
+Key, fill and rim area lights, or one of Blender's bundled studio HDRIs
+(``bpy.utils.system_resource``); a camera that frames the head from the front (the face looks
+toward -Y); an optional 360° turntable that turns the rig (camera and lights) around the head, so
+the head's own transform is never animated.
 """
 
 from __future__ import annotations
@@ -16,8 +23,11 @@ from pathlib import Path
 import bpy
 from mathutils import Vector
 
+STUDIO_SCENE = "ID-to-3D Studio"
+STUDIO_MARK = "idto3d_studio"  # on the studio scene: the name of the scene it was made from
 RIG_COLLECTION = "ID-to-3D Studio"
 WORLD_NAME = "ID-to-3D Studio World"
+STUDIO_SAMPLES = 128
 ROLE = "idto3d_rig"
 FRAME_FILL = 0.7  # the head fills this share of the frame height
 LENS_MM = 85.0
@@ -29,11 +39,11 @@ LIGHTS = (
 )
 
 
-def studio_hdris() -> list[str]:
+def studio_hdris() -> tuple[str, ...]:
     folder = bpy.utils.system_resource("DATAFILES", path="studiolights/world")
     if not folder or not os.path.isdir(folder):
-        return []
-    return sorted(name for name in os.listdir(folder) if name.lower().endswith((".exr", ".hdr")))
+        return ()
+    return tuple(sorted(name for name in os.listdir(folder) if name.lower().endswith((".exr", ".hdr"))))
 
 
 def hdri_path(name: str) -> Path:
@@ -48,12 +58,40 @@ def head_bounds(obj) -> tuple[Vector, float]:
     return (low + high) / 2, max(high.z - low.z, 1e-3)
 
 
-def _rig_collection(scene):
+def is_studio(scene) -> bool:
+    return scene.get(STUDIO_MARK) is not None
+
+
+def studio_scene(create: bool = True):
+    """The studio scene (made on first use with its own render settings), or None."""
+    studio = next((scene for scene in bpy.data.scenes if is_studio(scene)), None)
+    if studio is None and create:
+        studio = bpy.data.scenes.new(STUDIO_SCENE)
+        studio[STUDIO_MARK] = ""
+        studio.render.engine = "CYCLES"
+        studio.cycles.samples = STUDIO_SAMPLES  # a new scene asks for 4096
+        studio.render.resolution_x, studio.render.resolution_y = 1080, 1080
+    return studio
+
+
+def _stage_head(studio, head) -> None:
+    """The head, and only it, in the studio's own collection (the user's collections untouched)."""
+    for obj in list(studio.collection.objects):
+        if obj is not head and not obj.get(ROLE):
+            studio.collection.objects.unlink(obj)  # an earlier head: it stays in the user's scene
+    if head.name not in studio.collection.objects:
+        studio.collection.objects.link(head)
+
+
+def _rig_collection(studio):
     collection = bpy.data.collections.get(RIG_COLLECTION)
     if collection is None:
         collection = bpy.data.collections.new(RIG_COLLECTION)
-    if collection.name not in scene.collection.children:
-        scene.collection.children.link(collection)
+    for scene in bpy.data.scenes:  # files from before the studio scene had the rig in the user's scene
+        if scene is not studio and collection.name in scene.collection.children:
+            scene.collection.children.unlink(collection)
+    if collection.name not in studio.collection.children:
+        studio.collection.children.link(collection)
     return collection
 
 
@@ -83,7 +121,13 @@ def _orbit_position(centre: Vector, azimuth_deg: float, elevation_deg: float, di
 def build_rig(
     scene, head, *, mode: str = "AREA", hdri: str = "studio.exr", turntable: bool = False, frames: int = 120
 ) -> dict[str, bpy.types.Object]:
-    """Make or update the studio rig for ``head``; returns the parts by role."""
+    """Make or update the studio around ``head``, which the user chose in ``scene``; returns the
+    parts by role, and the studio scene as ``parts["scene"]``. ``scene`` itself is not changed."""
+    studio = scene if is_studio(scene) else studio_scene()
+    if not is_studio(scene):
+        studio[STUDIO_MARK] = scene.name
+    _stage_head(studio, head)
+    scene = studio  # from here on everything happens in the studio
     centre, height = head_bounds(head)
     collection = _rig_collection(scene)
     pivot = _part(collection, "pivot", lambda: bpy.data.objects.new("Studio Pivot", None))
@@ -136,6 +180,7 @@ def build_rig(
         pivot.rotation_euler = (0.0, 0.0, 0.0)
         scene.frame_end = scene.frame_start + frames - 1  # frame start+frames equals the first view
     scene.render.engine = "CYCLES"
+    parts["scene"] = scene
     return parts
 
 
@@ -211,8 +256,8 @@ class IDTO3D_OT_relight(bpy.types.Operator):
     bl_idname = "idto3d.relight"
     bl_label = "Relight in Cycles"
     bl_description = (
-        "Build (or update) a studio rig for the active head: key, fill and rim lights or a "
-        "studio HDRI, a camera that frames it, optionally a 360° turntable"
+        "Put the active head into the studio scene (the head alone, your scene unchanged) with key, "
+        "fill and rim lights or a studio HDRI, a camera that frames it, optionally a 360° turntable"
     )
     bl_options = {"REGISTER", "UNDO"}
 
@@ -223,7 +268,7 @@ class IDTO3D_OT_relight(bpy.types.Operator):
     def execute(self, context):
         settings = context.scene.idto3d
         try:
-            build_rig(
+            parts = build_rig(
                 context.scene,
                 _active_head(context),
                 mode=settings.light_mode,
@@ -234,7 +279,16 @@ class IDTO3D_OT_relight(bpy.types.Operator):
         except FileNotFoundError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
+        self.report({"INFO"}, f"Studio ready in the scene {parts['scene'].name!r} (Render Preview renders it; "
+                              "Open Studio shows it)")
         return {"FINISHED"}
+
+
+def render_folder() -> Path:
+    try:
+        return Path(bpy.utils.extension_path_user(__package__.rpartition(".")[0], path="renders", create=True))
+    except (ValueError, RuntimeError, OSError):
+        return Path(bpy.app.tempdir or "/tmp")
 
 
 class IDTO3D_OT_render_preview(bpy.types.Operator):
@@ -244,16 +298,11 @@ class IDTO3D_OT_render_preview(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return context.scene.camera is not None
+        studio = studio_scene(create=False)
+        return studio is not None and studio.camera is not None
 
     def execute(self, context):
-        try:
-            folder = Path(
-                bpy.utils.extension_path_user(__package__.rpartition(".")[0], path="renders", create=True)
-            )
-        except (ValueError, RuntimeError, OSError):
-            folder = Path(bpy.app.tempdir or "/tmp")
-        path = render_still(context.scene, folder / "preview.png")
+        path = render_still(studio_scene(create=False), render_folder() / "preview.png")
         image = bpy.data.images.get("ID-to-3D Preview")
         if image is None:
             image = bpy.data.images.load(str(path), check_existing=False)
@@ -265,4 +314,27 @@ class IDTO3D_OT_render_preview(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (IDTO3D_OT_relight, IDTO3D_OT_render_preview)
+class IDTO3D_OT_studio_toggle(bpy.types.Operator):
+    bl_idname = "idto3d.studio_toggle"
+    bl_label = "Open Studio"
+    bl_description = "Show the studio scene in this window, or go back to the scene it was made from"
+
+    @classmethod
+    def poll(cls, context):
+        return context.window is not None and studio_scene(create=False) is not None
+
+    def execute(self, context):
+        studio = studio_scene(create=False)
+        if context.window.scene is studio:
+            back = bpy.data.scenes.get(studio[STUDIO_MARK]) or next(
+                (scene for scene in bpy.data.scenes if not is_studio(scene)), None)
+            if back is None:
+                self.report({"ERROR"}, "There is no other scene to go back to")
+                return {"CANCELLED"}
+            context.window.scene = back
+        else:
+            context.window.scene = studio
+        return {"FINISHED"}
+
+
+CLASSES = (IDTO3D_OT_relight, IDTO3D_OT_render_preview, IDTO3D_OT_studio_toggle)

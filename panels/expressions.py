@@ -20,6 +20,8 @@ class IDTO3D_UL_expressions(bpy.types.UIList):
             return
         row.prop(item, "enabled", text="")
         row.prop(item, "text", text="", emboss=False, icon="SHAPEKEY_DATA")
+        if item.prompt:
+            row.label(text="", icon="TEXT")  # the prior sees its prompt (shown below the list)
 
 
 class IDTO3D_PT_expressions(SidebarPanel, bpy.types.Panel):
@@ -39,7 +41,12 @@ class IDTO3D_PT_expressions(SidebarPanel, bpy.types.Panel):
         column.operator("idto3d.expression_add", icon="ADD", text="")
         column.operator("idto3d.expression_remove", icon="REMOVE", text="")
         column.separator()
-        column.operator("idto3d.expressions_reset", icon="LOOP_BACK", text="")
+        column.menu("IDTO3D_MT_expression_sets", icon="PRESET", text="")  # Basic Emotions, ARKit 52
+        if 0 <= settings.expression_index < len(settings.expressions):
+            item = settings.expressions[settings.expression_index]
+            if item.text.strip().lower() != BASIS_EXPRESSION:
+                # The shape key keeps the name; the prior sees the prompt (ARKit: "jawOpen" is a name).
+                layout.prop(item, "prompt", text="Prompt", icon="TEXT")
         enabled = sum(1 for item in settings.expressions if item.enabled)
         layout.label(text=f"{enabled} shape keys (neutral is the Basis)", icon="INFO")
 

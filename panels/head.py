@@ -56,6 +56,8 @@ class IDTO3D_PT_head(SidebarPanel, bpy.types.Panel):
         row = layout.row(align=True)
         row.operator("idto3d.expressions_neutral", icon="LOOP_BACK")
         row.operator("idto3d.expressions_keyframe", icon="KEY_HLT")
+        layout.operator("idto3d.import_live_link", icon="ANIM")
+        layout.operator("idto3d.export_head", icon="EXPORT")
 
 
 class IDTO3D_PT_relight(SidebarPanel, bpy.types.Panel):
@@ -78,7 +80,11 @@ class IDTO3D_PT_relight(SidebarPanel, bpy.types.Panel):
         if settings.turntable:
             layout.prop(settings, "turntable_frames")
         layout.operator("idto3d.relight", icon="LIGHT_AREA")
-        layout.operator("idto3d.render_preview", icon="RENDER_STILL")
+        row = layout.row(align=True)
+        row.operator("idto3d.render_preview", icon="RENDER_STILL")
+        in_studio = context.scene.get("idto3d_studio") is not None
+        row.operator("idto3d.studio_toggle", icon="LOOP_BACK" if in_studio else "SCENE",
+                     text="Back to Scene" if in_studio else "Open Studio")
 
 
 CLASSES = (IDTO3D_UL_shape_keys, IDTO3D_PT_head, IDTO3D_PT_relight)

@@ -19,6 +19,7 @@ class IDTO3D_PT_settings(SidebarPanel, bpy.types.Panel):
         layout.prop(settings, "preset")
         layout.prop(settings, "seed")
         layout.prop(settings, "texture_size")
+        layout.prop(settings, "placement")
         layout.prop(settings, "output_dir")
         addon = context.preferences.addons.get(__package__.rpartition(".")[0])
         if addon is not None:

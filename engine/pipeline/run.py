@@ -243,7 +243,7 @@ class _Job:
 
         s = self.settings
         stage = GeometryStage(s, prior, embedding, self.spec.expressions, seed=self.spec.seed, device=self.device,
-                              normal_maps=normal_lora)
+                              normal_maps=normal_lora, prompts=self.spec.expression_prompts)
         first = 0
         if state is not None and state["stage"] == "geometry":
             stage.load_state_dict(state["geometry"])
@@ -301,7 +301,8 @@ class _Job:
         else:
             prior.set_task(None)
         stage = stage_cls(s, prior, embedding, vertices, faces, offsets, size=self.spec.resolved_texture_size,
-                          seed=self.spec.seed, device=self.device, albedo_lora=albedo_lora)
+                          seed=self.spec.seed, device=self.device, albedo_lora=albedo_lora,
+                          prompts=self.spec.expression_prompts)
         first = 0
         if state is not None and state["stage"] == "texture" and "texture" in state:
             stage.load_state_dict(state["texture"])

@@ -74,3 +74,113 @@ def test_a_successful_install_becomes_the_engine_python(installer, tmp_path):
     assert (root / "venv" / "bin" / "python").exists()
     assert '"ready"' in (root / "venv" / module.MARKER).read_text()
     assert not (root / "venv.partial").exists()
+
+
+@pytest.fixture()
+def held_deletions(installer, monkeypatch):
+    """Deleting an environment (several GB) must never happen on the timer tick. A recording wrapper
+    around the real shutil.rmtree notes the thread each deletion of ours runs on and holds it until
+    the test opens the gate: a caller that waited for it would hang here, not pass."""
+    import shutil
+    import threading
+
+    module = installer[0]
+    real, gate, seen = shutil.rmtree, threading.Event(), []
+
+    def rmtree(path, *args, **kwargs):
+        if module.TRASH_PREFIX in str(path):
+            seen.append((str(path), threading.current_thread() is threading.main_thread()))
+            assert gate.wait(60), "the deletion was never released"
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    yield gate, seen
+    gate.set()
+    module.wait_for_deletions(60)
+
+
+def test_a_leftover_partial_environment_is_deleted_off_the_ui_thread(installer, held_deletions, tmp_path):
+    module, prefs, runtime = installer
+    gate, seen = held_deletions
+    partial = tmp_path / "runtime" / "venv.partial"
+    (partial / "lib").mkdir(parents=True)
+    (partial / module.MARKER).write_text('{"state": "installing"}')
+    for i in range(200):
+        (partial / "lib" / f"f{i}.py").write_text("x" * 100)
+    root = _run(module, prefs, runtime, tmp_path, "")  # returns while the old files are still held
+    assert runtime.install_status.startswith("Engine installed in")
+    assert seen and not seen[0][1], "the old environment was deleted on the main thread"
+    trash = [p for p in root.iterdir() if p.name.startswith(module.TRASH_PREFIX)]
+    assert trash and (trash[0] / "lib" / "f0.py").exists()  # still there: nobody waited for it
+    gate.set()
+    assert module.wait_for_deletions(60)
+    assert not [p for p in root.iterdir() if p.name.startswith(module.TRASH_PREFIX)]
+
+
+def test_replacing_an_installed_environment_deletes_the_old_one_in_the_background(
+    installer, held_deletions, tmp_path
+):
+    module, prefs, runtime = installer
+    gate, seen = held_deletions
+    root = _run(module, prefs, runtime, tmp_path, "")
+    (root / "venv" / "old-file").write_text("from the first install")
+    _run(module, prefs, runtime, tmp_path, "")  # the second install replaces the first
+    assert runtime.install_status.startswith("Engine installed in")
+    assert not (root / "venv" / "old-file").exists() and (root / "venv" / "bin" / "python").exists()
+    assert len(seen) == 1 and not seen[0][1]
+    gate.set()
+    assert module.wait_for_deletions(60)
+    assert sorted(p.name for p in root.iterdir()) == ["install.log", "venv"]
+
+
+def test_a_failed_rename_ends_the_install_with_a_message_not_a_stuck_button(installer, tmp_path):
+    module, prefs, runtime = installer
+    root = tmp_path / "runtime"
+    root.mkdir()
+    (root / "venv").symlink_to(tmp_path / "gone")  # a link whose target was deleted: rename onto it fails
+    _run(module, prefs, runtime, tmp_path, "")
+    assert not runtime.install_running
+    assert "could not be moved into place" in runtime.install_status and "Nothing was installed" in runtime.install_status
+    assert prefs.python_executable == ""
+    assert module.wait_for_deletions(60)
+    assert not (root / "venv.partial").exists() and (root / "venv").is_symlink()
+
+
+def test_a_rename_refused_midway_keeps_the_previous_environment(installer, tmp_path, monkeypatch):
+    """Test double: a disk that refuses the second rename (as root here, permissions cannot)."""
+    import os
+
+    module, prefs, runtime = installer
+    root = _run(module, prefs, runtime, tmp_path, "")
+    python = prefs.python_executable
+    real = os.replace
+
+    def replace(src, dst):
+        if str(src).endswith("venv.partial"):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(module.os, "replace", replace)
+    _run(module, prefs, runtime, tmp_path, "")
+    assert not runtime.install_running and "No space left on device" in runtime.install_status
+    assert prefs.python_executable == python and (root / "venv" / "bin" / "python").exists()  # still in use
+
+
+def test_a_partial_environment_deleted_during_the_install_ends_it_cleanly(installer, tmp_path):
+    import shutil
+
+    module, prefs, runtime = installer
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("")
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("")
+    install = module.start_install(prefs, runtime, root=tmp_path / "runtime", requirements=requirements,
+                                   constraints=constraints, pip_args=["--no-index"], with_torch=False)
+    install.process.wait(120)  # the venv step
+    shutil.rmtree(install.partial)  # the user (or a cleaner) removed it meanwhile
+    deadline = time.monotonic() + 240
+    while module.pump(prefs, runtime):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert not runtime.install_running and runtime.install_status.startswith("Install Engine:")
+    assert prefs.python_executable == ""

@@ -69,7 +69,7 @@ def _render(blender_addon, path):
     from PIL import Image
 
     relight = importlib.import_module(f"{blender_addon}.operators.relight")
-    relight.render_still(bpy.context.scene, path, size=64, samples=8)
+    relight.render_still(relight.studio_scene(create=False), path, size=64, samples=8)
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255
 
 
@@ -78,13 +78,11 @@ def test_relight_frames_the_head_renders_it_and_the_key_light_matters(blender_ad
 
     settings = bpy.context.scene.idto3d
     settings.light_mode, settings.turntable = "AREA", False
-    bpy.context.scene.render.resolution_x = bpy.context.scene.render.resolution_y = (
-        64  # framed for this shape
-    )
     assert bpy.ops.idto3d.relight() == {"FINISHED"}
     parts = _rig_objects()
     assert len(parts) == 5  # pivot, camera, key, fill, rim
-    assert bpy.context.scene.camera.name in parts and bpy.context.scene.render.engine == "CYCLES"
+    studio = importlib.import_module(f"{blender_addon}.operators.relight").studio_scene(create=False)
+    assert studio.camera.name in parts and studio.render.engine == "CYCLES"
     image = _render(blender_addon, tmp_path / "a.png")
     centre, corner = image[24:40, 24:40].mean(), image[:6, :6].mean()
     assert centre > corner + 0.05, "the head is not lit in the middle of the frame"
@@ -111,7 +109,8 @@ def test_hdri_mode_and_turntable(blender_addon, head):
     )
     try:
         assert bpy.ops.idto3d.relight() == {"FINISHED"}
-        world = bpy.context.scene.world
+        studio = importlib.import_module(f"{blender_addon}.operators.relight").studio_scene(create=False)
+        world = studio.world
         environment = next(n for n in world.node_tree.nodes if n.type == "TEX_ENVIRONMENT")
         assert environment.image.filepath.endswith("forest.exr")
         lights = [o for o in bpy.data.collections["ID-to-3D Studio"].objects if o.type == "LIGHT"]
@@ -119,13 +118,13 @@ def test_hdri_mode_and_turntable(blender_addon, head):
         pivot = next(
             o for o in bpy.data.collections["ID-to-3D Studio"].objects if o.get("idto3d_rig") == "pivot"
         )
-        scene = bpy.context.scene
-        scene.frame_set(scene.frame_start + 12)
-        assert pivot.rotation_euler.z == pytest.approx(math.pi / 2, abs=1e-4)  # a quarter turn, linearly
+        relight = importlib.import_module(f"{blender_addon}.operators.relight")
+        turn = next(c for c in relight._fcurves(pivot) if c.data_path == "rotation_euler" and c.array_index == 2)
+        assert turn.evaluate(studio.frame_start + 12) == pytest.approx(math.pi / 2, abs=1e-4)  # a quarter turn
+        assert studio.frame_end == studio.frame_start + 47
         assert head.animation_data is None  # the head itself is never animated
     finally:
         settings.light_mode, settings.turntable = "AREA", False
-        bpy.context.scene.frame_set(1)
 
 
 def test_browser_solo_reset_reel_and_scores(blender_addon, head):

@@ -37,6 +37,47 @@ def test_npz_round_trip_without_the_engine(tmp_path):
     assert not list(tmp_path.glob(".head-*"))  # no temporary left behind
 
 
+def test_stored_and_deflated_head_npz_read_the_same(tmp_path):
+    """head.npz is written stored (fast to read); folders written deflated before still read alike."""
+    import zipfile
+
+    rng = np.random.default_rng(0)
+    head = _head()
+    head.uvs = rng.random((len(CUBE_FACES), 3, 2)).astype(np.float32)
+    write_head_mesh(tmp_path / "stored", head)
+    with zipfile.ZipFile(tmp_path / "stored" / "head.npz") as archive:
+        assert {m.compress_type for m in archive.infolist()} == {zipfile.ZIP_STORED}
+    (tmp_path / "deflated").mkdir()
+    with np.load(tmp_path / "stored" / "head.npz") as raw:
+        np.savez_compressed(tmp_path / "deflated" / "head.npz", **raw)
+    stored, deflated = read_head_mesh(tmp_path / "stored"), read_head_mesh(tmp_path / "deflated")
+    for field in ("vertices", "faces", "expression_offsets", "uvs"):
+        np.testing.assert_array_equal(getattr(stored, field), getattr(head, field))
+        np.testing.assert_array_equal(getattr(deflated, field), getattr(head, field))
+        assert getattr(stored, field).dtype == getattr(head, field).dtype
+    assert stored.expression_names == deflated.expression_names == head.expression_names
+
+
+@pytest.mark.parametrize("damage", ["array longer than its member", "object array"])
+def test_a_damaged_stored_head_npz_is_the_format_error(tmp_path, damage):
+    write_head_mesh(tmp_path, _head())
+    path = tmp_path / "head.npz"
+    if damage == "array longer than its member":
+        with np.load(path) as raw:  # offsets last: reading past them would run into the zip directory
+            arrays = {k: raw[k] for k in ("vertices", "faces", "expression_names", "expression_offsets")}
+        np.savez(path, **arrays)
+        data = path.read_bytes()
+        header = data.rindex(b"'shape': (3, 8, 3)")
+        path.write_bytes(data[:header] + b"'shape': (3, 9, 3)" + data[header + 18:])
+    else:
+        with np.load(path) as raw:
+            arrays = dict(raw)
+        arrays["expression_offsets"] = np.array([object()] * 3, dtype=object)
+        np.savez(path, **arrays)
+    with pytest.raises(ResultFormatError, match="unreadable or incomplete"):
+        read_head_mesh(tmp_path)
+
+
 def test_import_builds_mesh_shape_keys_and_material(blender_addon, tmp_path):
     import bpy
 

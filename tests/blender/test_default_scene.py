@@ -1,0 +1,164 @@
+"""The head and the studio in a scene a user really has: Blender's default startup scene, whose
+Cube sits at the origin where the 3D cursor is (a head made there is hidden inside it, and a
+studio rig in that scene renders the Cube's inside: a blank frame).
+
+End to end in a fresh Python (``default_scene_check.py``, the factory startup file, the real
+worker on tiny models), plus quicker checks in this session on a head inside a cube of our own.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+def _pixels(path):
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"), np.float32) / 255
+
+
+def test_generate_and_relight_in_the_default_startup_scene(tiny_models_root, photos_dir, tmp_path):
+    env = {**os.environ, "BLENDER_USER_RESOURCES": str(tmp_path / "user")}
+    done = subprocess.run(
+        [sys.executable, str(HERE / "default_scene_check.py"), str(HERE.parents[1]), str(tiny_models_root),
+         str(photos_dir / "grace_hopper.jpg"), str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("REPORT ")]
+    assert done.returncode == 0 and lines, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    report = json.loads(lines[-1][len("REPORT "):])
+    assert report["startup_objects"] == ["Camera", "Cube", "Light"] and report["cursor"] == [0, 0, 0]
+    assert report["job_ok"]
+    # The head is not hidden inside the Cube: it went beside it, the user was told, the view shows it.
+    (low, high), (cube_low, cube_high) = report["head_bounds"], report["cube_bounds"]
+    assert low[0] > cube_high[0], f"the head {report['head_bounds']} is not beside the Cube {report['cube_bounds']}"
+    assert report["head_overlaps"] == []
+    assert "inside Cube" in report["placement_note"] and "beside" in report["placement_note"]
+    assert report["view_location"] == pytest.approx(report["head_location"], abs=1e-4)
+    assert report["view_distance"] < 2.0  # the head fills the view, not the whole default scene
+    assert report["active"].startswith("Head")
+    # ARKit names reached the shape keys; their prompts reached the job.
+    assert report["shape_keys"] == ["Basis", "eyeBlinkLeft", "jawOpen"]
+    assert report["job_prompts"] == {"eyeBlinkLeft": "left eye closed, right eye open",
+                                     "jawOpen": "mouth wide open, jaw dropped"}
+    # Relight renders the head alone in its studio scene: a real image, not a blank frame ...
+    assert [name for name in report["studio_objects"] if not name.startswith("Studio")] == [report["active"]]
+    pixels = _pixels(report["render"])
+    assert pixels.std() > 0.05, f"blank studio render (pixel std {pixels.std():.3f})"
+    # ... and the user's scene and objects are exactly as they were.
+    assert report["user_state_unchanged"], (report["user_state_before"], report["user_state_after"])
+
+
+@pytest.fixture()
+def head_inside_a_box(blender_addon, tmp_path):
+    """A result head at the origin inside a 1 m box of the user's, as in the default scene."""
+    import bpy
+
+    from engine.result_format import HeadMesh, write_head_mesh
+
+    rows, cols = 16, 24
+    theta, phi = np.meshgrid(np.linspace(0.1, np.pi - 0.1, rows), np.linspace(0, 2 * np.pi, cols, endpoint=False),
+                             indexing="ij")
+    vertices = np.stack([0.09 * np.sin(theta) * np.cos(phi), 0.1 * np.sin(theta) * np.sin(phi),
+                         0.12 * np.cos(theta)], -1).reshape(-1, 3).astype(np.float32)
+    index = np.arange(rows * cols).reshape(rows, cols)
+    a, b, c, d = index[:-1], np.roll(index, -1, 1)[:-1], index[1:], np.roll(index, -1, 1)[1:]
+    faces = np.concatenate([np.stack([a, c, b], -1).reshape(-1, 3), np.stack([b, c, d], -1).reshape(-1, 3)])
+    write_head_mesh(tmp_path, HeadMesh(vertices, faces.astype(np.int32), ["neutral"], np.zeros((1, len(vertices), 3),
+                                                                                                np.float32)))
+    head = importlib.import_module(f"{blender_addon}.result_import").import_result(tmp_path, location=(0, 0, 0))
+    bpy.ops.mesh.primitive_cube_add(size=1.0, location=(0, 0, 0))
+    box = bpy.context.active_object
+    box.name = "User Box"
+    for other in bpy.context.view_layer.objects:
+        other.select_set(False)
+    head.select_set(True)
+    bpy.context.view_layer.objects.active = head
+    bpy.context.view_layer.update()
+    yield head, box
+    mesh = box.data
+    bpy.data.objects.remove(box)
+    bpy.data.meshes.remove(mesh)
+    bpy.data.objects.remove(head)
+
+
+def test_the_studio_renders_a_head_hidden_in_the_users_box_and_leaves_the_scene_alone(
+    blender_addon, head_inside_a_box, tmp_path
+):
+    import bpy
+
+    head, box = head_inside_a_box
+    scene = bpy.context.scene
+    before = (scene.camera, scene.world, scene.render.engine, scene.frame_end, tuple(box.matrix_world.col[3]),
+              box.hide_render, box.hide_viewport, [c.name for c in box.users_collection],
+              sorted(o.name for o in scene.objects))
+    relight = importlib.import_module(f"{blender_addon}.operators.relight")
+    assert bpy.ops.idto3d.relight() == {"FINISHED"}
+    studio = relight.studio_scene(create=False)
+    assert studio is not scene and box.name not in studio.objects and head.name in studio.objects
+    pixels = _pixels(relight.render_still(studio, tmp_path / "studio.png", size=48, samples=4))
+    assert pixels.std() > 0.05, f"blank studio render (pixel std {pixels.std():.3f})"
+    after = (scene.camera, scene.world, scene.render.engine, scene.frame_end, tuple(box.matrix_world.col[3]),
+             box.hide_render, box.hide_viewport, [c.name for c in box.users_collection],
+             sorted(o.name for o in scene.objects))
+    assert after == before
+    # Relighting another head puts that one alone into the studio; the first stays in the user's scene.
+    second = head.copy()
+    scene.collection.objects.link(second)
+    bpy.context.view_layer.objects.active = second
+    try:
+        assert bpy.ops.idto3d.relight() == {"FINISHED"}
+        assert [o.name for o in studio.objects if not o.get("idto3d_rig")] == [second.name]
+        assert head.name in scene.objects
+    finally:
+        bpy.data.objects.remove(second)
+        bpy.context.view_layer.objects.active = head
+    # Open Studio shows it in this window, and goes back to the scene it came from.
+    assert bpy.ops.idto3d.studio_toggle() == {"FINISHED"} and bpy.context.window.scene == studio
+    assert bpy.ops.idto3d.studio_toggle() == {"FINISHED"} and bpy.context.window.scene == scene
+
+
+def test_placement_goes_beside_what_is_at_the_cursor_or_warns(blender_addon, head_inside_a_box):
+    import bpy
+    from mathutils import Vector
+
+    placement = importlib.import_module(f"{blender_addon}.placement")
+    head, box = head_inside_a_box
+    scene = bpy.context.scene
+    cursor = Vector((0.0, 0.0, 0.0))
+    others = [o for o in placement.overlapping(scene, cursor, ignore={head}) if o is not box]
+    location, note = placement.place_head(scene, cursor)
+    assert "User Box" in note and "beside" in note
+    assert location.x >= 0.5 + placement.HEAD_HALF_EXTENT  # past the box's +X face
+    assert not [o for o in placement.overlapping(scene, location) if o is not head and o not in others]
+    kept, warning = placement.place_head(scene, cursor, beside=False)
+    assert kept == cursor and "User Box" in warning and "hidden" in warning
+    far = Vector((50.0, 50.0, 50.0))
+    assert placement.place_head(scene, far) == (far, "")  # nothing there: the cursor, no note
+
+
+def test_frame_in_views_points_the_3d_view_at_the_head(blender_addon):
+    import bpy
+
+    placement = importlib.import_module(f"{blender_addon}.placement")
+    areas = [a for w in bpy.context.window_manager.windows for a in w.screen.areas if a.type == "VIEW_3D"]
+    if not areas:
+        pytest.skip("this Blender has no 3D view (no UI)")
+    region = areas[0].spaces.active.region_3d
+    saved = region.view_location.copy(), region.view_distance
+    try:
+        assert placement.frame_in_views(bpy.context.window_manager, (3.0, -2.0, 1.5)) == len(areas)
+        assert tuple(region.view_location) == pytest.approx((3.0, -2.0, 1.5))
+        assert region.view_distance == pytest.approx(2 * placement.HEAD_HALF_EXTENT * placement.VIEW_MARGIN)
+    finally:
+        region.view_location, region.view_distance = saved
