@@ -2,7 +2,8 @@
 
 The manifest has one row per identity (CSV with a header, JSON Lines, or a JSON list; see
 docs/batch.md): ``id`` (the job folder's name), ``photos`` or ``embedding``, and optionally
-``expressions``, ``preset``, ``seed``, ``texture_size``, ``overrides``. Every row is checked
+``expressions``, ``preset``, ``seed``, ``texture_size``, ``overrides``, ``expression_prompts``.
+Every row is checked
 before anything runs; a bad row is reported with its own error (line, field, photo, what to do)
 and the good rows still run. Each good row becomes an ordinary job folder ``ROOT/<id>/``
 (job.json, checkpoints, result), so ``generate --out ROOT/<id> --resume`` works on it too.
@@ -37,7 +38,8 @@ from .presets import PRESETS
 KIND = "batch"
 INDEX_JSON, INDEX_CSV = "index.json", "index.csv"
 LIST_SEPARATOR = "|"  # photos / expressions inside one CSV cell
-COLUMNS = ("id", "photos", "embedding", "expressions", "preset", "seed", "texture_size", "overrides")
+COLUMNS = ("id", "photos", "embedding", "expressions", "preset", "seed", "texture_size", "overrides",
+           "expression_prompts")
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
 EXIT_SOME_FAILED, EXIT_INTERRUPTED = 1, 130
@@ -119,11 +121,12 @@ def _csv_records(text: str, path: Path) -> list[tuple[int, dict]]:
         for name in ("seed", "texture_size"):
             if name in record:
                 record[name] = _integer(record[name].strip())
-        if "overrides" in record:
-            try:
-                record["overrides"] = json.loads(record["overrides"])
-            except ValueError:
-                pass  # left as text: reported as "not an object" by the job's own check
+        for name in ("overrides", "expression_prompts"):  # JSON objects in a quoted cell
+            if name in record:
+                try:
+                    record[name] = json.loads(record[name])
+                except ValueError:
+                    pass  # left as text: reported as "not an object" by the job's own check
         records.append((line, record))
     return records
 
@@ -206,7 +209,8 @@ def _row(line: int, record, base: Path, seen: dict, *, models, device, preset) -
            "embedding": str(_resolve(embedding, base)) if isinstance(embedding, str) and embedding.strip() else embedding,
            "expressions": record.get("expressions", ["neutral"]), "preset": record.get("preset", preset),
            "seed": record.get("seed", 0), "texture_size": record.get("texture_size"),
-           "overrides": record.get("overrides", {}), "models": models, "device": device}
+           "overrides": record.get("overrides", {}), "expression_prompts": record.get("expression_prompts", {}),
+           "models": models, "device": device}
     try:
         JobSpec.from_dict(job, None)
     except JobError as exc:

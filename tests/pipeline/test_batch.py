@@ -47,7 +47,8 @@ def test_every_row_is_checked_with_its_own_error(tmp_path, photos_dir):
     rows = {row.line: row for row in _rows(manifest)}
     assert rows[2].job == {"photos": [], "embedding": str(tmp_path / "anna.npy"),
                            "expressions": ["smiling", "with curly red hair"], "preset": "test", "seed": 1,
-                           "texture_size": None, "overrides": {}, "models": "/models", "device": "cpu"}
+                           "texture_size": None, "overrides": {}, "expression_prompts": {}, "models": "/models",
+                           "device": "cpu"}
     assert rows[3].error is None and rows[3].job["photos"] == [str(tmp_path / "faces" / "bob.jpg")]
     assert rows[3].job["preset"] == "standard" and rows[3].job["overrides"] == {"geometry_steps": 8}
     errors = {line: row.error for line, row in rows.items() if row.error}
@@ -72,11 +73,13 @@ def test_manifest_formats_and_whole_manifest_errors(tmp_path):
     assert [(r.id, r.job["seed"]) for r in _rows(semicolons)] == [("anna", 4)]
 
     lines = tmp_path / "faces.jsonl"
-    lines.write_text('{"id": "anna", "embedding": "e.npy", "expressions": ["smiling"]}\n'
+    lines.write_text('{"id": "anna", "embedding": "e.npy", "expressions": ["smiling", "jawOpen"], '
+                     '"expression_prompts": {"jawOpen": "mouth wide open"}}\n'
                      '{"id": "bob", "embedding": "e.npy", "seeds": 3}\n'
                      '{"id": "carol", \n', encoding="utf-8")
     anna, bob, carol = _rows(lines)
-    assert anna.job["expressions"] == ["smiling"] and anna.error is None
+    assert anna.error is None and anna.job["expressions"] == ["smiling", "jawOpen"]
+    assert anna.job["expression_prompts"] == {"jawOpen": "mouth wide open"}
     assert bob.error["field"] == "seeds" and "unknown field 'seeds'" in bob.error["message"]
     assert carol.error["message"].startswith("line 3: not valid JSON")
 
