@@ -24,6 +24,7 @@ from ..errors import EngineError
 from . import checkpoint as ckpt
 from .failures import Cancelled, classify, nan_loss
 from .job import JobSpec, load_job
+from .job_folder import open_for_run
 from .live import LiveOutput
 from .memory_fallback import MemoryPlan
 
@@ -39,8 +40,9 @@ def run_job(job_dir, *, resume: bool = False, emit=None, should_stop=None) -> Pa
     job_dir = Path(job_dir).expanduser().resolve()
     spec = load_job(job_dir)
     _check_writable(job_dir)
-    job = _Job(spec, job_dir, emit or (lambda msg: None), should_stop or (lambda: False))
+    lock = open_for_run(job_dir)  # claimed as the engine's, and run by one process at a time
     try:
+        job = _Job(spec, job_dir, emit or (lambda msg: None), should_stop or (lambda: False))
         with deterministic_on_cpu(spec.device):
             return job.run(resume)
     except EngineError:
@@ -48,6 +50,8 @@ def run_job(job_dir, *, resume: bool = False, emit=None, should_stop=None) -> Pa
     except Exception as exc:
         log.exception("job failed")
         raise classify(exc, job_dir) from exc
+    finally:
+        lock.release()
 
 
 @contextlib.contextmanager

@@ -1,0 +1,157 @@
+"""``batch --ray`` on a real local Ray cluster that the test starts (2 CPUs) and stops, with tiny
+models: three identities, one with a missing photo. Mid-geometry, one job's worker process is
+killed, and the Ray worker running another job is killed; both resume from their checkpoints,
+the bad row fails alone naming its photo, and a rerun only reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from engine.pipeline.job_folder import checkpoint_step
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GEOMETRY_STEPS = 40
+
+
+@pytest.fixture
+def ray_cluster():
+    """A local cluster of 2 CPUs started as the docs say (``ray start --head``), private to the
+    test: its own token (nothing read from or written to ~/.ray), its own temp folder and a free
+    port; stopped by its pid (never ``ray stop``, which stops every cluster of the user), and
+    every process it started checked gone. Yields (address, environment for the batch)."""
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    base = tempfile.mkdtemp(prefix="idto3d-ray-")
+    if len(base) > 40:  # Ray's socket paths must stay under the 107-byte limit
+        base = tempfile.mkdtemp(prefix="idto3d-ray-", dir="/tmp")
+    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+                             "--num-cpus", "2", "--port", "0", "--temp-dir", base, "--include-dashboard", "false",
+                             "--disable-usage-stats"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    address, output = None, []
+    try:
+        for line in head.stdout:  # the head prints the address workers join, then blocks
+            output.append(line)
+            found = re.search(r"ray start --address='([^']+)'", line)
+            address = found.group(1) if found else address
+            if address and line.rstrip().endswith("--block"):
+                break
+        assert address, "".join(output)[-3000:]
+        threading.Thread(target=head.stdout.read, daemon=True).start()  # keep its pipe drained
+        yield address, env
+    finally:
+        head.send_signal(signal.SIGTERM)  # --block: it stops the processes it started, then exits
+        head.wait(60)
+        time.sleep(1.0)
+        left = [p.pid for p in psutil.process_iter(["cmdline"]) if base in " ".join(p.info["cmdline"] or [])]
+        shutil.rmtree(base, ignore_errors=True)
+        assert left == [], f"Ray processes left behind: {left}"
+
+
+def _wait_dead(pid: int) -> None:
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.05)
+
+
+def _log_pids(log: Path) -> list[tuple[int, int]]:
+    """(worker pid, runner pid) of each attempt, as batch_job writes them in the job's log."""
+    if not log.exists():
+        return []
+    return [(int(a), int(b)) for a, b in re.findall(r"worker pid (\d+) \(runner pid (\d+)", log.read_text())]
+
+
+def test_ray_batch_survives_killed_workers_and_a_bad_row(tmp_path, tiny_models_root, ray_cluster):
+    for seed, name in enumerate(("anna", "bob")):
+        np.save(tmp_path / f"{name}.npy", np.random.default_rng(seed).normal(size=512).astype(np.float32))
+    long = {"geometry_steps": GEOMETRY_STEPS, "checkpoint_every": 2}
+    rows = [{"id": "anna", "embedding": "anna.npy", "expressions": ["smiling"], "preset": "test", "overrides": long},
+            {"id": "bob", "embedding": "bob.npy", "preset": "test", "seed": 1, "overrides": long},
+            {"id": "carol", "photos": ["carol-front.jpg"], "expressions": ["smiling"], "preset": "test"}]
+    manifest = tmp_path / "faces.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    root = tmp_path / "root"
+    address, cluster_env = ray_cluster
+    command = [sys.executable, "-m", "engine", "batch", str(manifest), "--out", str(root), "--models",
+               str(tiny_models_root), "--device", "cpu", "--ray", address, "--progress-every", "2"]
+    env = {**cluster_env, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    driver = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env)
+
+    # Wait for each job to have a checkpoint in the geometry stage, then kill: anna's job worker
+    # process, and the Ray worker process that runs bob's task.
+    victims = {"anna": 0, "bob": 1}  # index into (worker pid, runner pid)
+    killed: dict[str, tuple[int, int]] = {}  # job -> (pid, checkpoint step right after the kill)
+    deadline = time.monotonic() + 240
+    while len(killed) < 2:
+        assert driver.poll() is None, driver.communicate()[1][-4000:]
+        assert time.monotonic() < deadline, f"no geometry checkpoints in time; killed so far: {killed}"
+        for job, which in victims.items():
+            pids, step = _log_pids(root / job / "batch.log"), checkpoint_step(root / job)
+            if job not in killed and pids and step is not None and step >= 2:
+                pid = pids[-1][which]
+                os.kill(pid, signal.SIGKILL)
+                _wait_dead(pid)
+                killed[job] = (pid, checkpoint_step(root / job))
+        time.sleep(0.1)
+    _, err = driver.communicate(timeout=300)
+    assert driver.returncode == 1, err[-4000:]  # carol's row is bad; the others are done
+
+    index = {job["id"]: job for job in json.loads((root / "index.json").read_text())["jobs"]}
+    for job in ("anna", "bob"):
+        step_at_kill = killed[job][1]
+        assert step_at_kill < GEOMETRY_STEPS, f"{job} was killed after its geometry stage, not in it"
+        log = (root / job / "batch.log").read_text()
+        resumed = [int(s) for s in re.findall(r"attempt 2: worker pid \d+ \(runner pid \d+ on [^)]+\), "
+                                              r"resuming from checkpoint step (\d+)", log)]
+        assert len(resumed) == 1, log[-3000:]
+        # anna's worker died at once: it resumes from exactly the checkpoint seen after the kill.
+        # bob's worker lost its runner, saw its stdin close and wrote one more checkpoint first.
+        assert resumed[0] == step_at_kill if job == "anna" else step_at_kill <= resumed[0] < GEOMETRY_STEPS
+        assert f"attempt 2: resumed at geometry step {resumed[0] + 1}/{GEOMETRY_STEPS}" in log
+        assert index[job]["status"] == "done" and index[job]["attempts"] == 2
+        assert index[job]["resumed_from"] == resumed
+        assert Path(index[job]["result"], "head.npz").is_file() and Path(index[job]["glb"]).is_file()
+        result = json.loads(Path(index[job]["result"], "result.json").read_text())
+        assert result["job"]["settings"]["geometry_steps"] == GEOMETRY_STEPS
+    anna_pids, bob_pids = _log_pids(root / "anna" / "batch.log"), _log_pids(root / "bob" / "batch.log")
+    assert anna_pids[0][1] == anna_pids[1][1]  # same Ray task: it restarted its own dead worker
+    assert bob_pids[0][1] != bob_pids[1][1]  # Ray ran bob's task again in a new Ray worker
+    assert "runner died" in index["bob"]["note"] and "SIGKILL" in index["anna"]["note"]
+    carol = index["carol"]
+    assert carol["status"] == "invalid" and carol["error_code"] == "batch_missing_photo"
+    assert str(tmp_path / "carol-front.jpg") in carol["error"] and not (root / "carol").exists()
+    csv_text = (root / "index.csv").read_text()
+    assert csv_text.splitlines()[0].startswith("id,line,status,") and "carol-front.jpg" in csv_text
+
+    # A rerun starts nothing: it reports the finished jobs and the bad row again.
+    stamps = {p: p.stat().st_mtime_ns for job in ("anna", "bob") for p in (root / job).rglob("*") if p.is_file()}
+    again = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 1, again.stderr[-3000:]
+    assert "anna: done already" in again.stderr and "bob: done already" in again.stderr
+    assert "carol: invalid" in again.stderr and "carol-front.jpg" in again.stderr
+    assert {p: p.stat().st_mtime_ns for job in ("anna", "bob") for p in (root / job).rglob("*") if p.is_file()} == stamps
+    rerun = {job["id"]: job for job in json.loads((root / "index.json").read_text())["jobs"]}
+    assert [rerun[j]["status"] for j in ("anna", "bob", "carol")] == ["done", "done", "invalid"]
+    assert rerun["anna"]["resumed_from"] == index["anna"]["resumed_from"]  # the earlier run's record, kept
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if str(root) in " ".join(p.info["cmdline"] or []) and "run" in (p.info["cmdline"] or [])]
