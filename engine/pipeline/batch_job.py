@@ -376,10 +376,10 @@ def _finish(job_dir: Path, state: dict, log: _Log, status: str, error: dict | No
     return record_of(state)
 
 
-def left_at_once(step: int | None) -> dict:
+def left_at_once(step: int | None, who: str = "the batch left at once") -> dict:
     """The record of a job whose runner left while its worker was still stopping (a second Ctrl-C)."""
     where = f"its newest checkpoint then was step {step}" if step is not None else "it had no checkpoint yet"
-    return {"code": "cancelled", "message": f"the batch left at once while the job's worker was stopping: {where}; "
+    return {"code": "cancelled", "message": f"{who} while the job's worker was stopping: {where}; "
                                             "the worker writes a later one as it stops",
             "hint": "run the same batch command again: it continues from the newest checkpoint"}
 

@@ -41,6 +41,7 @@ from ..errors import EngineError
 RAY_REQUIREMENT = "ray==2.60.0"
 CANCEL_WAIT_S = 300.0  # running jobs end their step and write a checkpoint
 FINAL = ("done", "failed", "cancelled")
+ENDED_GRACE_S = 10.0  # a task Ray says is over has this long to show its record in batch.json
 
 
 class RunnerUnavailable(EngineError):
@@ -229,6 +230,7 @@ def _wait_for_cancelled(ray, refs, pending, batch_id: str, update, timeout_s: fl
     from .batch_job import read_state
 
     deadline = time.monotonic() + timeout_s
+    ended: dict = {}  # ref -> when Ray first said the task is over
     left = list(pending)
     while left:
         ready, _ = ray.wait(left, num_returns=len(left), timeout=0.5)
@@ -237,10 +239,14 @@ def _wait_for_cancelled(ray, refs, pending, batch_id: str, update, timeout_s: fl
             entry = refs[ref]
             state = read_state(entry.job_dir)
             mine = state is not None and state.get("batch") == batch_id
+            if ref in ready:
+                ended.setdefault(ref, time.monotonic())
             if mine and state.get("status") in FINAL:
                 update(entry, _record(ray, ref, entry, batch_id))
             elif ref in ready and not mine:
                 update(entry, {"status": "pending"})  # cancelled before it started: nothing of it ran
+            elif ref in ready and time.monotonic() - ended[ref] > ENDED_GRACE_S:
+                update(entry, _record(ray, ref, entry, batch_id))  # over without its record: the batch says so
             else:
                 still.append(ref)
         left = still
@@ -259,8 +265,12 @@ def _record(ray, ref, entry, batch_id: str) -> dict:
         record = record_of(state) if state and state.get("batch") == batch_id else {"status": "pending"}
         cancelled = isinstance(exc, (ray.exceptions.TaskCancelledError, ray.exceptions.GetTimeoutError))
         if cancelled:
-            if record["status"] in ("running", None):
+            if record["status"] in ("running", None):  # the task ended before its runner recorded the job's end
+                from .batch_job import left_at_once
+                from .job_folder import checkpoint_step
+
                 record["status"] = "cancelled"
+                record["error"] = left_at_once(checkpoint_step(entry.job_dir), who="its Ray task ended")
             return record
         record["status"] = "failed"
         record["error"] = {"code": "ray_task_failed",
