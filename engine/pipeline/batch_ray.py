@@ -174,13 +174,14 @@ def run_on_ray(entries, *, address: str, batch_id: str, retries: int, cpus_per_j
     """Run ``entries`` (batch.Entry) as Ray tasks; ``update(entry, record)`` as each ends."""
     if address not in ("auto", "local"):
         _check_reachable(address)  # before importing Ray: a wrong address is told in seconds
-    ray = import_ray()
     cluster = None
     if address == "local":
         cluster = PrivateCluster()
-        os.environ.update({k: cluster.env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")})  # this driver joins it
+        # This driver joins it with its token: set before Ray is imported (Ray reads it once).
+        os.environ.update({k: cluster.env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")})
         address = cluster.address
     try:
+        ray = import_ray()
         connect(ray, address)
         try:
             if gpus_per_job is None:

@@ -174,6 +174,16 @@ def test_local_batch_stopped_with_ctrl_c_continues_and_a_rerun_only_reports(tmp_
     assert {p: p.stat().st_mtime_ns for p in (root / "anna").rglob("*") if p.is_file()} == stamps  # nothing ran
     assert index(root)["anna"]["note"] == "finished in an earlier run"
 
+    # The scratch copy of anna's embedding is cleaned up: her row cannot run any more, but the
+    # result her folder holds stays in the index.
+    (tmp_path / "anna.npy").unlink()
+    fourth = batch(*args)
+    _, err = fourth.communicate(timeout=60)
+    anna = index(root)["anna"]
+    assert fourth.returncode == 1 and anna["status"] == "invalid" and anna["error_code"] == "job_bad_embedding"
+    assert anna["result"] == str(root / "anna" / "result") and Path(anna["glb"]).is_file()
+    assert "result of an earlier run" in anna["note"]
+
 
 def test_a_ray_runner_that_cannot_start_says_why_and_runs_nothing(tmp_path, tiny_models_root, monkeypatch, capsys):
     from engine.cli import main
@@ -414,6 +424,9 @@ def test_the_checkpoint_a_worker_resumes_from_is_read_once_the_job_lock_is_free(
     assert (tmp_path / "argv.txt").read_text().split() == ["-m", "engine", "run", str(job), "--resume"]
     assert "resuming from checkpoint step 4" in (job / "batch.log").read_text()
     assert read_state(job)["attempts"][0]["resumed_from"] == 4
+    # batch.json is the engine's; batch.log, appended to by every worker, is never recorded (a
+    # record would be stale at the next line)
+    assert owned.is_own(job / "batch.json") and "batch.log" not in owned.read_manifest(job)["entries"]
 
 
 @pytest.mark.parametrize("mode, status, attempts, says", [

@@ -204,3 +204,34 @@ def test_an_ipv6_head_address_is_reached():
     with server:
         _check_reachable(f"[::1]:{server.getsockname()[1]}")  # raises when the brackets are taken as the host
         _check_reachable(f"ray://[::1]:{server.getsockname()[1]}")
+
+
+def test_ray_local_runs_a_private_cluster_and_leaves_nothing_behind(tmp_path, tiny_models_root):
+    """``--ray local`` starts a cluster of its own (engine.pipeline.batch_ray.PrivateCluster): no
+    token written into the user's home (~/.ray/auth_token), and no Ray process left after it."""
+    import shutil
+    import tempfile
+
+    home = tmp_path / "home"
+    home.mkdir()
+    scratch = Path(tempfile.mkdtemp(prefix="rl", dir="/tmp"))  # short: Ray's socket paths are limited
+    np.save(tmp_path / "anna.npy", np.random.default_rng(0).normal(size=512).astype(np.float32))
+    row = {"id": "anna", "embedding": "anna.npy", "preset": "test",
+           "overrides": {"geometry_steps": 2, "texture_steps": 1}}
+    (tmp_path / "faces.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), TMPDIR=str(scratch), PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1",
+               RAY_USAGE_STATS_ENABLED="0")
+    try:
+        done = subprocess.run([sys.executable, "-m", "engine", "batch", str(tmp_path / "faces.jsonl"), "--out",
+                               str(tmp_path / "root"), "--models", str(tiny_models_root), "--device", "cpu", "--ray",
+                               "local"], stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        job = {j["id"]: j for j in json.loads((tmp_path / "root" / "index.json").read_text())["jobs"]}["anna"]
+        assert job["status"] == "done" and "Ray: each job reserves 1 CPU(s) and 0 GPU(s)" in done.stderr
+        assert not (home / ".ray").exists()
+        time.sleep(1.0)
+        left = [p.pid for p in psutil.process_iter(["cmdline"]) if str(scratch) in " ".join(p.info["cmdline"] or [])]
+        assert left == [], f"Ray processes left behind: {left}"
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
