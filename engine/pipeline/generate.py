@@ -278,6 +278,15 @@ def _place(args, out: Path):
     return place_job(out, _job_dict(args))
 
 
+def _known_device(name: str) -> bool:
+    """A device name job.json accepts (a bad one is job.json's error to report, exit 2)."""
+    import re
+
+    from .job import DEVICES
+
+    return name in DEVICES or re.fullmatch(r"cuda:\d+", name) is not None
+
+
 def _differences(given: dict, spec) -> list[tuple[str, str]]:
     """The options given with --resume whose values differ from what the job makes (its identity;
     placement fields such as --device may change): (field, "--seed 3 (job.json: 0)")."""
@@ -298,6 +307,7 @@ def _differences(given: dict, spec) -> list[tuple[str, str]]:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import EXIT_NO_RESULT, EngineError, exit_code_for_signal
+    from ..options import check_device_available
     from .failures import Cancelled
     from .job import JobError
     from .job_folder import checkpoint_step
@@ -309,11 +319,14 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BAD_JOB
     printer = progress_printer(args.progress, args.progress_every)
     try:
+        if args.device is not None and _known_device(args.device):
+            check_device_available(args.device)  # before job.json is written or rewritten: exit 4
         placed = _place(args, out)
+        check_device_available(placed.spec.device, "job.json's device")
     except JobError as exc:
         _report(printer, exc)
         return EXIT_BAD_JOB
-    except EngineError as exc:  # the folder refused (3), or a worker runs the job now (5)
+    except EngineError as exc:  # the folder refused (3), no such device here (4), a worker runs the job now (5)
         _report(printer, exc)
         return exit_code_for(exc)
     for name in placed.placement_changed:

@@ -149,6 +149,10 @@ def test_resume_refuses_what_the_job_makes_and_accepts_where_it_runs(tmp_path, e
            "all of them" in err
     assert checksums(out) == before
 
+    # A device this Python does not have: exit 4, and job.json is not rewritten with it
+    code = main(["generate", "--out", str(out), "--resume", "--device", "cuda:99"])
+    assert code == 4 and "torch" in capsys.readouterr().err and checksums(out) == before
+
     # Equal values, even spelt differently (a relative embedding path, the preset's own texture
     # size for null), are no difference; where the job runs may change: job.json is rewritten.
     monkeypatch.chdir(embedding.parent)
