@@ -452,3 +452,35 @@ def test_how_a_worker_ends_decides_whether_it_is_retried(tmp_path, fake_python, 
     assert record["status"] == status and record["attempts"] == attempts, record
     text = json.dumps(record)
     assert says is None or says in text, record
+
+
+def test_an_index_write_that_fails_while_jobs_run_does_not_stop_them(tmp_path, monkeypatch, capsys):
+    """A full disk or an index edited meanwhile: the jobs go on, the failure is said once, and the
+    last write (at the end) decides the exit status, not a "not started" with jobs already run."""
+    from engine import owned
+    from engine.errors import EngineError
+    from engine.pipeline import batch
+
+    owned.claim_dir(tmp_path, "batch", shared=True)
+    entries = [batch.Entry("anna", 2, "running", tmp_path / "anna")]
+    index = batch.Index(tmp_path, {"status": "running"}, entries, batch.index_names(tmp_path), every_s=0.1)
+    index.write()
+    real, fail = batch.write_index, [True]
+
+    def flaky(*args):
+        if fail[0]:
+            raise EngineError("No space left on device", code="disk_full")
+        return real(*args)
+
+    monkeypatch.setattr(batch, "write_index", flaky)
+    index.start()
+    for _ in range(3):
+        index.changed()
+        time.sleep(0.7)
+    index.stop()
+    assert isinstance(index.error, EngineError) and capsys.readouterr().err.count("cannot write the index") == 1
+    entries[0].status = "done"
+    assert batch._write_last(index) is False  # still failing at the end: exit 3 in the command
+    fail[0] = False
+    assert batch._write_last(index) is True
+    assert json.loads((tmp_path / "index.json").read_text())["jobs"][0]["status"] == "done"
