@@ -289,3 +289,40 @@ def test_new_refuses_when_a_checkpoint_of_someone_elses_would_stay(tmp_path, emb
     err = capsys.readouterr().err
     assert "ckpt-0000004.pt" in err and "nothing was changed" in err
     assert checksums(out) == before
+
+
+def test_a_second_ctrl_c_leaves_at_once_while_no_step_runs(tmp_path, embedding, tiny_models_root, capsys,
+                                                          monkeypatch):
+    """The first Ctrl-C asks for a checkpoint at the next step; during minutes of model loading no
+    step comes, so a second one leaves at once, naming the command that continues. The job's run
+    is replaced by a TEST DOUBLE that waits like model loading does (and holds the lock), since a
+    real model load with the tiny models is over before a signal can land in it."""
+    import threading
+
+    from engine.pipeline import run as run_module
+
+    loading = threading.Event()
+
+    def slow_model_loading(job_dir, **kwargs):
+        loading.set()
+        for _ in range(600):  # 60 s unless interrupted; the first Ctrl-C only sets the stop flag
+            time.sleep(0.1)
+        raise AssertionError("the second Ctrl-C did not interrupt model loading")
+
+    monkeypatch.setattr(run_module, "run_job", slow_model_loading)
+
+    def two_ctrl_c() -> None:
+        loading.wait(60)
+        for _ in range(2):
+            time.sleep(0.3)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=two_ctrl_c, daemon=True).start()
+    started = time.monotonic()
+    out = tmp_path / "head"
+    assert main(job_args(embedding, tiny_models_root, out)) == 130
+    err = capsys.readouterr().err
+    assert time.monotonic() - started < 30
+    assert "Ctrl-C again to leave at once" in err
+    assert f"left at once before the first checkpoint; continue with: {sys.executable} -m engine generate --out {out} " \
+           "--resume" in err
