@@ -14,8 +14,10 @@ Readable with numpy alone. Written to a temporary name and renamed into place.
 
 from __future__ import annotations
 
+import math
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,10 @@ import numpy as np
 from .atomic import write_file_atomic
 
 MESH_FILE = "head.npz"
+# The head lives in a cube of this edge (metres) around its object origin: the tet grid the
+# geometry is optimised in (engine/geometry/tetgrid.py), and the box the add-on keeps free when it
+# places a new head. Here, torch-free, so both sides read the same number.
+HEAD_BOX_SIZE = 0.32
 
 
 class ResultFormatError(ValueError):
@@ -116,15 +122,19 @@ def read_head_mesh(folder: Path | str) -> HeadMesh:
         )
     except ResultFormatError:
         raise
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, struct.error) as exc:
+    except (OSError, ValueError, KeyError, EOFError, MemoryError, zipfile.BadZipFile, struct.error) as exc:
         raise ResultFormatError(f"{path} is unreadable or incomplete ({exc}); generate the head again") from exc
     return mesh.validate(str(path))
 
 
 def _stored_arrays(path: Path) -> dict[str, np.ndarray] | None:
     """The arrays of an .npz whose members are all stored, read straight from the file into their
-    arrays (numpy's own ``read_array`` on the open file: no inflating, no intermediate copy, no
-    CRC pass over the data; the arrays are validated instead). None when a member is deflated."""
+    arrays (no inflating, no intermediate copy). None when a member is deflated.
+
+    Nothing in the file is trusted before it is checked: each array's header is parsed first and
+    the size it claims (shape x item size + header) must be the member's size in the zip directory
+    before anything is allocated (a damaged header could otherwise claim hundreds of GB), and the
+    bytes read must match the member's CRC-32 (bit rot is refused, not imported)."""
     with zipfile.ZipFile(path) as archive:
         members = archive.infolist()
     if any(member.compress_type != zipfile.ZIP_STORED for member in members):
@@ -137,10 +147,37 @@ def _stored_arrays(path: Path) -> dict[str, np.ndarray] | None:
             if len(local) != 30 or local[:4] != b"PK\x03\x04":
                 raise ValueError(f"member {member.filename} has no local header")
             name_length, extra_length = struct.unpack("<HH", local[26:30])
-            stream.seek(member.header_offset + 30 + name_length + extra_length)
-            start = stream.tell()
-            array = np.lib.format.read_array(stream, allow_pickle=False)
-            if stream.tell() - start != member.file_size:
-                raise ValueError(f"member {member.filename} is {member.file_size} bytes, its array another size")
-            arrays[member.filename.removesuffix(".npy")] = array
+            start = member.header_offset + 30 + name_length + extra_length
+            arrays[member.filename.removesuffix(".npy")] = _read_member(stream, start, member)
     return arrays
+
+
+def _read_member(stream, start: int, member: zipfile.ZipInfo) -> np.ndarray:
+    """One stored .npy member: header checked against the member's size, data checked by CRC-32."""
+    stream.seek(start)
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+    else:
+        raise ValueError(f"member {member.filename} is .npy format {version}, not 1.0 or 2.0")
+    if dtype.hasobject:
+        raise ValueError(f"member {member.filename} holds Python objects")
+    header_length = stream.tell() - start
+    claimed = math.prod(shape) * dtype.itemsize + header_length
+    if claimed != member.file_size:
+        raise ValueError(
+            f"member {member.filename} claims {claimed} bytes (shape {shape}, {dtype}), the zip holds {member.file_size}")
+    stream.seek(start)
+    header = stream.read(header_length)
+    try:
+        array = np.empty(shape[::-1] if fortran_order else shape, dtype)
+    except MemoryError:  # the sizes agree, yet the file claims more than this machine has
+        raise ValueError(f"member {member.filename} is too large to read ({claimed} bytes)") from None
+    data = memoryview(array).cast("B") if array.size else memoryview(b"")
+    if stream.readinto(data) != len(data):
+        raise ValueError(f"member {member.filename} ends early")
+    if zlib.crc32(data, zlib.crc32(header)) != member.CRC:
+        raise ValueError(f"member {member.filename} is damaged (CRC-32 mismatch)")
+    return array.T if fortran_order else array

@@ -58,24 +58,43 @@ def test_stored_and_deflated_head_npz_read_the_same(tmp_path):
     assert stored.expression_names == deflated.expression_names == head.expression_names
 
 
-@pytest.mark.parametrize("damage", ["array longer than its member", "object array"])
-def test_a_damaged_stored_head_npz_is_the_format_error(tmp_path, damage):
+def _edit_stored(path, old: bytes, new: bytes) -> None:
+    """Replace bytes inside a stored head.npz in place (the same length: numpy pads its headers)."""
+    data = path.read_bytes()
+    at = data.rindex(old)
+    path.write_bytes(data[:at] + new.ljust(len(old), b" ") + data[at + len(old):])
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("array longer than its member", "claims 452 bytes .* the zip holds 416"),
+    ("a header claiming 300 GB", "claims 320000000096 bytes"),
+    ("a flipped bit in the offsets", "CRC-32 mismatch"),
+    ("object array", "holds Python objects|Object arrays"),
+])
+def test_a_damaged_stored_head_npz_is_the_format_error(tmp_path, damage, reason):
+    """A damaged file is a clear ResultFormatError: never a MemoryError (a header that claims more
+    than the machine has), never silently imported (bit rot in the data)."""
     write_head_mesh(tmp_path, _head())
     path = tmp_path / "head.npz"
     if damage == "array longer than its member":
-        with np.load(path) as raw:  # offsets last: reading past them would run into the zip directory
-            arrays = {k: raw[k] for k in ("vertices", "faces", "expression_names", "expression_offsets")}
-        np.savez(path, **arrays)
-        data = path.read_bytes()
-        header = data.rindex(b"'shape': (3, 8, 3)")
-        path.write_bytes(data[:header] + b"'shape': (3, 9, 3)" + data[header + 18:])
+        _edit_stored(path, b"'shape': (3, 8, 3)", b"'shape': (3, 9, 3)")
+    elif damage == "a header claiming 300 GB":
+        _edit_stored(path, b"'shape': (3, 8, 3), }" + b" " * 10, b"'shape': (1, 8, 9999999999), }")
+    elif damage == "a flipped bit in the offsets":
+        data = bytearray(path.read_bytes())
+        with np.load(path) as raw:
+            offsets = raw["expression_offsets"].tobytes()
+        at = bytes(data).index(offsets) + len(offsets) - 5  # inside the last expression's offsets
+        data[at] ^= 0x04
+        path.write_bytes(bytes(data))
     else:
         with np.load(path) as raw:
             arrays = dict(raw)
         arrays["expression_offsets"] = np.array([object()] * 3, dtype=object)
         np.savez(path, **arrays)
-    with pytest.raises(ResultFormatError, match="unreadable or incomplete"):
+    with pytest.raises(ResultFormatError, match="unreadable or incomplete") as raised:
         read_head_mesh(tmp_path)
+    assert raised.match(reason)
 
 
 def test_import_builds_mesh_shape_keys_and_material(blender_addon, tmp_path):
