@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import SidebarPanel
+from . import UserScenePanel
 from ..properties import BASIS_EXPRESSION
 
 
@@ -24,7 +24,7 @@ class IDTO3D_UL_expressions(bpy.types.UIList):
             row.label(text="", icon="TEXT")  # the prior sees its prompt (shown below the list)
 
 
-class IDTO3D_PT_expressions(SidebarPanel, bpy.types.Panel):
+class IDTO3D_PT_expressions(UserScenePanel, bpy.types.Panel):
     bl_idname = "IDTO3D_PT_expressions"
     bl_label = "Expressions"
 

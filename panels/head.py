@@ -6,7 +6,9 @@ import bpy
 
 from . import SidebarPanel
 from ..operators.head import head_key
+from ..operators.relight import IDTO3D_OT_relight, is_studio, settings_scene
 from ..result_import import quality_scores
+
 
 _scores: dict[str, dict[str, float | None]] = {}  # result folder -> scores, read once per folder
 
@@ -61,16 +63,16 @@ class IDTO3D_PT_head(SidebarPanel, bpy.types.Panel):
 
 
 class IDTO3D_PT_relight(SidebarPanel, bpy.types.Panel):
+    """Always shown (not only with a head active): Open Studio / Back to Scene must stay reachable
+    whatever is selected, and in the studio scene itself. The settings are the user's scene's,
+    also while the studio is shown."""
+
     bl_idname = "IDTO3D_PT_relight"
     bl_label = "Relight"
     bl_options = {"DEFAULT_CLOSED"}
 
-    @classmethod
-    def poll(cls, context):
-        return context.active_object is not None and context.active_object.type == "MESH"
-
     def draw(self, context):
-        settings = context.scene.idto3d
+        settings = settings_scene(context.scene).idto3d
         layout = self.layout
         layout.use_property_split = True
         layout.prop(settings, "light_mode")
@@ -79,10 +81,12 @@ class IDTO3D_PT_relight(SidebarPanel, bpy.types.Panel):
         layout.prop(settings, "turntable")
         if settings.turntable:
             layout.prop(settings, "turntable_frames")
+        if not IDTO3D_OT_relight.poll(context):
+            layout.label(text="Select a head (a mesh) to relight", icon="INFO")
         layout.operator("idto3d.relight", icon="LIGHT_AREA")
         row = layout.row(align=True)
         row.operator("idto3d.render_preview", icon="RENDER_STILL")
-        in_studio = context.scene.get("idto3d_studio") is not None
+        in_studio = is_studio(context.scene)
         row.operator("idto3d.studio_toggle", icon="LOOP_BACK" if in_studio else "SCENE",
                      text="Back to Scene" if in_studio else "Open Studio")
 

@@ -128,6 +128,72 @@ def test_the_studio_renders_a_head_hidden_in_the_users_box_and_leaves_the_scene_
     assert bpy.ops.idto3d.studio_toggle() == {"FINISHED"} and bpy.context.window.scene == scene
 
 
+def test_relight_keeps_what_the_user_put_in_the_studio(blender_addon, head_inside_a_box):
+    """Open Studio invites the user to add things there (a backdrop): Relight again, or relighting
+    another head, takes out only the head it staged itself."""
+    import bpy
+
+    head, box = head_inside_a_box
+    relight = importlib.import_module(f"{blender_addon}.operators.relight")
+    assert bpy.ops.idto3d.relight() == {"FINISHED"}
+    studio = relight.studio_scene(create=False)
+    backdrop = bpy.data.objects.new("Backdrop", bpy.data.meshes.new("Backdrop"))
+    studio.collection.objects.link(backdrop)
+    second = head.copy()
+    bpy.context.scene.collection.objects.link(second)
+    try:
+        assert bpy.ops.idto3d.relight() == {"FINISHED"}  # again, e.g. to switch to an HDRI
+        assert studio.collection in backdrop.users_collection and head.name in studio.objects
+        bpy.context.view_layer.objects.active = second
+        assert bpy.ops.idto3d.relight() == {"FINISHED"}  # another head replaces the first one ...
+        assert head.name not in studio.objects and second.name in studio.objects
+        assert studio.collection in backdrop.users_collection  # ... and the backdrop stays
+        assert head.name in bpy.context.scene.objects and not head.get(relight.STUDIO_HEAD)
+    finally:
+        bpy.data.objects.remove(backdrop)
+        bpy.data.objects.remove(second)
+        bpy.context.view_layer.objects.active = head
+
+
+def test_open_studio_shows_the_head_active_and_the_way_back(blender_addon, head_inside_a_box):
+    """In the studio the head is the active object, the toggle does not depend on a selection, the
+    panels that edit the user's scene are hidden and the studio panel leads back; Relight pressed
+    there uses the settings of the user's scene, not the studio's own defaults."""
+    import bpy
+
+    head, box = head_inside_a_box
+    scene = bpy.context.scene
+    relight = importlib.import_module(f"{blender_addon}.operators.relight")
+    panels = {name: importlib.import_module(f"{blender_addon}.panels.{name}")
+              for name in ("generate", "head", "studio", "references", "expressions", "settings")}
+    assert bpy.ops.idto3d.relight() == {"FINISHED"}
+    studio = relight.studio_scene(create=False)
+    for obj in bpy.context.view_layer.objects:
+        obj.select_set(False)
+    bpy.context.view_layer.objects.active = None  # nothing selected in the user's scene
+    saved_mode = scene.idto3d.light_mode
+    scene.idto3d.light_mode = "HDRI"
+    try:
+        assert bpy.ops.idto3d.studio_toggle.poll()
+        assert bpy.ops.idto3d.studio_toggle() == {"FINISHED"} and bpy.context.window.scene == studio
+        assert bpy.context.view_layer.objects.active == head and head.select_get()
+        assert panels["studio"].IDTO3D_PT_studio.poll(bpy.context)
+        assert panels["head"].IDTO3D_PT_head.poll(bpy.context)  # the head's expressions, here too
+        hidden = [panels["generate"].IDTO3D_PT_generate, panels["references"].IDTO3D_PT_references,
+                  panels["expressions"].IDTO3D_PT_expressions, panels["settings"].IDTO3D_PT_settings]
+        assert not any(panel.poll(bpy.context) for panel in hidden)
+        assert studio.idto3d.light_mode == "AREA"  # the studio's own default ...
+        assert bpy.ops.idto3d.relight() == {"FINISHED"}  # ... is not what Relight uses there
+        background = next(n for n in studio.world.node_tree.nodes if n.type == "BACKGROUND")
+        assert [link.from_node.type for link in background.inputs["Color"].links] == ["TEX_ENVIRONMENT"]
+        assert bpy.ops.idto3d.studio_toggle() == {"FINISHED"} and bpy.context.window.scene == scene
+        assert not panels["studio"].IDTO3D_PT_studio.poll(bpy.context)
+        assert all(panel.poll(bpy.context) for panel in hidden)
+    finally:
+        bpy.context.window.scene = scene
+        scene.idto3d.light_mode = saved_mode
+
+
 def test_placement_goes_beside_what_is_at_the_cursor_or_warns(blender_addon, head_inside_a_box):
     import bpy
     from mathutils import Vector

@@ -149,3 +149,26 @@ def test_browser_solo_reset_reel_and_scores(blender_addon, head):
     )
     head.data.shape_keys.animation_data_clear()
     scene.frame_set(1)
+
+
+def test_render_preview_from_a_script_renders_the_studio_and_keeps_the_image(blender_addon, head, monkeypatch,
+                                                                              tmp_path):
+    """Scripts (EXEC, and INVOKE in background Blender) render in place and load the preview;
+    nothing is left listening for a render job (the UI path renders through Blender's render job)."""
+    import bpy
+
+    relight = importlib.import_module(f"{blender_addon}.operators.relight")
+    monkeypatch.setattr(relight, "render_folder", lambda: tmp_path)
+    assert bpy.ops.idto3d.relight() == {"FINISHED"}
+    studio = relight.studio_scene(create=False)
+    saved = studio.render.resolution_x, studio.render.resolution_y, studio.cycles.samples
+    studio.render.resolution_x = studio.render.resolution_y = 40
+    studio.cycles.samples = 2
+    try:
+        assert bpy.ops.idto3d.render_preview("INVOKE_DEFAULT") == {"FINISHED"}
+        image = bpy.data.images["ID-to-3D Preview"]
+        assert tuple(image.size) == (40, 40) and bpy.path.abspath(image.filepath) == str(tmp_path / "preview.png")
+        assert relight._preview_finished not in bpy.app.handlers.render_complete
+    finally:
+        studio.render.resolution_x, studio.render.resolution_y = saved[:2]
+        studio.cycles.samples = saved[2]
