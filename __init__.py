@@ -57,11 +57,14 @@ def register():
     for cls in CLASSES:
         bpy.utils.register_class(cls)
     properties.register_properties()
+    bpy.app.handlers.load_pre.append(generation.on_load_pre)
     atexit.register(_end_processes)
 
 
 def unregister():
     atexit.unregister(_end_processes)
+    while generation.on_load_pre in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.remove(generation.on_load_pre)
     _end_processes()
     relight.remove_preview_handlers()  # a Render Preview still running in the render window
     references.unregister_previews()  # thumbnails are loaded on first draw; free them

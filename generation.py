@@ -18,6 +18,7 @@ from pathlib import Path
 import bpy
 
 from . import placement, result_import
+from .engine.errors import EngineError
 from .engine.models import check_models
 from .engine.owned import claim_dir
 from .engine.pipeline.job import JobError, JobSpec, write_job  # stdlib only; imported once, not on a press
@@ -73,7 +74,7 @@ def expressions_in_use(settings) -> list[str]:
         raise Refusal(
             "no_expression",
             "No expression is in use: add one in the Expressions panel "
-            "(neutral is the Basis) or press Default Expressions",
+            "(neutral is the Basis) or load a set from its Expression Sets menu",
         )
     problems = check_expression_names(names)
     if problems:
@@ -249,6 +250,23 @@ def new_job_folder(root: Path) -> Path:
     raise Refusal("output_unwritable", f"Could not make a fresh job folder in {root}")
 
 
+WORKER_STDERR = "addon-worker-stderr.log"
+
+
+def _remove_unstarted_job_folder(folder: Path) -> None:
+    """A job folder this press made whose worker never started: what the add-on wrote into it
+    (job.json, the stderr log) and the folder go; anything else is left."""
+    from .engine.owned import remove_owned
+    from .engine.pipeline.job import JOB_FILE
+
+    try:
+        for name in (JOB_FILE, WORKER_STDERR):
+            (folder / name).unlink(missing_ok=True)
+        remove_owned(folder)
+    except (OSError, EngineError):
+        pass  # best effort: the refusal says what happened; an empty job folder is harmless
+
+
 def _claim(folder: Path) -> None:
     """Mark the job folder as the engine's (engine/owned.py)."""
     claim_dir(folder, "job")
@@ -260,8 +278,12 @@ def _claim(folder: Path) -> None:
 class Job:
     """One running (or finished) generation for one scene, and what the panel shows of it."""
 
-    def __init__(self, scene, job_dir: Path, monitor: WorkerMonitor, location, resumed: bool, placement_note=""):
+    def __init__(self, scene, job_dir: Path, monitor: WorkerMonitor, location, resumed: bool, placement_note="",
+                 selection_at_press: dict | None = None):
         self.scene_name = scene.name
+        # What the user had selected when they pressed Generate Head: the head takes over the
+        # selection only where that is still so (see hand_over_selection).
+        self.selection_at_press = selection_at_press if selection_at_press is not None else selection_of(scene)
         self.job_dir, self.monitor, self.location, self.resumed = job_dir, monitor, tuple(location), resumed
         self.placement_note = placement_note  # where the head goes and why, when not simply at the cursor
         self.started = time.monotonic()
@@ -367,7 +389,7 @@ class Job:
         obj["idto3d_job"] = str(self.job_dir)
         scene.collection.objects.link(obj)
         self.object_name = obj.name
-        _make_active(scene, obj)
+        hand_over_selection(scene, obj, self.selection_at_press)
         return obj
 
     def _apply_result(self, msg: dict) -> None:
@@ -390,7 +412,8 @@ class Job:
             return
         if into is None:
             obj.location = self.location
-            _make_active(bpy.data.scenes.get(self.scene_name) or bpy.context.scene, obj)
+            hand_over_selection(bpy.data.scenes.get(self.scene_name) or bpy.context.scene, obj,
+                                self.selection_at_press)
         obj.data.name = "Head"
         self.object_name, self.result_folder = obj.name, str(folder)
 
@@ -413,6 +436,15 @@ class Job:
         """Ask the worker to stop; the next pumps see it end (killed after a short grace)."""
         self.monitor.request_cancel()
 
+    def abandon(self) -> None:
+        """Nothing will pump this job again (its modal operator was ended, another file is being
+        loaded): the worker is asked to stop at its next step, which leaves a checkpoint, and is
+        killed by the monitor's reaper thread if it does not; the job ends as cancelled. Never waits."""
+        _remove_timer(self)
+        if not self.finished:
+            self.monitor.stop_in_background()
+            self._finish(False)
+
     def status_line(self) -> str:
         if self.ok:
             return f"Done: {self.object_name}"
@@ -428,9 +460,34 @@ class Job:
         return text
 
 
-def _make_active(scene, obj) -> None:
-    """The new head is the selected, active object (as after Blender's own Add or Import)."""
+def selection_of(scene) -> dict[str, tuple[str, frozenset[str]]]:
+    """Per view layer of ``scene``: (the active object's name, the selected objects' names)."""
+    selection = {}
     for view_layer in scene.view_layers:
+        active = view_layer.objects.active
+        selection[view_layer.name] = (
+            active.name if active is not None else "",
+            frozenset(obj.name for obj in view_layer.objects if obj.select_get(view_layer=view_layer)),
+        )
+    return selection
+
+
+def hand_over_selection(scene, obj, at_press: dict[str, tuple[str, frozenset[str]]]) -> int:
+    """Make the new head the selected, active object (as after Blender's own Add or Import), but
+    only where the user has not moved on since pressing Generate Head.
+
+    The head appears seconds to minutes after the press (with the first snapshot, or the result),
+    while the user keeps working. In a view layer whose active object or selection changed since
+    the press, or whose active object is in Edit, Sculpt, Paint or Pose Mode, taking over would
+    pull the user out of their work (and leave their object stuck in that mode): the selection is
+    left alone there. Returns in how many view layers the head became active."""
+    handed = 0
+    for view_layer in scene.view_layers:
+        active = view_layer.objects.active
+        now = (active.name if active is not None else "",
+               frozenset(o.name for o in view_layer.objects if o.select_get(view_layer=view_layer)))
+        if at_press.get(view_layer.name) != now or (active is not None and active.mode != "OBJECT"):
+            continue
         try:
             obj.select_set(True, view_layer=view_layer)  # also brings the view layer up to date
         except RuntimeError:  # not in this view layer (an excluded collection)
@@ -439,6 +496,8 @@ def _make_active(scene, obj) -> None:
             if other is not obj and other.select_get(view_layer=view_layer):
                 other.select_set(False, view_layer=view_layer)
         view_layer.objects.active = obj
+        handed += 1
+    return handed
 
 
 _jobs: dict[str, Job] = {}  # scene name -> its latest job (one job per scene at a time)
@@ -479,10 +538,14 @@ class Launch:
         else:
             self.photos = photos_in_use(settings)
             self.expressions = expressions_in_use(settings)
+        self.selection_at_press = selection_of(scene)
         self.probe = EngineProbe(self.prefs)
         _launches[scene.name] = self
 
     def pump(self) -> Job | None:
+        """One tick. Raises :class:`Refusal` for anything that keeps the job from starting (a
+        failed check, or an OS error while writing the job folder or starting the worker): the
+        launch is over then, whatever the caller does next."""
         try:
             python = self.probe.pump()
             if python is None:
@@ -528,21 +591,33 @@ class Launch:
                 JobSpec.from_dict(request, base)  # the worker's own validation, before any folder is made
             except JobError as exc:
                 raise Refusal(exc.code, f"{exc.message}" + (f" ({exc.hint})" if exc.hint else "")) from None
-            job_dir = new_job_folder(base)
-            write_job(job_dir, request)
         previous = _jobs.get(scene.name)
         if self.resume and previous is not None and previous.job_dir == job_dir:
             location, note = previous.location, previous.placement_note
         else:
             location, note = placement.place_head(scene, scene.cursor.location, beside=settings.placement == "BESIDE")
-        command = [python, "-m", "engine", "run", str(job_dir)] + (["--resume"] if self.resume else [])
-        monitor = WorkerMonitor(
-            command,
-            cwd=str(ADDON_DIR),
-            env=engine_environment(root),
-            stderr_path=job_dir / "addon-worker-stderr.log",
-        )
-        job = Job(scene, job_dir, monitor, location, self.resume, note)
+        made = None  # the job folder this press made (removed again if the worker cannot start)
+        try:
+            if not self.resume:
+                job_dir = made = new_job_folder(base)
+                write_job(job_dir, request)
+            command = [python, "-m", "engine", "run", str(job_dir)] + (["--resume"] if self.resume else [])
+            monitor = WorkerMonitor(
+                command,
+                cwd=str(ADDON_DIR),
+                env=engine_environment(root),
+                stderr_path=job_dir / WORKER_STDERR,
+            )
+        except (OSError, EngineError) as exc:  # a full disk, a folder made read-only meanwhile, a Python that cannot start
+            where = job_dir if self.resume else base
+            if made is not None:
+                _remove_unstarted_job_folder(made)
+            raise Refusal(
+                "worker_not_started",
+                f"The engine could not be started in {where} ({getattr(exc, 'strerror', None) or exc}): check the Output Folder "
+                "and the Engine Python, then press Generate Head again",
+            ) from None
+        job = Job(scene, job_dir, monitor, location, self.resume, note, self.selection_at_press)
         if (
             self.resume
             and previous is not None
@@ -581,17 +656,42 @@ def wait(job: Job, poll_s: float = 0.1) -> Job:
     return job
 
 
+def _remove_timer(owner) -> None:
+    window_manager = getattr(bpy.context, "window_manager", None)
+    if owner.timer is not None and window_manager is not None:
+        try:
+            window_manager.event_timer_remove(owner.timer)
+        except (ReferenceError, ValueError, RuntimeError):
+            pass  # the window it belonged to is gone (a file was loaded)
+    owner.timer = None
+
+
+def end_launch(launch: Launch) -> None:
+    """A Generate Head press that will not go on (its modal operator was cancelled): stop the
+    engine probe, remove its timer, and let the button come back."""
+    _remove_timer(launch)
+    launch.stop()
+
+
 def stop_all() -> None:
     """End every worker and remove every timer (unregister, quitting Blender)."""
-    window_manager = getattr(bpy.context, "window_manager", None)
     for launch in list(_launches.values()):
-        if launch.timer is not None and window_manager is not None:
-            window_manager.event_timer_remove(launch.timer)
-        launch.timer = None
-        launch.stop()
+        end_launch(launch)
     for job in list(_jobs.values()):
-        if job.timer is not None and window_manager is not None:
-            window_manager.event_timer_remove(job.timer)
-        job.timer = None
+        _remove_timer(job)
         job.monitor.close()
+    _jobs.clear()
+
+
+@bpy.app.handlers.persistent
+def on_load_pre(*_args) -> None:
+    """Another file is being loaded: the scenes the launches and jobs belong to go away, and
+    Blender ends their modal operators without a last tick. Stop every launch; ask every running
+    worker to stop at its next step (it writes a checkpoint, so the job folder can be resumed with
+    ``python -m engine run JOB_DIR --resume``) without waiting for it; forget them all, so Generate
+    Head is available in the new file."""
+    for launch in list(_launches.values()):
+        end_launch(launch)
+    for job in list(_jobs.values()):
+        job.abandon()
     _jobs.clear()

@@ -194,6 +194,54 @@ def test_open_studio_shows_the_head_active_and_the_way_back(blender_addon, head_
         scene.idto3d.light_mode = saved_mode
 
 
+def test_a_head_that_arrives_later_takes_the_selection_only_if_the_user_has_not_moved_on(blender_addon):
+    """The head appears with the first snapshot or the result, seconds to minutes after the press.
+    It becomes the active object only where the selection is what it was at the press and nothing
+    is in Edit Mode; otherwise the user's object stays active (and never stuck in Edit Mode)."""
+    import bpy
+
+    generation = importlib.import_module(f"{blender_addon}.generation")
+    scene, layer = bpy.context.scene, bpy.context.view_layer
+    bpy.ops.mesh.primitive_cube_add(location=(30, 0, 0))
+    cube = bpy.context.active_object
+    other = bpy.data.objects.new("Other", None)
+    scene.collection.objects.link(other)
+    heads = []
+
+    def new_head():
+        head = bpy.data.objects.new("Head", bpy.data.meshes.new("Head"))
+        scene.collection.objects.link(head)
+        heads.append(head)
+        return head
+
+    try:
+        press = generation.selection_of(scene)  # the cube is active and selected at the press
+        bpy.ops.object.mode_set(mode="EDIT")  # the user edits the cube meanwhile
+        head = new_head()
+        assert generation.hand_over_selection(scene, head, press) == 0
+        assert layer.objects.active == cube and cube.mode == "EDIT" and bpy.context.mode == "EDIT_MESH"
+        assert not head.select_get()
+        bpy.ops.object.mode_set(mode="OBJECT")
+
+        press = generation.selection_of(scene)
+        layer.objects.active = other  # the user selected something else meanwhile
+        other.select_set(True)
+        head = new_head()
+        assert generation.hand_over_selection(scene, head, press) == 0
+        assert layer.objects.active == other and not head.select_get() and cube.select_get()
+
+        press = generation.selection_of(scene)  # nothing changes until the head arrives
+        head = new_head()
+        assert generation.hand_over_selection(scene, head, press) == 1
+        assert layer.objects.active == head and head.select_get()
+        assert not cube.select_get() and not other.select_get()
+    finally:
+        if cube.mode != "OBJECT":
+            bpy.ops.object.mode_set(mode="OBJECT")
+        for obj in (cube, other, *heads):
+            bpy.data.objects.remove(obj)
+
+
 def test_placement_goes_beside_what_is_at_the_cursor_or_warns(blender_addon, head_inside_a_box):
     import bpy
     from mathutils import Vector
