@@ -539,6 +539,7 @@ class Launch:
             self.photos = photos_in_use(settings)
             self.expressions = expressions_in_use(settings)
         self.selection_at_press = selection_of(scene)
+        self.view_layer_name = context.view_layer.name if context.view_layer else ""
         self.probe = EngineProbe(self.prefs)
         _launches[scene.name] = self
 
@@ -595,7 +596,10 @@ class Launch:
         if self.resume and previous is not None and previous.job_dir == job_dir:
             location, note = previous.location, previous.placement_note
         else:
-            location, note = placement.place_head(scene, scene.cursor.location, beside=settings.placement == "BESIDE")
+            location, note = placement.place_head(
+                scene, scene.cursor.location, beside=settings.placement == "BESIDE",
+                view_layer=scene.view_layers.get(self.view_layer_name),
+                window_manager=getattr(bpy.context, "window_manager", None))
         made = None  # the job folder this press made (removed again if the worker cannot start)
         try:
             if not self.resume:

@@ -196,7 +196,8 @@ class IDTO3D_OT_import_head_result(bpy.types.Operator):
         chosen = Path(bpy.path.abspath(self.filepath or self.directory))
         scene = context.scene
         location, note = placement.place_head(scene, scene.cursor.location,
-                                              beside=scene.idto3d.placement == "BESIDE")
+                                              beside=scene.idto3d.placement == "BESIDE",
+                                              view_layer=context.view_layer, window_manager=context.window_manager)
         try:
             if chosen.suffix.lower() == ".glb":
                 obj = result_import.import_glb(chosen, location=location)

@@ -242,7 +242,7 @@ def test_a_head_that_arrives_later_takes_the_selection_only_if_the_user_has_not_
             bpy.data.objects.remove(obj)
 
 
-def test_placement_goes_beside_what_is_at_the_cursor_or_warns(blender_addon, head_inside_a_box):
+def test_placement_goes_beside_what_is_at_the_cursor_or_warns(blender_addon, head_inside_a_box, monkeypatch):
     import bpy
     from mathutils import Vector
 
@@ -250,15 +250,96 @@ def test_placement_goes_beside_what_is_at_the_cursor_or_warns(blender_addon, hea
     head, box = head_inside_a_box
     scene = bpy.context.scene
     cursor = Vector((0.0, 0.0, 0.0))
-    others = [o for o in placement.overlapping(scene, cursor, ignore={head}) if o is not box]
-    location, note = placement.place_head(scene, cursor)
-    assert "User Box" in note and "beside" in note
+    outside = [Vector((6.0, -6.0, 4.0))]  # a viewer outside the box, as the default Camera is
+    measured = []
+    real = placement.world_bounds
+    monkeypatch.setattr(placement, "world_bounds", lambda obj: measured.append(obj) or real(obj))
+    location, note = placement.place_head(scene, cursor, viewers=outside)
+    assert "User Box" in note and "beside" in note and "so it can be seen" in note
     assert location.x >= 0.5 + placement.HEAD_HALF_EXTENT  # past the box's +X face
-    assert not [o for o in placement.overlapping(scene, location) if o is not head and o not in others]
-    kept, warning = placement.place_head(scene, cursor, beside=False)
+    assert len(measured) == len(set(measured))  # every object's bounds computed once, not once per step
+    bounds = placement.scene_bounds(scene, bpy.context.view_layer)
+    assert not placement.hiding(bounds, location, outside)
+    kept, warning = placement.place_head(scene, cursor, beside=False, viewers=outside)
     assert kept == cursor and "User Box" in warning and "hidden" in warning
     far = Vector((50.0, 50.0, 50.0))
-    assert placement.place_head(scene, far) == (far, "")  # nothing there: the cursor, no note
+    assert placement.place_head(scene, far, viewers=outside) == (far, "")  # nothing there: the cursor, no note
+    # The camera inside the box (a room, a set) sees the head: the box no longer counts (only the
+    # fixture's own head at the cursor does).
+    _, inside_note = placement.place_head(scene, cursor, viewers=[Vector((0.3, -0.3, 0.2))])
+    assert "User Box" not in inside_note and head.name in inside_note
+
+
+@pytest.fixture()
+def user_objects(blender_addon):
+    """Objects of the user's made in the test, removed afterwards with their data and collections."""
+    import bpy
+
+    made, collections = [], []
+
+    def add(kind, *, collection=None, **options):
+        getattr(bpy.ops.mesh, f"primitive_{kind}_add")(**options)
+        obj = bpy.context.active_object
+        if collection is not None:
+            for owner in list(obj.users_collection):
+                owner.objects.unlink(obj)
+            collection.objects.link(obj)
+        made.append(obj)
+        return obj
+
+    def new_collection(name):
+        collection = bpy.data.collections.new(name)
+        bpy.context.scene.collection.children.link(collection)
+        collections.append(collection)
+        return collection
+
+    yield add, new_collection
+    for obj in made:
+        mesh = obj.data
+        bpy.data.objects.remove(obj)
+        bpy.data.meshes.remove(mesh)
+    for collection in collections:
+        bpy.data.collections.remove(collection)
+
+
+def test_a_floor_a_room_the_camera_is_in_and_hidden_collections_do_not_push_the_head_away(
+    blender_addon, user_objects
+):
+    """Ordinary scenes: the head is made at the cursor on a 40 m ground plane, inside a room the
+    camera is in, or where only objects of excluded or hidden collections are."""
+    import bpy
+    from mathutils import Vector
+
+    placement = importlib.import_module(f"{blender_addon}.placement")
+    add, new_collection = user_objects
+    scene, layer = bpy.context.scene, bpy.context.view_layer
+    camera = [Vector((7.4, -6.9, 5.0))]
+    add("plane", size=40, location=(-40, 0, 0))  # far from the origin, where other tests leave objects
+    for cursor in ((-40, 0, 0), (-40, 0, 0.5), (-40, 3, 0.1)):
+        assert placement.place_head(scene, cursor, viewers=camera, view_layer=layer) == (Vector(cursor), "")
+    room = add("cube", size=10, location=(-40, 0, 5))  # the camera inside it, the cursor too
+    assert placement.place_head(scene, (-40, 0, 1.5), viewers=[Vector((-43, -4, 2))], view_layer=layer)[1] == ""
+    # Seen from outside, the same room hides the head: it goes beside it.
+    location, note = placement.place_head(scene, (-40, 0, 1.5), viewers=camera, view_layer=layer)
+    assert room.name in note and location.x > -35
+    # Objects that neither show nor render where the user works do not count.
+    refs = new_collection("Refs")
+    add("cube", size=2, location=(-80, 0, 0), collection=refs)
+    layer.layer_collection.children[refs.name].exclude = True
+    assert placement.place_head(scene, (-80, 0, 0), viewers=camera, view_layer=layer) == (Vector((-80, 0, 0)), "")
+    layer.layer_collection.children[refs.name].exclude = False
+    assert placement.place_head(scene, (-80, 0, 0), viewers=camera, view_layer=layer)[1]  # now it hides the head
+    refs.hide_viewport = refs.hide_render = True
+    assert placement.place_head(scene, (-80, 0, 0), viewers=camera, view_layer=layer)[1] == ""
+    refs.hide_viewport = refs.hide_render = False
+    # The view layer the user works in counts, not the scene's first one.
+    other_layer = scene.view_layers.new("Other Layer")
+    try:
+        other_layer.layer_collection.children[refs.name].exclude = True
+        assert placement.place_head(scene, (-80, 0, 0), viewers=camera, view_layer=other_layer)[1] == ""
+        assert placement.place_head(scene, (-80, 0, 0), viewers=camera, view_layer=layer)[1]
+    finally:
+        scene.view_layers.remove(other_layer)
 
 
 def test_frame_in_views_points_the_3d_view_at_the_head(blender_addon):
