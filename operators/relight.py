@@ -23,6 +23,8 @@ from pathlib import Path
 import bpy
 from mathutils import Vector
 
+from ..animation import fcurves_of
+
 STUDIO_SCENE = "ID-to-3D Studio"
 STUDIO_MARK = "idto3d_studio"  # on the studio scene: the name of the scene it was made from
 STUDIO_HEAD = "idto3d_studio_head"  # on the head Relight staged in the studio (the only object it ever unlinks)
@@ -195,7 +197,7 @@ def build_rig(
         pivot.keyframe_insert("rotation_euler", index=2, frame=scene.frame_start)
         pivot.rotation_euler = (0.0, 0.0, 2 * math.pi)
         pivot.keyframe_insert("rotation_euler", index=2, frame=scene.frame_start + frames)
-        for fcurve in _fcurves(pivot):
+        for fcurve in fcurves_of(pivot):
             for point in fcurve.keyframe_points:
                 point.interpolation = "LINEAR"
         pivot.rotation_euler = (0.0, 0.0, 0.0)
@@ -203,21 +205,6 @@ def build_rig(
     scene.render.engine = "CYCLES"
     parts["scene"] = scene
     return parts
-
-
-def _fcurves(obj):
-    """The object's F-curves (layered actions in Blender 4.4+, plain ones before)."""
-    action = obj.animation_data.action if obj.animation_data else None
-    if action is None:
-        return []
-    if hasattr(action, "layers") and len(action.layers):
-        curves = []
-        for layer in action.layers:
-            for strip in layer.strips:
-                for bag in strip.channelbags:
-                    curves.extend(bag.fcurves)
-        return curves
-    return list(getattr(action, "fcurves", []))
 
 
 def _set_world(scene, mode: str, hdri: str) -> None:

@@ -118,8 +118,8 @@ def test_hdri_mode_and_turntable(blender_addon, head):
         pivot = next(
             o for o in bpy.data.collections["ID-to-3D Studio"].objects if o.get("idto3d_rig") == "pivot"
         )
-        relight = importlib.import_module(f"{blender_addon}.operators.relight")
-        turn = next(c for c in relight._fcurves(pivot) if c.data_path == "rotation_euler" and c.array_index == 2)
+        animation = importlib.import_module(f"{blender_addon}.animation")
+        turn = animation.find_fcurve(pivot, "rotation_euler", 2)
         assert turn.evaluate(studio.frame_start + 12) == pytest.approx(math.pi / 2, abs=1e-4)  # a quarter turn
         assert studio.frame_end == studio.frame_start + 47
         assert head.animation_data is None  # the head itself is never animated
