@@ -96,6 +96,34 @@ def expression_prompts(settings, names: list[str]) -> dict[str, str]:
     return prompts
 
 
+BASIC_EXPRESSION_COUNT = 6  # the six basic emotions: what the presets' step counts were set for
+
+
+def steps_per_expression(preset: str, expressions: int) -> int:
+    """About how many geometry steps shape each expression: every step optimises neutral (the
+    preset's ``neutral_fraction`` of the steps) or one expression picked at random, so the rest
+    of the steps are shared by all of them (engine/pipeline/seeds.py ``pick_expression``)."""
+    from .engine.pipeline.presets import PRESETS
+
+    settings = PRESETS[preset.lower()]
+    return round(settings.geometry_steps * (1 - settings.neutral_fraction) / max(1, expressions))
+
+
+def step_budget_note(settings) -> str:
+    """A warning for the Expressions panel when many expressions share the preset's steps (the
+    ARKit 52 set gets ~1/9 of the steps per shape that the six emotions get), with what to do."""
+    count = sum(1 for item in settings.expressions
+                if item.enabled and item.text.strip().casefold() != "neutral")
+    if count <= BASIC_EXPRESSION_COUNT:
+        return ""
+    each, usual = (steps_per_expression(settings.preset, n) for n in (count, BASIC_EXPRESSION_COUNT))
+    advice = ("untick the shapes your rig does not use (lip sync needs mostly jawOpen and the mouth* shapes)"
+              if settings.preset == "HIGH" else
+              "choose the High preset, or untick the shapes your rig does not use")
+    return (f"{count} expressions share the {settings.preset.capitalize()} preset's geometry steps: about {each} "
+            f"each ({usual} with six). For better shapes {advice}")
+
+
 # Pythons proven to start with torch, per session ((path, mtime)); failures are probed again each
 # time, so installing torch into the same Python is seen at the next press.
 _probed: set[tuple[str, float]] = set()

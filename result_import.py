@@ -161,19 +161,35 @@ def _remove_material(material) -> None:
     bpy.data.materials.remove(material)
 
 
-def quality_scores(folder: Path | str) -> dict[str, float | None]:
-    """Mean identity score (ArcFace cosine) per expression from result.json's quality report;
-    None for an expression whose renders showed no face the recogniser could find."""
+def _quality_expressions(folder: Path | str) -> dict:
     try:
         info = json.loads((Path(folder) / "result.json").read_text(encoding="utf-8"))
         per_expression = info["quality"]["expressions"]
-        scores = {}
-        for name, entry in per_expression.items():
-            value = entry.get("mean_arcface_cosine") if isinstance(entry, dict) else None
-            scores[str(name)] = float(value) if isinstance(value, (int, float)) else None
-        return scores
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return per_expression if isinstance(per_expression, dict) else {}
+    except (OSError, ValueError, KeyError, TypeError):
         return {}
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def quality_scores(folder: Path | str) -> dict[str, float | None]:
+    """Mean identity score (ArcFace cosine) per expression from result.json's quality report;
+    None for an expression whose renders showed no face the recogniser could find."""
+    return {str(name): _number(entry.get("mean_arcface_cosine")) if isinstance(entry, dict) else None
+            for name, entry in _quality_expressions(folder).items()}
+
+
+def quality_side_shares(folder: Path | str) -> dict[str, float]:
+    """For expressions named for one side (eyeBlinkLeft): the share of their movement on that
+    side of the face, from result.json's quality report (1.0: only that side)."""
+    shares = {}
+    for name, entry in _quality_expressions(folder).items():
+        share = _number(entry.get("side_share")) if isinstance(entry, dict) else None
+        if share is not None:
+            shares[str(name)] = share
+    return shares
 
 
 def import_result(

@@ -7,7 +7,8 @@ same topology, which is what Blender shape keys need:
 - ``faces``      int32   [F, 3], counter-clockwise seen from outside
 - ``uvs``        float32 [F, 3, 2] per face corner (optional; absent before the texture stage)
 - ``expression_names``   str [E]
-- ``expression_offsets`` float32 [E, V, 3], added to ``vertices`` (neutral is all zeros)
+- ``expression_offsets`` float32 [E, V, 3], added to ``vertices`` (neutral is all zeros); a
+  corrective expression (:data:`CORRECTIVES`) is stored relative to the expression it corrects
 
 Readable with numpy alone. Written to a temporary name and renamed into place.
 """
@@ -30,6 +31,26 @@ MESH_FILE = "head.npz"
 # geometry is optimised in (engine/geometry/tetgrid.py), and the box the add-on keeps free when it
 # places a new head. Here, torch-free, so both sides read the same number.
 HEAD_BOX_SIZE = 0.32
+
+
+# Expressions that rigs apply on top of another one, stored as a corrective: ARKit's mouthClose
+# closes the lips of an open jaw and is driven together with jawOpen (a face rig sets both). The
+# engine generates it as a whole face (jaw open, lips closed); stored as that face minus jawOpen,
+# jawOpen + mouthClose at 1 give the generated face, and mouthClose alone is the lip correction.
+CORRECTIVES = {"mouthClose": "jawOpen"}
+
+
+def as_correctives(head: "HeadMesh") -> tuple["HeadMesh", dict[str, str]]:
+    """``head`` with every :data:`CORRECTIVES` expression whose base is also present stored
+    relative to that base; returns (head, {corrective: base} applied). The input is not changed."""
+    applied = {name: base for name, base in CORRECTIVES.items()
+               if name in head.expression_names and base in head.expression_names}
+    if not applied:
+        return head, {}
+    offsets = np.array(head.expression_offsets, copy=True)
+    for name, base in applied.items():
+        offsets[head.expression_names.index(name)] -= offsets[head.expression_names.index(base)]
+    return HeadMesh(head.vertices, head.faces, list(head.expression_names), offsets, head.uvs), applied
 
 
 class ResultFormatError(ValueError):

@@ -7,19 +7,28 @@ import bpy
 from . import SidebarPanel
 from ..operators.head import head_key
 from ..operators.relight import IDTO3D_OT_relight, is_studio, settings_scene
-from ..result_import import quality_scores
+from ..result_import import quality_scores, quality_side_shares
 
 
-_scores: dict[str, dict[str, float | None]] = {}  # result folder -> scores, read once per folder
+_scores: dict[str, tuple[dict, dict]] = {}  # result folder -> (scores, side shares), read once per folder
+
+
+def _figures(obj) -> tuple[dict, dict]:
+    folder = obj.get("idto3d_result") if obj is not None else None
+    if not folder:
+        return {}, {}
+    if folder not in _scores:
+        _scores[folder] = quality_scores(folder), quality_side_shares(folder)
+    return _scores[folder]
 
 
 def scores_for(obj) -> dict[str, float]:
-    folder = obj.get("idto3d_result") if obj is not None else None
-    if not folder:
-        return {}
-    if folder not in _scores:
-        _scores[folder] = quality_scores(folder)
-    return _scores[folder]
+    return _figures(obj)[0]
+
+
+def side_shares_for(obj) -> dict[str, float]:
+    """How much of each left/right expression's movement is on its own side (quality report)."""
+    return _figures(obj)[1]
 
 
 class IDTO3D_UL_shape_keys(bpy.types.UIList):
@@ -35,6 +44,9 @@ class IDTO3D_UL_shape_keys(bpy.types.UIList):
         if item.name in scores:  # identity score of this expression's renders (ArcFace cosine)
             score = scores[item.name]
             row.label(text="ID –" if score is None else f"ID {score:.2f}")
+        share = side_shares_for(context.active_object).get(item.name)
+        if share is not None:  # below ~0.7 the shape moves the other side of the face too
+            row.label(text=f"side {share:.2f}", icon="ERROR" if share < 0.7 else "NONE")
         row.prop(item, "value", text="", slider=True)
         row.operator("idto3d.expression_solo", text="", icon="SOLO_ON").name = item.name
 

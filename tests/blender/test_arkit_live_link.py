@@ -123,6 +123,60 @@ def test_the_arkit_set_lists_apples_52_names_each_with_its_own_prompt(blender_ad
     assert [item.prompt for item in settings.expressions] == [""] * 7  # the basic set has no prompts
 
 
+def test_the_panel_warns_how_few_steps_each_arkit_shape_gets(blender_addon):
+    """The estimate is checked against the engine's own choice of expression per geometry step
+    (pick_expression with the per-step seeds), not against the formula it uses."""
+    from collections import Counter
+
+    import bpy
+
+    from engine.pipeline.geometry_stage import CHOICE
+    from engine.pipeline.presets import PRESETS
+    from engine.pipeline.seeds import GEOMETRY, pick_expression, step_rng
+
+    generation = importlib.import_module(f"{blender_addon}.generation")
+    preset = PRESETS["standard"]
+    names = ["neutral", *APPLE_NAMES]
+    picks = Counter(pick_expression(names, preset.neutral_fraction, step_rng(0, GEOMETRY, step, CHOICE))
+                    for step in range(preset.geometry_steps))
+    measured = np.mean([picks[name] for name in APPLE_NAMES])
+    assert generation.steps_per_expression("STANDARD", 52) == pytest.approx(measured, rel=0.05)
+    settings = bpy.context.scene.idto3d
+    saved = settings.preset
+    try:
+        settings.preset = "STANDARD"
+        bpy.ops.idto3d.expressions_reset(expression_set="ARKIT52")
+        note = generation.step_budget_note(settings)
+        each, six = generation.steps_per_expression("STANDARD", 52), generation.steps_per_expression("STANDARD", 6)
+        assert f"52 expressions share the Standard preset's geometry steps: about {each} each ({six} with six)" in note
+        assert six >= 8 * each and "High preset" in note
+        for item in list(settings.expressions)[15:]:  # neutral and the eyes only: 14 shapes
+            item.enabled = False
+        assert "14 expressions" in generation.step_budget_note(settings)
+        bpy.ops.idto3d.expressions_reset()
+        assert generation.step_budget_note(settings) == ""  # the six emotions: what the presets are set for
+    finally:
+        settings.preset = saved
+
+
+def test_renaming_an_item_of_a_set_drops_the_sets_prompt_but_keeps_the_users(blender_addon):
+    import bpy
+
+    settings = bpy.context.scene.idto3d
+    try:
+        bpy.ops.idto3d.expressions_reset(expression_set="ARKIT52")
+        items = {item.text: item for item in settings.expressions}
+        jaw, smile = items["jawOpen"], items["mouthSmileLeft"]
+        jaw.text = "yawning"  # the set's "mouth wide open, jaw dropped" described jawOpen, not this
+        assert jaw.prompt == ""
+        smile.prompt = "a crooked grin on the left"  # the user's own prompt
+        smile.text = "grin"
+        assert smile.prompt == "a crooked grin on the left"
+        assert items["eyeBlinkLeft"].prompt  # untouched items keep theirs
+    finally:
+        bpy.ops.idto3d.expressions_reset()
+
+
 # ------------------------------------------------------------------------------- Live Link Face
 
 

@@ -48,9 +48,14 @@ def test_generate_and_relight_in_the_default_startup_scene(tiny_models_root, pho
     assert report["view_distance"] < 2.0  # the head fills the view, not the whole default scene
     assert report["active"].startswith("Head")
     # ARKit names reached the shape keys; their prompts reached the job.
-    assert report["shape_keys"] == ["Basis", "eyeBlinkLeft", "jawOpen"]
+    assert report["shape_keys"] == ["Basis", "eyeBlinkLeft", "jawOpen", "mouthClose"]
     assert report["job_prompts"] == {"eyeBlinkLeft": "left eye closed, right eye open",
-                                     "jawOpen": "mouth wide open, jaw dropped"}
+                                     "jawOpen": "mouth wide open, jaw dropped",
+                                     "mouthClose": "lips closed while the jaw hangs open"}
+    # mouthClose is stored as a corrective on jawOpen (as ARKit rigs drive it), and the result says so;
+    # the one-sided shape has its side share in the quality report.
+    assert report["correctives"] == {"mouthClose": "jawOpen"}
+    assert set(report["side_shares"]) == {"eyeBlinkLeft"} and 0.0 <= report["side_shares"]["eyeBlinkLeft"] <= 1.0
     # Relight renders the head alone in its studio scene: a real image, not a blank frame ...
     assert [name for name in report["studio_objects"] if not name.startswith("Studio")] == [report["active"]]
     pixels = _pixels(report["render"])

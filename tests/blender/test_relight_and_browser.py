@@ -46,6 +46,8 @@ def head(blender_addon, tmp_path):
         offsets[i, :, i - 1] = 0.005 * i
     write_head_mesh(tmp_path, HeadMesh(vertices, faces, names, offsets))
     quality = {"expressions": {n: {"mean_arcface_cosine": 0.1 * i} for i, n in enumerate(names)}}
+    quality["expressions"]["smiling"]["side_share"] = 0.9  # as if it were a one-sided shape
+    quality["expressions"]["angry"]["side_share"] = "0.4"  # not a number: ignored
     (tmp_path / "result.json").write_text(json.dumps({"format": "idto3d-result", "quality": quality}))
     importer = importlib.import_module(f"{blender_addon}.result_import")
     obj = importer.import_result(tmp_path)
@@ -147,6 +149,7 @@ def test_browser_solo_reset_reel_and_scores(blender_addon, head):
     assert panel.scores_for(head) == pytest.approx(
         {"neutral": 0.0, "smiling": 0.1, "angry": 0.2, "surprised": 0.3}
     )
+    assert panel.side_shares_for(head) == {"smiling": pytest.approx(0.9)}
     head.data.shape_keys.animation_data_clear()
     scene.frame_set(1)
 
