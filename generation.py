@@ -324,6 +324,7 @@ class Job:
         self.preview_path = ""
         self.preview_seq = 0
         self.snapshots_applied = 0
+        self.snapshot_build: result_import.SnapshotBuild | None = None  # a snapshot on its way into the head
         self.object_name = ""
         self.result_folder = ""
         self.warnings: list[str] = []
@@ -357,6 +358,8 @@ class Job:
         """One tick: apply what the worker said since the last one. True while the job runs."""
         if self.finished:
             return False
+        if self.snapshot_build is not None:  # the snapshot of an earlier tick: its next piece of work
+            self._advance_snapshot()
         messages = self.monitor.pump()
         # Only the newest snapshot and preview of a burst are worth drawing.
         last_snapshot = max((i for i, m in enumerate(messages) if m["type"] == "snapshot"), default=-1)
@@ -388,6 +391,9 @@ class Job:
                     "hint": str(msg.get("hint") or ""),
                 }
             elif kind == "result":
+                if self.snapshot_build is not None:  # shown first, so every snapshot started is seen
+                    self.snapshot_build.finish()
+                    self._advance_snapshot()
                 self._apply_result(msg)
             elif kind == "done":
                 self._finish(bool(msg["ok"]) and self.error is None)
@@ -406,8 +412,17 @@ class Job:
         obj = self.head_object()
         if obj is None or obj.type != "MESH":
             obj = self._new_head_object()
-        result_import.update_mesh_in_place(obj, vertices, faces)
-        self.snapshots_applied += 1
+        if self.snapshot_build is not None:  # a newer snapshot replaces one still being built
+            self.snapshot_build.discard()
+        self.snapshot_build = result_import.SnapshotBuild(obj, vertices, faces)
+        self._advance_snapshot()  # its first piece of work in this tick
+
+    def _advance_snapshot(self) -> None:
+        build = self.snapshot_build
+        if build.done or build.advance():
+            self.snapshot_build = None
+            if build.done:
+                self.snapshots_applied += 1
 
     def _new_head_object(self):
         scene = bpy.data.scenes.get(self.scene_name) or bpy.context.scene
@@ -446,6 +461,9 @@ class Job:
         self.object_name, self.result_folder = obj.name, str(folder)
 
     def _finish(self, ok: bool) -> None:
+        if self.snapshot_build is not None:  # the last snapshot stays shown (a failed or cancelled job)
+            self.snapshot_build.finish()
+            self._advance_snapshot()
         self.ok = ok
         if not ok:
             self.stderr_tail = self.monitor.stderr_tail()
@@ -469,6 +487,9 @@ class Job:
         loaded): the worker is asked to stop at its next step, which leaves a checkpoint, and is
         killed by the monitor's reaper thread if it does not; the job ends as cancelled. Never waits."""
         _remove_timer(self)
+        if self.snapshot_build is not None:  # its scene is going away: no half-built datablock is left
+            self.snapshot_build.discard()
+            self.snapshot_build = None
         if not self.finished:
             self.monitor.stop_in_background()
             self._finish(False)
