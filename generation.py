@@ -20,8 +20,8 @@ import bpy
 from . import placement, result_import
 from .engine.errors import EngineError
 from .engine.models import check_models
-from .engine.owned import claim_dir
-from .engine.pipeline.job import JobError, JobSpec, write_job  # stdlib only; imported once, not on a press
+from .engine.owned import claim_dir, remove_owned
+from .engine.pipeline.job import JOB_FILE, JobError, JobSpec, write_job  # stdlib only; imported once, not on a press
 from .engine.result_format import ResultFormatError
 from .engine_runner import ADDON_DIR, EngineNotFound, engine_environment, engine_python
 from .worker_monitor import CommandFailed, CommandMonitor, WorkerMonitor
@@ -284,9 +284,6 @@ WORKER_STDERR = "addon-worker-stderr.log"
 def _remove_unstarted_job_folder(folder: Path) -> None:
     """A job folder this press made whose worker never started: what the add-on wrote into it
     (job.json, the stderr log) and the folder go; anything else is left."""
-    from .engine.owned import remove_owned
-    from .engine.pipeline.job import JOB_FILE
-
     try:
         for name in (JOB_FILE, WORKER_STDERR):
             (folder / name).unlink(missing_ok=True)
@@ -661,14 +658,15 @@ class Launch:
                 env=engine_environment(root),
                 stderr_path=job_dir / WORKER_STDERR,
             )
-        except (OSError, EngineError) as exc:  # a full disk, a folder made read-only meanwhile, a Python that cannot start
+        except (OSError, EngineError) as exc:  # a full disk, a read-only folder, a Python that cannot start
             where = job_dir if self.resume else base
             if made is not None:
                 _remove_unstarted_job_folder(made)
+            reason = getattr(exc, "strerror", None) or exc
             raise Refusal(
                 "worker_not_started",
-                f"The engine could not be started in {where} ({getattr(exc, 'strerror', None) or exc}): check the Output Folder "
-                "and the Engine Python, then press Generate Head again",
+                f"The engine could not be started in {where} ({reason}): check the Output Folder and the Engine "
+                "Python, then press Generate Head again",
             ) from None
         job = Job(scene, job_dir, monitor, location, self.resume, note, self.selection_at_press)
         if (

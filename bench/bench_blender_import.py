@@ -182,7 +182,8 @@ def arkit_import(importer, folder: Path, repeats: int) -> None:
     crcs = [_timed(lambda: zlib.crc32(data)) for _ in range(repeats)]
     wall, cpu, main = (min(run[i] for run in imports) for i in range(3))
     print(f"ARKit-size head ({len(head.expression_names)} expressions, head.npz {size / 1e6:.0f} MB): add-on import "
-          f"{wall:.3f} s wall, {cpu:.3f} s CPU, {main:.3f} s main-thread CPU; reading + checking head.npz {min(w for w, _ in reads):.3f} s wall, "
+          f"{wall:.3f} s wall, {cpu:.3f} s CPU, {main:.3f} s main-thread CPU; reading + checking head.npz "
+          f"{min(w for w, _ in reads):.3f} s wall, "
           f"of which CRC-32 {min(w for w, _ in crcs) * 1000:.0f} ms (best of {repeats})")
 
 

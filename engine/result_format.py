@@ -237,7 +237,8 @@ def _read_member(stream, start: int, member: zipfile.ZipInfo, crcs: list) -> np.
     claimed = math.prod(shape) * dtype.itemsize + header_length
     if claimed != member.file_size:
         raise ValueError(
-            f"member {member.filename} claims {claimed} bytes (shape {shape}, {dtype}), the zip holds {member.file_size}")
+            f"member {member.filename} claims {claimed} bytes (shape {shape}, {dtype}), "
+            f"the zip holds {member.file_size}")
     stream.seek(start)
     header = stream.read(header_length)
     try:

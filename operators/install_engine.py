@@ -180,8 +180,10 @@ class Install:
         retry = (f"the new environment is complete and kept in {self.partial}: press Install Engine again to move "
                  "it into place (nothing is downloaded again)")
         if os.path.lexists(self.final) and not _is_ours(self.final):
-            what = "a broken link" if self.final.is_symlink() and not self.final.exists() else "not made by Install Engine"
-            return self._fail(f"{self.final} is in the way ({what}): move or remove it, then {retry}", keep_partial=True)
+            broken = self.final.is_symlink() and not self.final.exists()
+            what = "a broken link" if broken else "not made by Install Engine"
+            return self._fail(f"{self.final} is in the way ({what}): move or remove it, then {retry}",
+                              keep_partial=True)
         try:
             if os.path.lexists(self.final):
                 os.replace(self.final, old)

@@ -236,7 +236,8 @@ def test_head_rotation_columns_drive_the_head_object_as_an_option(arkit_head, tm
 
     arkit_head.rotation_euler = (0.0, 0.0, 0.2)  # the user's own orientation stays the rest pose
     take = live_link_csv(tmp_path / "take.csv", rows=30,
-                         values=lambda k: {"HeadYaw": (k / 29) * 30 / 180, "HeadPitch": -45 / 180, "HeadRoll": 18 / 180})
+                         values=lambda k: {"HeadYaw": (k / 29) * 30 / 180, "HeadPitch": -45 / 180,
+                                           "HeadRoll": 18 / 180})
     assert bpy.ops.idto3d.import_live_link(filepath=str(take), start_frame=1, head_rotation=True) == {"FINISHED"}
     frame = 1 + (29 + ((29 * 37) % 1000) / 1000) * 30 / 60  # the last row
     assert _value_at(arkit_head, "rotation_euler", frame, 2) == pytest.approx(0.2 + math.radians(30), abs=1e-4)
