@@ -176,8 +176,11 @@ class _Job:
             quality, sheet = self.quality(head, textures, embedding)
             self.end_stage()
 
+        from ..result_format import as_correctives
+
+        head, correctives = as_correctives(head)  # after the quality renders, which show each whole face
         self.stage("export")
-        folder, glb = self.export(head, textures, quality, sheet)
+        folder, glb = self.export(head, textures, quality, sheet, correctives)
         self.end_stage()
         self.send("result", folder=str(folder), glb=str(glb) if glb else None)
         return folder
@@ -462,13 +465,15 @@ class _Job:
                         expression_offsets=np.stack([offsets[n] for n in names]),
                         uvs=None if textures is None else np.asarray(textures["uvs"], np.float32))
 
-    def export(self, head, textures, quality, sheet):
+    def export(self, head, textures, quality, sheet, correctives=None):
         from ..export import write_result
 
         folder = self.job_dir / RESULT
         info = self.info()
         if quality is not None:
             info["quality"] = quality
+        if correctives:
+            info["correctives"] = dict(correctives)  # {expression: the expression it is stored relative to}
         want_glb = bool(self.spec.output.get("glb", True))
         if textures is None:  # stop_after geometry: head.npz, result.json and a glb with a plain material
             paths = write_result(folder, head, info=info, glb=want_glb)

@@ -112,6 +112,9 @@ def test_a_leftover_partial_environment_is_deleted_off_the_ui_thread(installer, 
     assert seen and not seen[0][1], "the old environment was deleted on the main thread"
     trash = [p for p in root.iterdir() if p.name.startswith(module.TRASH_PREFIX)]
     assert trash and (trash[0] / "lib" / "f0.py").exists()  # still there: nobody waited for it
+    _run(module, prefs, runtime, tmp_path, "")  # another install sweeps leftovers while that deletion runs
+    paths = [path for path, _ in seen]
+    assert len(paths) == len(set(paths)) == 2, f"a folder was deleted twice at once: {seen}"
     gate.set()
     assert module.wait_for_deletions(60)
     assert not [p for p in root.iterdir() if p.name.startswith(module.TRASH_PREFIX)]
@@ -133,17 +136,28 @@ def test_replacing_an_installed_environment_deletes_the_old_one_in_the_backgroun
     assert sorted(p.name for p in root.iterdir()) == ["install.log", "venv"]
 
 
-def test_a_failed_rename_ends_the_install_with_a_message_not_a_stuck_button(installer, tmp_path):
+def test_a_failed_rename_keeps_the_complete_environment_and_says_what_to_do(installer, tmp_path):
+    """Every step succeeded but venv is a broken link (its target deleted): the complete new
+    environment is kept, the status names what is in the way, and once it is removed the next
+    Install Engine only moves the environment into place (no step runs again)."""
     module, prefs, runtime = installer
     root = tmp_path / "runtime"
     root.mkdir()
     (root / "venv").symlink_to(tmp_path / "gone")  # a link whose target was deleted: rename onto it fails
     _run(module, prefs, runtime, tmp_path, "")
-    assert not runtime.install_running
-    assert "could not be moved into place" in runtime.install_status and "Nothing was installed" in runtime.install_status
-    assert prefs.python_executable == ""
+    assert not runtime.install_running and prefs.python_executable == ""
+    status = runtime.install_status
+    assert f"{root / 'venv'} is in the way (a broken link): move or remove it" in status, status
+    assert "press Install Engine again" in status and "Nothing was installed" not in status
     assert module.wait_for_deletions(60)
-    assert not (root / "venv.partial").exists() and (root / "venv").is_symlink()
+    assert (root / "venv.partial" / "bin" / "python").exists() and (root / "venv").is_symlink()  # kept
+    (root / "venv").unlink()  # what the message says to do
+    install = module.start_install(prefs, runtime, root=root, requirements=tmp_path / "missing.txt",
+                                   constraints=tmp_path / "missing.txt", pip_args=["--no-index"], with_torch=False)
+    assert install.steps == [] and install.process is None  # nothing is installed again
+    assert not module.pump(prefs, runtime)  # one tick: two renames
+    assert runtime.install_status.startswith("Engine installed in")
+    assert prefs.python_executable == str(root / "venv" / "bin" / "python") and not (root / "venv.partial").exists()
 
 
 def test_a_rename_refused_midway_keeps_the_previous_environment(installer, tmp_path, monkeypatch):
@@ -163,7 +177,9 @@ def test_a_rename_refused_midway_keeps_the_previous_environment(installer, tmp_p
     monkeypatch.setattr(module.os, "replace", replace)
     _run(module, prefs, runtime, tmp_path, "")
     assert not runtime.install_running and "No space left on device" in runtime.install_status
+    assert "press Install Engine again" in runtime.install_status
     assert prefs.python_executable == python and (root / "venv" / "bin" / "python").exists()  # still in use
+    assert (root / "venv.partial" / "bin" / "python").exists()  # the new one is kept for the retry
 
 
 def test_a_partial_environment_deleted_during_the_install_ends_it_cleanly(installer, tmp_path):
