@@ -35,8 +35,10 @@ TORCH_CUDA_BUILDS = (
 # cu126 carries no Blackwell (sm_100/sm_120) kernels: those GPUs need cu129 or newer.
 CU126_NEWEST_CAPABILITY = (9, 0)
 # onnxruntime-gpu on the package index is built for CUDA 13 (requires nvidia-cuda-runtime ~= 13.0,
-# cuDNN 9 for CUDA 13): installed only beside a cu13x torch, whose CUDA libraries it shares. The
-# newest on the index when this was written; the CPU onnxruntime is pinned to 1.32.0.
+# cuDNN 9 for CUDA 13): installed only beside a cu13x torch. It ships no CUDA libraries: the
+# identity step calls onnxruntime.preload_dlls() after importing torch (engine/identity/providers.py),
+# onnxruntime's documented way to use torch's. 1.31.1 is the newest onnxruntime-gpu on the index;
+# the CPU onnxruntime the tests run is 1.32.0 (not run on a GPU here).
 ONNXRUNTIME_GPU = "onnxruntime-gpu==1.31.1"
 NVIDIA_SMI_QUERY = ("--query-gpu=driver_version,name,compute_cap,memory.total", "--format=csv,noheader,nounits")
 
