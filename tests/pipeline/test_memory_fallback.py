@@ -335,3 +335,44 @@ def test_cpu_offload_keeps_a_module_in_place_while_a_graph_needs_its_weights(tin
     with torch.enable_grad(), prior._placed(spy):
         pass
     assert spy.moves == ["cuda"]  # a graph may hold its weights: it stays until a no-grad use
+
+
+GPU_ALLOCATION_FAILURES = [
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+    RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"),
+    RuntimeError("Cuda error: 2[cudaErrorMemoryAllocation];"),  # what nvdiffrast's kernels raise
+]
+
+
+@pytest.mark.parametrize("error", GPU_ALLOCATION_FAILURES)
+def test_every_gpu_allocation_failure_is_one_out_of_memory(error):
+    from engine.pipeline.failures import classify
+
+    assert memory_fallback.is_cuda_oom(error) and classify(error).code == "cuda_out_of_memory"
+    assert not memory_fallback.is_cuda_oom(RuntimeError("CUDA error: an illegal memory access was encountered"))
+
+
+def test_the_run_falls_back_on_a_libraries_allocation_failure(make_job, monkeypatch):
+    original, raised = GeometryStage.step, []
+
+    def step(stage, i):  # TEST DOUBLE: nvdiffrast's allocation failing at 2 views
+        if i == 1 and stage.settings.views_per_step == 2:
+            raised.append(i)
+            raise RuntimeError("Cuda error: 2[cudaErrorMemoryAllocation];")
+        return original(stage, i)
+
+    monkeypatch.setattr(GeometryStage, "step", step)
+    folder, messages = run_collecting(make_job(stop_after="geometry", overrides={"views_per_step": 2}))
+    assert raised == [1] and [m["field"] for m in messages if m.get("code") == "memory_fallback"] == ["views_per_step"]
+
+
+def test_free_memory_counts_the_allocators_cached_blocks(monkeypatch):
+    # STAND-IN GPU: 1 GiB free for the driver, 3 GiB reserved by PyTorch of which 2 GiB in use
+    gib = memory_fallback.GiB
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 * gib, 8 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 3 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 2 * gib)
+    assert memory_fallback.free_memory_bytes(torch.device("cuda")) == 2 * gib
+    assert memory_fallback.free_memory_bytes(torch.device("cpu")) is None
