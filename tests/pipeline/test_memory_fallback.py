@@ -376,3 +376,15 @@ def test_free_memory_counts_the_allocators_cached_blocks(monkeypatch):
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 2 * gib)
     assert memory_fallback.free_memory_bytes(torch.device("cuda")) == 2 * gib
     assert memory_fallback.free_memory_bytes(torch.device("cpu")) is None
+
+
+def test_an_out_of_memory_error_before_the_first_step_is_named_as_the_stages_set_up():
+    plan = memory_fallback.MemoryPlan(resolve_preset("standard"))
+    change = plan.lower("geometry", 0, "cuda_out_of_memory", "CUDA out of memory")
+    text = memory_fallback.describe(change)
+    assert "the geometry stage's set-up" in text and "step 0" not in text
+    assert "geometry step 7" in memory_fallback.describe(dataclasses.replace(change, step=7))
+    plan.lower("geometry", 0, "cuda_out_of_memory")
+    plan.lower("geometry", 0, "cuda_out_of_memory")
+    error = memory_fallback.exhausted("geometry", 0, "CUDA out of memory", plan)
+    assert "the geometry stage's set-up" in error.message and "step 0" not in error.message
