@@ -208,8 +208,9 @@ def no_cuda_problem(query_gpus: Callable | None = None) -> str:
         from .cuda_wheels import query_gpus
     gpus = query_gpus()
     if torch.version.cuda is None and gpus:
-        return (f"this engine's torch is a CPU-only build, but the computer has {gpus[0].name} (driver {gpus[0].driver}): "
-                "in the add-on's preferences choose Torch Build: CUDA and press Install Engine (from a shell: install a "
+        return (f"this engine's torch is a CPU-only build, but the computer has {gpus[0].name} "
+                f"(driver {gpus[0].driver}): in the add-on's preferences choose Torch Build: CUDA and press "
+                "Install Engine (from a shell: install a "
                 "CUDA build of torch, docs/install.md), then Check GPU again")
     if torch.version.cuda is None:
         return ("no usable CUDA GPU (CPU-only torch build, and nvidia-smi finds no NVIDIA GPU): the engine runs on "
@@ -335,14 +336,16 @@ def run_check(models_root, *, preset: str = "standard", overrides: dict | None =
         if out_of_memory_everywhere:
             from .pipeline.failures import LOWER_MEMORY_HINT
 
-            report["problem"] += f" (down to 1 view, VAE checkpointing, CPU offload and sliced attention); {LOWER_MEMORY_HINT}"
+            report["problem"] += (" (down to 1 view, VAE checkpointing, CPU offload and sliced attention); "
+                                  + LOWER_MEMORY_HINT)
         return report
     views = chosen["views_per_step"]
     memory = None
     if cuda:
         per_view = max(0, chosen["peak_bytes"] - chosen["model_bytes"]) / views
         memory = {"model_bytes": chosen["model_bytes"], "peak_bytes": chosen["peak_bytes"],
-                  "peak_reserved_bytes": chosen["peak_reserved_bytes"], "device_used_bytes": chosen["device_used_bytes"],
+                  "peak_reserved_bytes": chosen["peak_reserved_bytes"],
+                  "device_used_bytes": chosen["device_used_bytes"],
                   "activation_bytes_per_view": int(per_view), "total_bytes": total}
     settings_used = {k: chosen[k] for k in ("dtype", "views_per_step", "attention", "vae_checkpointing", "cpu_offload")}
     report.update(
@@ -403,10 +406,11 @@ def format_report(report: dict) -> str:
                  f"{report['step']['render_resolution']}^2 renders, {report['step']['views_per_step']} view(s), "
                  f"through the VAE)")
     if report.get("peak_vram_gib") is not None:
-        lines.append(f"peak VRAM: {report['peak_vram_gib']} GiB allocated (models {report['memory']['model_bytes'] / GiB:.2f} "
-                     f"GiB + {report['memory']['activation_bytes_per_view'] / GiB:.2f} GiB per view)")
-        lines.append(f"reserved: {report['reserved_vram_gib']} GiB by PyTorch at the peak; {report['device_used_gib']} GiB "
-                     "in use on the GPU (with the CUDA context and any other program)")
+        memory = report["memory"]
+        lines.append(f"peak VRAM: {report['peak_vram_gib']} GiB allocated (models {memory['model_bytes'] / GiB:.2f} "
+                     f"GiB + {memory['activation_bytes_per_view'] / GiB:.2f} GiB per view)")
+        lines.append(f"reserved: {report['reserved_vram_gib']} GiB by PyTorch at the peak; "
+                     f"{report['device_used_gib']} GiB in use on the GPU (with the CUDA context and any other program)")
     fp16 = report.get("precisions", {}).get("fp16", "not tried")
     lines.append("fp16 gradients: " + ("finite" if fp16 == "finite" else f"{fp16} (another precision is used)"
                                        if fp16 != "not tried" else "not tried"))

@@ -29,7 +29,8 @@ def summarise(check: dict) -> str:
     vram = f", peak {check['peak_vram_gib']} GiB" if check.get("peak_vram_gib") is not None else ""
     head = f", ~{minutes} min per {check.get('preset')} head" if minutes is not None else ""
     extras = [", sliced attention" if s["attention"] == "sliced" else "",
-              ", VAE checkpointing" if s.get("vae_checkpointing") else "", ", CPU offload" if s.get("cpu_offload") else ""]
+              ", VAE checkpointing" if s.get("vae_checkpointing") else "",
+              ", CPU offload" if s.get("cpu_offload") else ""]
     return f"{check['seconds_per_step']} s/step{vram}{head}; uses {s['dtype']}, {s['views_per_step']} view(s)" + "".join(
         extras)
 

@@ -281,7 +281,8 @@ def fit_before_launch(plan: MemoryPlan, free_bytes: int | None, need: StepNeed,
     return made
 
 
-def estimate_report(plan: MemoryPlan, free_bytes: int | None, need: StepNeed, offloadable_bytes: int = 0) -> dict | None:
+def estimate_report(plan: MemoryPlan, free_bytes: int | None, need: StepNeed,
+                    offloadable_bytes: int = 0) -> dict | None:
     """The pre-launch estimate as result.json keeps it (None on the CPU)."""
     if free_bytes is None:
         return None

@@ -189,7 +189,8 @@ def test_sliced_attention_only_after_checkpointing_and_offload(tiny_models_root,
     report = gpu_check.run_check(tiny_models_root, preset="test", overrides={"views_per_step": 2}, device="cpu",
                                  steps=1, prior_loader=loader(loaded), precisions=("fp32",), save=False)
     assert loaded == [("fp32", "sdpa"), ("fp32", "sliced")]
-    assert [(t["attention"], t["views_per_step"], t["vae_checkpointing"], t["cpu_offload"]) for t in report["tried"]] == [
+    rungs = [(t["attention"], t["views_per_step"], t["vae_checkpointing"], t["cpu_offload"]) for t in report["tried"]]
+    assert rungs == [
         ("sdpa", 2, False, False), ("sdpa", 1, False, False), ("sdpa", 1, True, False), ("sdpa", 1, True, True),
         ("sliced", 1, True, True)]
     assert report["settings"]["attention"] == "sliced" and report["settings"]["cpu_offload"] is True
