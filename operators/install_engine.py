@@ -221,6 +221,60 @@ class Install:
 
 
 _current: Install | None = None
+_probe: GpuProbe | None = None  # nvidia-smi being asked before a CUDA install starts
+
+
+class GpuProbe:
+    """``nvidia-smi`` asked on a background thread (two queries, up to 20 s each on a stuck driver:
+    never on Blender's UI thread). ``kwargs`` are start_install's, for when it has answered."""
+
+    def __init__(self, query, kwargs: dict):
+        self.gpus: list | None = None
+        self.kwargs = kwargs
+        self._thread = threading.Thread(target=self._ask, args=(query,), name="idto3d-gpu-probe", daemon=True)
+        self._thread.start()
+
+    def _ask(self, query) -> None:
+        try:
+            self.gpus = query()
+        except Exception:  # query_gpus never raises; a broken one still must not leave the button stuck
+            self.gpus = []
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self) -> None:
+        self._thread.join()
+
+
+def request_install(prefs, runtime, *, query=None, **kwargs) -> GpuProbe | None:
+    """What Install Engine does: with Torch Build CUDA, nvidia-smi is asked in the background and
+    the install starts once it answered (:func:`probe_tick`, from the timer); with CPU at once."""
+    global _probe
+    _refuse_if_unable()
+    if prefs.torch_variant != "CUDA" or not kwargs.get("with_torch", True):
+        start_install(prefs, runtime, **kwargs)
+        return None
+    _probe = GpuProbe(query or query_gpus, kwargs)
+    runtime.install_running = True
+    runtime.install_status = "Install Engine: asking nvidia-smi which NVIDIA driver and GPU this computer has…"
+    return _probe
+
+
+def probe_tick(prefs, runtime) -> bool:
+    """True while nvidia-smi is still being asked; then starts the install with its answer."""
+    global _probe
+    if _probe is None:
+        return False
+    if not _probe.done:
+        return True
+    probe, _probe = _probe, None
+    try:
+        start_install(prefs, runtime, gpus=probe.gpus, **probe.kwargs)
+    except (InstallRefused, OSError) as exc:
+        runtime.install_running, runtime.install_status = False, f"Install Engine: {exc}"
+    return False
 
 
 def torch_choice(variant: str, gpus=None) -> WheelChoice:
@@ -274,16 +328,12 @@ def start_install(
     constraints: Path | None = None,
     pip_args: list[str] = (),
     with_torch: bool = True,
+    gpus: list | None = None,
 ) -> Install:
-    """Start installing the engine's environment (refused while offline or already running)."""
+    """Start installing the engine's environment (refused while offline or already running).
+    ``gpus``: nvidia-smi's answer when the caller asked it already (:func:`request_install`)."""
     global _current
-    if not bpy.app.online_access:
-        raise InstallRefused(
-            "Blender's online access is off: enable it in Preferences > System > Network "
-            "to install the engine"
-        )
-    if _current is not None and _current.outcome is None:
-        raise InstallRefused("An engine install is already running")
+    _refuse_if_unable()
     root = root or runtime_folder()
     partial = root / "venv.partial"
     for leftover in root.glob(f"{TRASH_PREFIX}*"):  # deletions that Blender quitting cut short
@@ -298,7 +348,7 @@ def start_install(
         discard(partial)  # a previous install that was interrupted (deleted in the background)
     partial.mkdir(parents=True)
     (partial / MARKER).write_text(json.dumps({"state": "installing"}), encoding="utf-8")
-    choice = torch_choice(prefs.torch_variant) if with_torch else torch_choice("CPU")
+    choice = torch_choice(prefs.torch_variant, gpus) if with_torch else torch_choice("CPU")
     steps = install_steps(
         partial,
         choice,
@@ -336,8 +386,19 @@ def pump(prefs, runtime) -> bool:
     return False
 
 
+def _refuse_if_unable() -> None:
+    if not bpy.app.online_access:
+        raise InstallRefused(
+            "Blender's online access is off: enable it in Preferences > System > Network "
+            "to install the engine"
+        )
+    if (_current is not None and _current.outcome is None) or _probe is not None:
+        raise InstallRefused("An engine install is already running")
+
+
 def stop_install() -> None:
-    global _current
+    global _current, _probe
+    _probe = None  # its thread ends by itself; its answer is dropped
     if _current is not None:
         _current.stop()
         _current = None
@@ -349,7 +410,10 @@ def _timer_tick():
     context = bpy.context
     if context.window_manager is None:
         return None
-    running = pump(addon_prefs(context), context.window_manager.idto3d_runtime)
+    prefs, runtime = addon_prefs(context), context.window_manager.idto3d_runtime
+    if probe_tick(prefs, runtime):
+        return 0.5
+    running = pump(prefs, runtime)
     redraw_3d_views(context.window_manager)
     return 1.0 if running else None
 
@@ -367,13 +431,16 @@ class IDTO3D_OT_install_engine(bpy.types.Operator):
     )
 
     def execute(self, context):
-        prefs = addon_prefs(context)
+        prefs, runtime = addon_prefs(context), context.window_manager.idto3d_runtime
         try:
-            start_install(prefs, context.window_manager.idto3d_runtime)
+            probe = request_install(prefs, runtime)
+            if probe is not None and bpy.app.background:  # no UI to keep responsive, no timers to wait with
+                probe.wait()
+                probe_tick(prefs, runtime)
         except (InstallRefused, OSError) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        bpy.app.timers.register(_timer_tick, first_interval=1.0)
+        bpy.app.timers.register(_timer_tick, first_interval=0.5)
         self.report({"INFO"}, "Installing the engine in the background")
         return {"FINISHED"}
 

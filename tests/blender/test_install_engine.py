@@ -7,6 +7,7 @@ does not exist makes it fail; an empty one makes it succeed without downloading 
 from __future__ import annotations
 
 import importlib
+import threading
 import time
 
 import pytest
@@ -216,13 +217,52 @@ def test_cuda_install_takes_the_drivers_torch_build_and_onnxruntime_gpu(installe
     assert torch_step[torch_step.index("--index-url") + 1] == "https://download.pytorch.org/whl/cu130"
     assert steps[3][1][-3:] == ["uninstall", "--disable-pip-version-check", "-y", "onnxruntime"][-3:]
     assert "onnxruntime-gpu==" in " ".join(steps[4][1])
-    # an RTX 3060 on a 550 driver: the CUDA 12.6 build, and the CPU onnxruntime stays
+    # an RTX 3060 on a 550 driver: the CUDA 12.9 build (minor-version compatible), the CPU onnxruntime stays
     ampere = [Gpu("NVIDIA GeForce RTX 3060", "550.54.14", (8, 6), 12288)]
     steps = module.install_steps(tmp_path / "venv.partial", module.torch_choice("CUDA", gpus=ampere), **kw)
     assert [label for label, _ in steps][-1] == "installing the engine's packages"
-    assert "https://download.pytorch.org/whl/cu126" in steps[1][1]
+    assert "https://download.pytorch.org/whl/cu129" in steps[1][1]
     # no driver: the CPU build, said plainly
     choice = module.torch_choice("CUDA", gpus=[])
     assert choice.variant == "cpu" and "no NVIDIA driver found" in choice.reason
     assert "https://download.pytorch.org/whl/cpu" in module.install_steps(tmp_path / "p", choice, **kw)[1][1]
     assert module.torch_choice("CPU").variant == "cpu"
+
+
+class BlockedNvidiaSmi:
+    """TEST DOUBLE for nvidia-smi on a slow driver: answers only once released, and records the
+    thread it was asked on."""
+
+    def __init__(self, gpus):
+        self.gpus, self.release, self.threads = gpus, threading.Event(), []
+
+    def __call__(self):
+        self.threads.append(threading.current_thread())
+        assert self.release.wait(60)
+        return self.gpus
+
+
+def test_cuda_install_asks_nvidia_smi_off_the_ui_thread_then_installs_its_build(installer, tmp_path):
+    module, prefs, runtime = installer
+    from engine.cuda_wheels import Gpu
+
+    before, prefs.torch_variant = prefs.torch_variant, "CUDA"
+    smi = BlockedNvidiaSmi([Gpu("NVIDIA H100 80GB HBM3", "580.82.07", (9, 0), 81559)])
+    (tmp_path / "r.txt").write_text("")
+    (tmp_path / "c.txt").write_text("")
+    try:
+        probe = module.request_install(prefs, runtime, query=smi, root=tmp_path / "runtime",
+                                       requirements=tmp_path / "r.txt", constraints=tmp_path / "c.txt",
+                                       pip_args=["--no-index"])
+        assert probe is not None and runtime.install_running and "nvidia-smi" in runtime.install_status
+        assert module.probe_tick(prefs, runtime) is True and module._current is None  # waits; nothing started
+        with pytest.raises(module.InstallRefused, match="already running"):
+            module.request_install(prefs, runtime, query=smi)
+        smi.release.set()
+        probe.wait()
+        assert smi.threads and smi.threads[0] is not threading.main_thread()
+        assert module.probe_tick(prefs, runtime) is False
+        assert module._current.steps[1][0] == "installing torch (cu130)"  # the driver's answer chose it
+        assert "H100" in runtime.install_status
+    finally:
+        prefs.torch_variant = before
