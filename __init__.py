@@ -16,7 +16,7 @@ from . import generation, preferences, properties
 from .operators import engine_check, export, expressions as expression_operators, fetch_models, generate
 from .operators import gpu_check, head as head_operators, install_engine, live_link, photos as photo_operators, relight
 from .panels import expressions as expression_panels, generate as generate_panel, head as head_panels
-from .panels import references, settings
+from .panels import references, settings, studio as studio_panel
 
 # Registration order: property groups before the pointers that use them; panels in the order
 # they appear in the sidebar.
@@ -34,6 +34,7 @@ CLASSES = (
     *live_link.CLASSES,
     *export.CLASSES,
     *relight.CLASSES,
+    *studio_panel.CLASSES,
     *references.CLASSES,
     *expression_panels.CLASSES,
     *settings.CLASSES,
@@ -58,12 +59,16 @@ def register():
     for cls in CLASSES:
         bpy.utils.register_class(cls)
     properties.register_properties()
+    bpy.app.handlers.load_pre.append(generation.on_load_pre)
     atexit.register(_end_processes)
 
 
 def unregister():
     atexit.unregister(_end_processes)
+    while generation.on_load_pre in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.remove(generation.on_load_pre)
     _end_processes()
+    relight.remove_preview_handlers()  # a Render Preview still running in the render window
     references.unregister_previews()  # thumbnails are loaded on first draw; free them
     generate_panel.unregister_previews()
     properties.unregister_properties()

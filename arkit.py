@@ -1,9 +1,16 @@
 """Apple ARKit's 52 face blendshapes: the names exactly as ARKit spells them, each with a prompt.
 
-The names are ``ARFaceAnchor.BlendShapeLocation``'s raw values (lowerCamelCase, "Left"/"Right"
-meaning the person's own left and right). A head generated with this set has one shape key per
-name, so anything that speaks ARKit (Live Link Face recordings, game engines' ARKit face rigs)
-drives it by name. The name is not a good text for the prior ("jawOpen"), so each comes with a
+The names are the Swift names of ``ARFaceAnchor.BlendShapeLocation``'s constants (lowerCamelCase,
+``eyeBlinkLeft``; "Left"/"Right" meaning the person's own left and right), which is how ARKit rigs
+and Live Link Face (in UpperCamelCase) name them. The constants' raw string values, which a device
+reports, are spelled differently (``eyeBlink_L``, ``mouthUpperUp_R``); the Live Link Face importer
+accepts both. A head generated with this set has one shape key per name, so anything that speaks
+ARKit (Live Link Face recordings, game engines' ARKit face rigs) drives it by name.
+
+Not every shape means the same on a generated head as on an ARKit rig (docs/blender.md, ARKit 52):
+the eight eyeLook* shapes cannot turn a painted iris (every expression shares one texture), there
+is no tongue for tongueOut, and mouthClose is stored as a corrective on jawOpen
+(``engine.result_format.CORRECTIVES``). The name is not a good text for the prior ("jawOpen"), so each comes with a
 short description of what the face does; the prompt is what the engine conditions on
 (job.json ``expression_prompts``), the name is what the shape key is called.
 

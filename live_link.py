@@ -6,11 +6,23 @@ blendshapes in UpperCamelCase (``EyeBlinkLeft`` … ``TongueOut``: ARKit spells 
 ``HeadRoll`` and the eyes' yaw/pitch/roll. Every further line is one captured frame.
 
 Timecode ``HH:MM:SS:FF.fff`` is hours, minutes, seconds, the frame number within the second and
-the fraction of a frame. The frame rate is not written anywhere else, so it comes from the frame
-numbers: they count 0 … rate-1 inside each second and start again at 0 when the seconds roll
-over, so the rate is the highest frame number + 1 (:attr:`Recording.fps`), trusted once at least
-one rollover was seen (a clip shorter than a second only gives a lower bound). Each row's time is
-then ``HH·3600 + MM·60 + SS + (FF + fraction) / rate``.
+the fraction of a frame (a 60 fps capture on a 30 fps timecode writes ``.5`` for every other
+row). The frame rate is not written anywhere else, so it comes from the frame numbers: they count
+0 … rate-1 inside each second and start again at 0 when the seconds roll over, so the rate is the
+highest frame number + 1 (:attr:`Recording.fps`), trusted once at least one rollover was seen (a
+clip shorter than a second only gives a lower bound). Each row's time is then
+``HH·3600 + MM·60 + SS + (FF + fraction) / rate``. A take that runs past midnight counts on.
+
+Drop-frame timecode (``HH:MM:SS;FF``, SMPTE 12M) is 29.97 or 59.94 fps: frame numbers 0 and 1
+(0 … 3 at 59.94) are skipped at the start of every minute except every tenth, so that the
+timecode keeps up with the clock. Its rows are counted back to real frames and timed at
+30000/1001 (60000/1001) fps.
+
+Head and eye rotation (``HeadYaw`` … ``RightEyeRoll``) are written as -1 … 1 for -180° … 180°:
+Epic's ARKit face support maps the tracked rotator that way before the values reach Live Link
+(``ToBlendShapeMap`` in Unreal Engine's AppleARKitFaceSupport plugin,
+``AppleARKitFaceMeshConversion.h``: "Map the -180..180 range to -1..1", yaw and roll negated when
+the face is not mirrored). :data:`ROTATION_DEGREES` is that scale.
 
 A malformed file is refused as a whole with :class:`LiveLinkError` naming the line, before
 anything is keyed.
@@ -29,9 +41,12 @@ import numpy as np
 TIMECODE = "timecode"
 COUNT = "blendshapecount"
 HEAD_ROTATION = ("HeadYaw", "HeadPitch", "HeadRoll")
-# Live Link Face writes head (and eye) rotation as -1 … 1 for -90° … +90°.
-ROTATION_SCALE_RAD = math.pi / 2
-_TIMECODE = re.compile(r"^\s*(\d{1,2}):(\d{2}):(\d{2})[:;](\d{1,3})(\.\d+)?\s*$")
+# Every rotation column the app writes (not shape keys): the head's, and each eye's.
+ROTATION_COLUMNS = (*HEAD_ROTATION, "LeftEyeYaw", "LeftEyePitch", "LeftEyeRoll",
+                    "RightEyeYaw", "RightEyePitch", "RightEyeRoll")
+# Degrees for 1.0 in a rotation column (see the module docstring: Epic's -180..180 -> -1..1).
+ROTATION_DEGREES = 180.0
+_TIMECODE = re.compile(r"^\s*(\d{1,2}):(\d{2}):(\d{2})([:;])(\d{1,3})(\.\d+)?\s*$")
 MAX_BYTES = 512 * 1024 * 1024  # a one-hour take at 60 fps is ~150 MB
 
 
@@ -47,6 +62,7 @@ class Recording:
     whole_seconds: np.ndarray  # float64 [rows]: HH:MM:SS of each row, in seconds
     frame_numbers: np.ndarray  # float64 [rows]: FF plus its fraction
     lines: list[int] = field(default_factory=list)  # the file line of each row (the header is line 1)
+    drop_frame: bool = False  # HH:MM:SS;FF timecode (29.97 / 59.94 fps)
 
     @property
     def highest_frame(self) -> int:
@@ -54,8 +70,16 @@ class Recording:
 
     @property
     def fps(self) -> int:
-        """Frames per second from the timecode: the highest frame number + 1."""
+        """Frames per second from the timecode: the highest frame number + 1 (drop-frame: the
+        nominal 30 or 60)."""
+        if self.drop_frame:
+            return 30 if self.highest_frame < 30 else 60
         return self.highest_frame + 1
+
+    @property
+    def rate(self) -> float:
+        """The real frame rate: :attr:`fps`, or 30000/1001 and 60000/1001 for drop-frame timecode."""
+        return self.fps * 1000 / 1001 if self.drop_frame else float(self.fps)
 
     @property
     def rollovers(self) -> int:
@@ -64,28 +88,37 @@ class Recording:
 
     @property
     def rate_is_certain(self) -> bool:
-        """At least one rollover: the frame numbers ran through a whole second."""
-        return self.rollovers > 0
+        """At least one rollover: the frame numbers ran through a whole second (drop-frame rates
+        are one of two, told apart by the frame numbers themselves)."""
+        return self.rollovers > 0 or self.drop_frame
 
-    def seconds(self, fps: int | None = None) -> np.ndarray:
+    def seconds(self, fps: float | None = None) -> np.ndarray:
         """Each row's time in seconds after the first row, at ``fps`` (default: the timecode's)."""
-        times = self.whole_seconds + self.frame_numbers / (fps or self.fps)
+        if self.drop_frame:
+            nominal = self.fps
+            minutes = np.floor(self.whole_seconds / 60)
+            dropped = nominal // 15 * (minutes - np.floor(minutes / 10))  # 2 (4) labels a minute, not every tenth
+            frames = self.whole_seconds * nominal + self.frame_numbers - dropped
+            times = frames * 1001 / (nominal * 1000)
+        else:
+            times = self.whole_seconds + self.frame_numbers / (fps or self.fps)
         return times - times[0]
 
     def column(self, name: str) -> np.ndarray:
         return self.values[:, self.columns.index(name)]
 
 
-def _timecode(text: str, where: str) -> tuple[int, float]:
-    """(whole seconds since midnight, frame number + fraction)."""
+def _timecode(text: str, where: str) -> tuple[int, float, bool]:
+    """(whole seconds since midnight, frame number + fraction, drop-frame)."""
     match = _TIMECODE.match(text)
     if not match:
         raise LiveLinkError(f"{where}: timecode {text.strip()[:40]!r} is not HH:MM:SS:FF(.fraction)")
-    hours, minutes, seconds, frame = (int(g) for g in match.groups()[:4])
+    hours, minutes, seconds = (int(g) for g in match.groups()[:3])
+    frame = int(match.group(5))
     if hours > 23 or minutes > 59 or seconds > 59:
         raise LiveLinkError(f"{where}: timecode {text.strip()!r} is not a time of day")
-    fraction = float(match.group(5)) if match.group(5) else 0.0
-    return hours * 3600 + minutes * 60 + seconds, frame + fraction
+    fraction = float(match.group(6)) if match.group(6) else 0.0
+    return hours * 3600 + minutes * 60 + seconds, frame + fraction, match.group(4) == ";"
 
 
 def read_recording(path: Path | str) -> Recording:
@@ -112,22 +145,28 @@ def read_recording(path: Path | str) -> Recording:
             f"{path.name}, line 1: the first column is {names[0][:40] if names else ''!r}, not Timecode: "
             "this is not a Live Link Face recording (export the take's CSV from the app)"
         )
+    seen: set[str] = set()
     for index, name in enumerate(folded):
         if not name:
             raise LiveLinkError(f"{path.name}, line 1: column {index + 1} has no name")
-        if folded.index(name) != index:
+        if name in seen:
             raise LiveLinkError(f"{path.name}, line 1: column {names[index]!r} appears twice")
+        seen.add(name)
     value_columns = [i for i, name in enumerate(folded) if name not in (TIMECODE, COUNT)]
     if not value_columns:
         raise LiveLinkError(f"{path.name}, line 1: no blendshape columns after Timecode")
-    whole, frame_part, values, lines = [], [], [], []
+    whole, frame_part, values, lines, drop = [], [], [], [], []
     for line_number, row in enumerate(rows, start=2):
         if not row or all(not cell.strip() for cell in row):
             continue  # a trailing empty line
         where = f"{path.name}, line {line_number}"
         if len(row) != len(names):
             raise LiveLinkError(f"{where}: {len(row)} values where the header names {len(names)} columns")
-        seconds, frame = _timecode(row[0], where)
+        seconds, frame, drop_frame = _timecode(row[0], where)
+        if drop and drop_frame != drop[0]:
+            raise LiveLinkError(f"{where}: timecode {row[0].strip()!r} mixes drop-frame (;) and non-drop-frame (:) "
+                                "timecode with the lines before it")
+        drop.append(drop_frame)
         numbers = []
         for i in value_columns:
             try:
@@ -148,16 +187,19 @@ def read_recording(path: Path | str) -> Recording:
         if whole_s[i] < whole_s[i - 1] - 12 * 3600:
             whole_s[i:] += 24 * 3600
     frame_s = np.asarray(frame_part, np.float64)
-    highest = int(np.floor(frame_s.max()))
-    ordered = whole_s + frame_s / (highest + 1)
-    backwards = np.flatnonzero(np.diff(ordered) < 0)
-    if len(backwards):
-        first = int(backwards[0]) + 1
+    recording = Recording(path, [names[i] for i in value_columns], np.asarray(values, np.float32), whole_s, frame_s,
+                          lines, drop_frame=drop[0])
+    if recording.drop_frame and recording.highest_frame >= 60:
+        raise LiveLinkError(f"{path.name}: drop-frame timecode with frame numbers up to {recording.highest_frame}: "
+                            "drop-frame is 29.97 or 59.94 fps only")
+    not_later = np.flatnonzero(np.diff(recording.seconds()) <= 0)
+    if len(not_later):
+        first = int(not_later[0]) + 1
         raise LiveLinkError(
-            f"{path.name}, line {lines[first]}: timecode {row_text(text, lines[first])!r} is earlier than the "
-            "line before it (rows must be in recording order)"
+            f"{path.name}, line {lines[first]}: timecode {row_text(text, lines[first])!r} is not later than the "
+            "line before it (rows must be in recording order, one per captured frame)"
         )
-    return Recording(path, [names[i] for i in value_columns], np.asarray(values, np.float32), whole_s, frame_s, lines)
+    return recording
 
 
 def row_text(text: str, line_number: int) -> str:
@@ -166,12 +208,37 @@ def row_text(text: str, line_number: int) -> str:
     return line.split(",", 1)[0].strip()
 
 
-def match_columns(columns: list[str], targets: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Map recording columns to ``targets`` by case-insensitive name: ({column: target}, unmatched columns)."""
-    by_fold = {target.casefold(): target for target in targets}
+def arkit_key(name: str) -> str:
+    """The name as column matching compares it: case-folded, with the on-device suffixes ``_L`` /
+    ``_R`` (ARKit's raw ``BlendShapeLocation`` values: ``eyeBlink_L``) read as ``Left`` / ``Right``."""
+    key = name.strip().casefold()
+    if key.endswith("_l"):
+        return key[:-2] + "left"
+    if key.endswith("_r"):
+        return key[:-2] + "right"
+    return key
+
+
+def mirrored_key(key: str) -> str:
+    """An :func:`arkit_key` with its side swapped (``eyeblinkleft`` <-> ``eyeblinkright``)."""
+    if key.endswith("left"):
+        return key[:-4] + "right"
+    if key.endswith("right"):
+        return key[:-5] + "left"
+    return key
+
+
+def match_columns(columns: list[str], targets: list[str], *, mirror: bool = False
+                  ) -> tuple[dict[str, str], list[str]]:
+    """Map recording columns to ``targets`` by :func:`arkit_key`: ({column: target}, unmatched columns).
+
+    ``mirror``: each *Left column drives the *Right target and the other way round (a take of a
+    mirrored capture, as Epic's ARKit support swaps the sides when the face is not mirrored)."""
+    by_key = {arkit_key(target): target for target in targets}
     matched, unmatched = {}, []
     for column in columns:
-        target = by_fold.get(column.casefold())
+        key = arkit_key(column)
+        target = by_key.get(mirrored_key(key) if mirror else key)
         if target is None:
             unmatched.append(column)
         else:

@@ -51,11 +51,24 @@ class IDTO3D_PG_photo(bpy.types.PropertyGroup):
     message: StringProperty(name="Message", description="What the last check said about this photo")
 
 
+def _name_changed(item, _context) -> None:
+    """A set's prompt describes the set's name: renaming the item ("jawOpen" to "yawn") drops it,
+    so the prior is not told to make the old expression. A prompt the user wrote stays."""
+    if item.prompt_for and item.text != item.prompt_for:
+        item.prompt_for = ""
+        item.prompt = ""
+
+
+def _prompt_changed(item, _context) -> None:
+    item.prompt_for = ""  # the user's own prompt: it goes with the item, whatever it is called
+
+
 class IDTO3D_PG_expression(bpy.types.PropertyGroup):
     text: StringProperty(
         name="Expression",
         description='An expression or an edit, in words ("smiling", "with curly red hair")',
         default="smiling",
+        update=_name_changed,
     )
     enabled: BoolProperty(name="Use", default=True, description="Generate a shape key for it")
     prompt: StringProperty(
@@ -63,6 +76,11 @@ class IDTO3D_PG_expression(bpy.types.PropertyGroup):
         description="What the face does, in words, when the name alone does not say it (ARKit's "
                     "'jawOpen'). Empty: the name is the prompt",
         default="",
+        update=_prompt_changed,
+    )
+    prompt_for: StringProperty(
+        name="Prompt For", default="", options={"HIDDEN"},
+        description="The name an expression set's prompt was written for (renaming the item drops that prompt)",
     )
 
 
@@ -155,6 +173,7 @@ def reset_expressions(settings, which: str = "DEFAULT") -> None:
     for name, prompt in EXPRESSION_SETS[which][2]:
         item = settings.expressions.add()
         item.text, item.prompt = name, prompt
+        item.prompt_for = name if prompt else ""
     settings.expression_index = 0
     settings.expressions_initialised = True
 

@@ -212,6 +212,12 @@ class WorkerMonitor:
                 pass
         self._close_stdin()
 
+    def stop_in_background(self) -> None:
+        """Ask the worker to stop and leave the rest to the reaper thread (nothing will pump this
+        monitor again: another file was loaded). Never waits."""
+        self.request_cancel()
+        self._close_streams()
+
     def cancel(self, grace_s: float = CANCEL_GRACE_S) -> None:
         """Ask the worker to stop and wait until it has (terminated after ``grace_s``)."""
         self.request_cancel()

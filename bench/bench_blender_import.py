@@ -3,9 +3,12 @@
 1. Import of a 100k-vertex head with 13 expressions and 2K textures, side by side in one run:
    the add-on's importer (result folder: head.npz + PNGs, foreach_set) and Blender's own glTF
    importer on the same head written as .glb by the engine's exporter. Best of N, ratio.
-2. Applying one 100k-vertex streamed snapshot to the head object in place (the heaviest thing a
-   pump() does).
-3. main-thread time per timer tick of a real job, as the UI runs it: ``Launch.pump()`` while the
+2. Bringing one 100k-vertex streamed snapshot (a new topology) into the head object, side by side:
+   all in one tick (``update_mesh_in_place``, what a tick did before) and spread over ticks
+   (``SnapshotBuild``, what ``Job.pump`` does now): the worst tick of each, wall and main-thread CPU.
+3. An ARKit-size head (neutral + 52 expressions, ~64 MB head.npz): the add-on's import, reading
+   and checking head.npz alone, and the CRC-32 of the file (the check against bit rot) alone.
+4. main-thread time per timer tick of a real job, as the UI runs it: ``Launch.pump()`` while the
    engine's Python is probed (the last tick writes the job folder and starts the worker), then
    ``Job.pump()`` while the worker (``python -m engine run`` on tiny models, test preset) streams:
    median and worst over every tick.
@@ -32,9 +35,10 @@ import numpy as np  # noqa: E402
 from timing import best_of  # noqa: E402  (bench/timing.py, beside this script)
 
 
-def head_asset(folder: Path, rows: int = 317, cols: int = 316, expressions: int = 13, size: int = 2048):
+def head_asset(folder: Path, rows: int = 317, cols: int = 316, expressions: int = 13, size: int = 2048,
+               glb: bool = True):
     """A closed-ish head-sized surface (lat-long grid, ~100k vertices), smooth expression offsets,
-    per-corner UVs and 2K textures, written as a result folder and as a .glb."""
+    per-corner UVs and 2K textures, written as a result folder and (``glb``) as a .glb."""
     from engine.export.gltf import write_glb
     from engine.result_format import HeadMesh
     from engine.texture.png import write_png
@@ -70,7 +74,8 @@ def head_asset(folder: Path, rows: int = 317, cols: int = 316, expressions: int 
     write_png(folder / "albedo.png", albedo)
     write_png(folder / "roughness.png", roughness)
     write_png(folder / "normal.png", normal)
-    write_glb(folder / "head.glb", head, albedo, roughness, normal)
+    if glb:
+        write_glb(folder / "head.glb", head, albedo, roughness, normal)
     return head
 
 
@@ -96,21 +101,90 @@ def clear_scene() -> None:
             collection.remove(item)
 
 
-def best_of_clean(repeats: int, run) -> tuple[float, float]:
-    """Best wall-clock and best CPU seconds of ``repeats`` imports, each into an empty scene.
+def best_of_clean(repeats: int, run) -> tuple[float, float, float]:
+    """Best wall-clock, best CPU (this process, all threads) and best main-thread CPU seconds of
+    ``repeats`` imports, each into an empty scene.
 
-    CPU time (this process, all threads) is printed beside wall time: on a machine shared with
-    other jobs, wall time grows with the load while CPU time mostly does not."""
-    cpu = []
+    CPU time is printed beside wall time: on a machine shared with other jobs, wall time grows
+    with the load while CPU time mostly does not. Main-thread CPU is what the UI thread spends
+    (head.npz's CRC-32 runs in a thread of its own beside it)."""
+    cpu, main = [], []
 
     def timed():
-        started = time.process_time()
+        started, thread = time.process_time(), time.thread_time()
         run()
         cpu.append(time.process_time() - started)
+        main.append(time.thread_time() - thread)
 
     seconds = best_of(repeats, timed, before=clear_scene)
     clear_scene()
-    return seconds, min(cpu)
+    return seconds, min(cpu), min(main)
+
+
+def _timed(fn) -> tuple[float, float]:
+    """(wall seconds, main-thread CPU seconds) of one call."""
+    started, cpu = time.perf_counter(), time.thread_time()
+    fn()
+    return time.perf_counter() - started, time.thread_time() - cpu
+
+
+def snapshot_ticks(importer, head, repeats: int) -> None:
+    """One new-topology snapshot of the 100k-vertex head: all at once vs spread over ticks."""
+    import bpy
+
+    grid = head.faces
+    shifted = np.roll(grid, 1, axis=1)  # the same triangles, other corner order: a new topology for Blender
+    obj = bpy.data.objects.new("Head", bpy.data.meshes.new("Head (generating)"))
+    bpy.context.scene.collection.objects.link(obj)
+    importer.update_mesh_in_place(obj, head.vertices, grid)
+    once, spread = [], []
+    for repeat in range(repeats):  # alternate: both see the same load
+        faces = shifted if repeat % 2 == 0 else grid
+        once.append(_timed(lambda: importer.update_mesh_in_place(obj, head.vertices, faces)))
+        faces = grid if repeat % 2 == 0 else shifted
+        build = importer.SnapshotBuild(obj, head.vertices, faces)
+        ticks = []
+        while True:
+            done = []
+            ticks.append(_timed(lambda: done.append(build.advance())))
+            if done[0]:
+                break
+        spread.append(ticks)
+    moved = importer.SnapshotBuild(obj, head.vertices + np.float32(0.001), obj_faces(obj))
+    same = _timed(moved.advance)
+    best_once = (min(w for w, _ in once), min(c for _, c in once))
+    worst_tick = (min(max(w for w, _ in t) for t in spread), min(max(c for _, c in t) for t in spread))
+    print(f"snapshot, {len(head.vertices)} vertices, new topology (best of {repeats}): in one tick "
+          f"{best_once[0] * 1000:.1f} ms wall / {best_once[1] * 1000:.1f} ms CPU; spread over "
+          f"{len(spread[0])} ticks, worst tick {worst_tick[0] * 1000:.1f} ms wall / {worst_tick[1] * 1000:.1f} ms CPU "
+          f"(ticks: {', '.join(f'{c * 1000:.1f}' for _, c in spread[-1])} ms CPU)")
+    print(f"snapshot, same topology (vertices moved only): {same[0] * 1000:.1f} ms wall / {same[1] * 1000:.1f} ms CPU")
+    clear_scene()
+
+
+def obj_faces(obj) -> np.ndarray:
+    corners = np.empty(len(obj.data.loops), np.int32)
+    obj.data.attributes[".corner_vert"].data.foreach_get("value", corners)
+    return corners.reshape(-1, 3)
+
+
+def arkit_import(importer, folder: Path, repeats: int) -> None:
+    """Neutral + the 52 ARKit shapes on the 100k-vertex head: what the last tick of an ARKit job imports."""
+    import zlib
+
+    from engine.result_format import read_head_mesh
+
+    head = head_asset(folder, expressions=53, glb=False)
+    size = (folder / "head.npz").stat().st_size
+    imports = [best_of_clean(1, lambda: importer.import_result(folder)) for _ in range(repeats)]
+    reads = [_timed(lambda: read_head_mesh(folder)) for _ in range(repeats)]
+    data = (folder / "head.npz").read_bytes()
+    crcs = [_timed(lambda: zlib.crc32(data)) for _ in range(repeats)]
+    wall, cpu, main = (min(run[i] for run in imports) for i in range(3))
+    print(f"ARKit-size head ({len(head.expression_names)} expressions, head.npz {size / 1e6:.0f} MB): add-on import "
+          f"{wall:.3f} s wall, {cpu:.3f} s CPU, {main:.3f} s main-thread CPU; reading + checking head.npz "
+          f"{min(w for w, _ in reads):.3f} s wall, "
+          f"of which CRC-32 {min(w for w, _ in crcs) * 1000:.0f} ms (best of {repeats})")
 
 
 def bench_pump(module: str, tiny_root: Path, photo: Path, jobs: Path) -> tuple[list[float], object]:
@@ -179,23 +253,17 @@ def main() -> int:
     for _ in range(args.repeats):
         ours.append(best_of_clean(1, lambda: importer.import_result(work / "result")))
         gltf.append(best_of_clean(1, lambda: bpy.ops.import_scene.gltf(filepath=str(work / "result" / "head.glb"))))
-    (ours_wall, ours_cpu), (gltf_wall, gltf_cpu) = (
-        (min(w for w, _ in runs), min(c for _, c in runs)) for runs in (ours, gltf))
-    print(f"import, add-on (head.npz + PNGs): {ours_wall:.3f} s wall, {ours_cpu:.3f} s CPU  (best of {args.repeats})")
-    print(f"import, Blender glTF importer (.glb): {gltf_wall:.3f} s wall, {gltf_cpu:.3f} s CPU  (best of {args.repeats})")
-    print(f"ratio glTF / add-on: {gltf_wall / ours_wall:.2f}x wall, {gltf_cpu / ours_cpu:.2f}x CPU  (goal >= 5x)")
+    (ours_wall, ours_cpu, ours_main), (gltf_wall, gltf_cpu, gltf_main) = (
+        tuple(min(run[i] for run in runs) for i in range(3)) for runs in (ours, gltf))
+    print(f"import, add-on (head.npz + PNGs): {ours_wall:.3f} s wall, {ours_cpu:.3f} s CPU, {ours_main:.3f} s "
+          f"main-thread CPU  (best of {args.repeats})")
+    print(f"import, Blender glTF importer (.glb): {gltf_wall:.3f} s wall, {gltf_cpu:.3f} s CPU, {gltf_main:.3f} s "
+          f"main-thread CPU  (best of {args.repeats})")
+    print(f"ratio glTF / add-on: {gltf_wall / ours_wall:.2f}x wall, {gltf_cpu / ours_cpu:.2f}x CPU, "
+          f"{gltf_main / ours_main:.2f}x main-thread CPU  (goal >= 5x)")
 
-    obj = importer.import_result(work / "result")
-    moved = head.vertices + np.float32(0.001)
-    snapshot_times = []
-    for _ in range(args.repeats):
-        started = time.perf_counter()
-        importer.update_mesh_in_place(obj, moved, head.faces)
-        snapshot_times.append(time.perf_counter() - started)
-    print(
-        f"snapshot in place, {len(head.vertices)} vertices: {min(snapshot_times) * 1000:.0f} ms (best of {args.repeats})"
-    )
-    clear_scene()
+    snapshot_ticks(importer, head, args.repeats)
+    arkit_import(importer, work / "arkit", args.repeats)
 
     if not args.skip_job:
         import matplotlib

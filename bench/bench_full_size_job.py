@@ -7,8 +7,10 @@ identity (a real photo, dlib detection, the models' ArcFace ONNX) -> geometry (t
 texture (2048^2 maps, 512^2 renders) -> quality report -> export, through ``run_job`` with the
 full-size random-weight SD 1.5 / Arc2Face / CLIP models (engine/prior/fullsize_models.py, written
 once into ``.cache/fullsize-models``), ``--steps`` SDS steps per stage. Prints the seconds of each
-stage and of each SDS step, the sizes of what was written and the peak RSS of the process
-(``ru_maxrss``). The heads mean nothing (random weights): this measures sizes, time and memory.
+stage and of each SDS step (wall and CPU seconds side by side: their ratio shows how shared the
+machine was), the texture step against the geometry step measured in the same run, the sizes of
+what was written and the peak RSS of the process (``ru_maxrss``). The heads mean nothing (random
+weights): this measures sizes, time and memory.
 tests/pipeline/test_full_size_job.py (slow) runs the same job and checks every file.
 Figures: docs/pipeline.md.
 """
@@ -67,25 +69,28 @@ def run(job_dir: Path) -> dict:
     from engine.pipeline import run_job
 
     messages, stage_start, step_times = [], {}, {"geometry": [], "texture": []}
-    last = {"t": time.perf_counter()}
+    step_cpu = {"geometry": [], "texture": []}
+    last = {"t": time.perf_counter(), "cpu": time.process_time()}
 
     def emit(msg):
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         messages.append(msg)
         if msg["type"] == "stage":
-            stage_start[msg["name"]] = now
-            last["t"] = now
+            stage_start[msg["name"]] = (now, cpu)
         elif msg["type"] == "progress":
             step_times[msg["stage"]].append(now - last["t"])
-            last["t"] = now
+            step_cpu[msg["stage"]].append(cpu - last["cpu"])
+        last["t"], last["cpu"] = now, cpu
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     folder = run_job(job_dir, emit=emit)
-    total = time.perf_counter() - started
-    order = sorted(stage_start.items(), key=lambda kv: kv[1])
-    ends = [t for _, t in order[1:]] + [started + total]
-    stages = {name: end - t0 for (name, t0), end in zip(order, ends)}
-    return {"folder": folder, "total_s": total, "stages_s": stages, "steps_s": step_times, "messages": messages}
+    total, cpu_total = time.perf_counter() - started, time.process_time() - cpu_started
+    order = sorted(stage_start.items(), key=lambda kv: kv[1][0])
+    ends = [t for _, t in order[1:]] + [(started + total, cpu_started + cpu_total)]
+    stages = {name: end[0] - t0[0] for (name, t0), end in zip(order, ends)}
+    stages_cpu = {name: end[1] - t0[1] for (name, t0), end in zip(order, ends)}
+    return {"folder": folder, "total_s": total, "cpu_s": cpu_total, "stages_s": stages, "stages_cpu_s": stages_cpu,
+            "steps_s": step_times, "steps_cpu_s": step_cpu, "messages": messages}
 
 
 def main() -> int:
@@ -106,12 +111,16 @@ def main() -> int:
     result = run(job)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     print(f"\nwhole job, standard preset sizes, {args.expressions} expressions, {args.steps} SDS steps per stage, "
-          f"full-size random-weight models, CPU fp32: {result['total_s']:.0f} s")
+          f"full-size random-weight models, CPU fp32: {result['total_s']:.0f} s wall, {result['cpu_s']:.0f} s CPU "
+          f"(CPU / wall {result['cpu_s'] / result['total_s']:.2f}; {torch.get_num_threads()} threads)")
     for name, seconds in result["stages_s"].items():
         steps = result["steps_s"].get(name)
         extra = (f"  (step by step: {', '.join(f'{s:.0f} s' for s in steps)}; the first includes the stage's "
                  "set-up: pretraining / unwrap)") if steps else ""
-        print(f"  {name:<9} {seconds:7.0f} s{extra}")
+        print(f"  {name:<9} {seconds:7.0f} s wall {result['stages_cpu_s'][name]:7.0f} s CPU{extra}")
+    geo, tex = result["steps_cpu_s"]["geometry"][1:], result["steps_cpu_s"]["texture"][1:]
+    if geo and tex:  # the steps after each stage's first (which includes its set-up), side by side
+        print(f"  texture step / geometry step, CPU time, same run: {(sum(tex) / len(tex)) / (sum(geo) / len(geo)):.2f}")
     print(f"  peak RSS {peak:.2f} GiB")
     folder = result["folder"]
     for path in sorted(folder.rglob("*")):

@@ -2,12 +2,13 @@
 
 Install Engine (the add-on) and Check GPU (``python -m engine doctor --gpu``) both ask this
 module. The driver is read from ``nvidia-smi`` when it is on the PATH (never required); the
-choice follows NVIDIA's minor-version compatibility rule -- a CUDA 13.x build needs a driver of
-the 580 branch or newer, a CUDA 12.x build one of the 525 branch or newer -- and, inside the
-12.x family, the toolkit driver of each build (12.9 GA: 575.51.03 on Linux, 576.02 on Windows),
-and the GPU's compute capability (CUDA 13 dropped Maxwell, Pascal and Volta; Blackwell needs a
-build newer than 12.6). docs/install.md lists where each number comes from and which are not
-verified.
+choice follows NVIDIA's minor-version compatibility rule: a build made with any CUDA 12.x toolkit
+runs on a driver of the 525 branch or newer (525.60.13 on Linux, 527.41 on Windows: CUDA 12.0
+GA's), a CUDA 13.x build on the 580 branch or newer. The caveat of that rule -- a GPU that
+gets only PTX from the build needs the toolkit's own driver to JIT-compile it -- does not arise
+where the build carries machine code (SASS) for the GPU, which the capability rules below
+ensure (CUDA 13 dropped Maxwell, Pascal and Volta; Blackwell's sm_100/sm_120 SASS is in the
+builds newer than 12.6). docs/install.md cites where each number comes from.
 """
 
 from __future__ import annotations
@@ -20,21 +21,24 @@ from dataclasses import dataclass
 
 PINNED_TORCH = "2.13.0"
 TORCH_INDEX = "https://download.pytorch.org/whl/{}"
+CUDA12_FLOOR = ((525, 60, 13), (527, 41))  # (Linux, Windows): CUDA 12.0 GA, the 12.x family's minimum
+CUDA13_FLOOR = ((580, 65, 6), (580,))  # Linux: CUDA 13.0 GA; Windows: the 580 branch (no toolkit driver listed)
 # CUDA builds published for the pinned torch, newest first, with what each needs:
-# (tag, CUDA version, minimum driver (Linux, Windows), lowest compute capability with kernels,
-#  lowest compute capability it *lacks* kernels for above that, None: none).
+# (tag, CUDA version, minimum driver (Linux, Windows), lowest compute capability with kernels).
 # Seen for torch 2.13.0: +cu126, +cu129, +cu130 (public lock files and manifests naming those
 # wheels); cu130 is also the CUDA build PyPI's own torch 2.13.0 depends on (cuda-toolkit 13.0).
 TORCH_CUDA_BUILDS = (
-    ("cu130", "13.0", ((580, 65, 6), (580, 88)), (7, 5)),
-    ("cu129", "12.9", ((575, 51, 3), (576, 2)), (7, 5)),
-    ("cu126", "12.6", ((525, 60, 13), (527, 41)), (5, 0)),  # minor-version compatibility floor of CUDA 12
+    ("cu130", "13.0", CUDA13_FLOOR, (7, 5)),
+    ("cu129", "12.9", CUDA12_FLOOR, (7, 5)),
+    ("cu126", "12.6", CUDA12_FLOOR, (5, 0)),
 )
 # cu126 carries no Blackwell (sm_100/sm_120) kernels: those GPUs need cu129 or newer.
 CU126_NEWEST_CAPABILITY = (9, 0)
 # onnxruntime-gpu on the package index is built for CUDA 13 (requires nvidia-cuda-runtime ~= 13.0,
-# cuDNN 9 for CUDA 13): installed only beside a cu13x torch, whose CUDA libraries it shares. The
-# newest on the index when this was written; the CPU onnxruntime is pinned to 1.32.0.
+# cuDNN 9 for CUDA 13): installed only beside a cu13x torch. It ships no CUDA libraries: the
+# identity step calls onnxruntime.preload_dlls() after importing torch (engine/identity/providers.py),
+# onnxruntime's documented way to use torch's. 1.31.1 is the newest onnxruntime-gpu on the index;
+# the CPU onnxruntime the tests run is 1.32.0 (not run on a GPU here).
 ONNXRUNTIME_GPU = "onnxruntime-gpu==1.31.1"
 NVIDIA_SMI_QUERY = ("--query-gpu=driver_version,name,compute_cap,memory.total", "--format=csv,noheader,nounits")
 
@@ -108,6 +112,8 @@ def choose_wheel(gpus: list[Gpu], platform: str = sys.platform) -> WheelChoice:
         needed = minimums[1 if windows else 0]
         if driver < needed:
             continue
+        if capability is None and tag != "cu126":
+            continue  # unknown GPU (an nvidia-smi too old to say): the build with kernels for the most GPUs
         if capability is not None and capability < lowest:
             continue
         if tag == "cu126" and capability is not None and capability > CU126_NEWEST_CAPABILITY:
@@ -120,9 +126,6 @@ def choose_wheel(gpus: list[Gpu], platform: str = sys.platform) -> WheelChoice:
         return WheelChoice(tag, TORCH_INDEX.format(tag), tag.startswith("cu13"), why)
     if capability is not None and capability < (5, 0):
         why = f"{gpu.name} (compute capability {capability[0]}.{capability[1]}) is too old for torch {PINNED_TORCH}"
-    elif capability is not None and capability > CU126_NEWEST_CAPABILITY:
-        why = (f"{gpu.name} needs driver >= 575.51.03 (Linux) / 576.02 (Windows) for a CUDA build of torch "
-               f"{PINNED_TORCH} that has kernels for it; this one has {gpu.driver}")
     else:
         why = (f"driver {gpu.driver} is older than every CUDA build of torch {PINNED_TORCH} accepts "
                "(CUDA 12 needs the 525 branch or newer)")

@@ -8,13 +8,19 @@ the full pretraining) and runs the pipeline's own ``GeometryStage.step`` through
 extraction, the rasteriser ``render(backend="auto")`` picks (nvdiffrast on CUDA when it imports,
 else the built-in one), SDS with classifier-free guidance, backward into the SDF field, Adam.
 
-It reports seconds per step, peak memory (``torch.cuda.max_memory_allocated``), whether the step
-gave finite, non-zero gradients at each precision tried (GTX 16xx cards give NaN in fp16), the
-minutes per head of every preset (the measured seconds per TFLOP of prior compute applied to each
-preset's FLOPs, engine/prior/presets.py), the rasteriser and its share of a step, and the settings
-the pipeline will use (precision, views per step, attention slicing). It saves them as the machine
-profile (:mod:`engine.machine_profile`) and formats a text report to paste into bug reports.
-On a CUDA out-of-memory error it tries sliced attention, then fewer views.
+It reports seconds per step, peak memory (allocated and reserved by PyTorch, and what the GPU
+has in use), whether the step gave finite, non-zero gradients at each precision tried (GTX 16xx
+cards give NaN in fp16), the minutes per head of every preset (the measured seconds per TFLOP of
+prior compute applied to each preset's FLOPs, engine/prior/presets.py), the rasteriser and its
+share of a step (forward + backward), and the settings the pipeline will use for this preset.
+It saves them as this preset's entry of the machine profile (:mod:`engine.machine_profile`) and
+formats a text report to paste into bug reports.
+
+On a GPU out-of-memory error it climbs the pipeline's own ladder (memory_fallback.LADDERS):
+fewer views per step, VAE gradient checkpointing, CPU offload; sliced attention only as a last
+resort (the UNet runs without grad and PyTorch's fused attention is already O(N) in memory, so
+slicing saves little and is slow). A precision that runs out of memory at every setting ends the
+check: the ones after it (bf16: as large, fp32: twice) cannot fit either.
 """
 
 from __future__ import annotations
@@ -32,26 +38,27 @@ from . import __version__
 log = logging.getLogger(__name__)
 CHECK_PRETRAIN_STEPS = 60  # enough to give the field a head-shaped surface to render (not a fit)
 GiB = 2 ** 30
+BYTES_PER_VALUE = {"fp16": 2, "bf16": 2, "fp32": 4}
 
 
 def default_precisions(device) -> tuple[str, ...]:
-    """fp16, bf16 where the GPU supports it natively, fp32 last; fp32 only on the CPU."""
+    """fp16, bf16 where the GPU supports it natively (compute capability 8.0+: Ampere and newer;
+    asked of ``device`` itself, not of the current device), fp32 last; fp32 only on the CPU."""
     import torch
 
     if getattr(device, "type", str(device)) != "cuda":
         return ("fp32",)
-    bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    bf16 = torch.cuda.get_device_capability(device) >= (8, 0)
     return ("fp16", "bf16", "fp32") if bf16 else ("fp16", "fp32")
 
 
-def load_prior_for_check(root: Path, device, dtype: str, attention: str):
-    """The prior as the pipeline loads it (normal-map LoRA when present), at ``dtype``."""
+def load_prior_for_check(root: Path, device, dtype: str, memory):
+    """The prior as the pipeline loads it (normal-map LoRA when present), at ``dtype``, with the
+    ``memory`` options (a :class:`engine.prior.model.MemoryOptions`)."""
     from .prior import load_prior
-    from .prior.model import MemoryOptions
 
     normal = (Path(root) / "loras" / "normal" / "prior_adapter.json").is_file()
-    return load_prior(root, device=device, dtype=dtype, task="normal" if normal else None,
-                      memory=MemoryOptions(attention=attention))
+    return load_prior(root, device=device, dtype=dtype, task="normal" if normal else None, memory=memory)
 
 
 def _sync(device) -> None:
@@ -133,27 +140,40 @@ def measure_step(prior, settings, device, *, steps: int, warmup: int, seed: int 
         if not ok:
             finite, why = False, reason
             break
-    peak = torch.cuda.max_memory_allocated(device) if cuda else None
-    # the rasteriser's own time, on the surface the last step saw
+    memory = {}
+    if cuda:
+        # What users see is more than the allocated peak: the allocator's reserved blocks, the CUDA
+        # context and other programs. The allocator keeps its blocks after the steps, so the GPU's
+        # used memory now is (about) its use at the peak.
+        free, total = torch.cuda.mem_get_info(device)
+        memory = {"peak_bytes": int(torch.cuda.max_memory_allocated(device)),
+                  "peak_reserved_bytes": int(torch.cuda.max_memory_reserved(device)),
+                  "device_used_bytes": int(total - free)}
+    # the rasteriser's own time, forward + backward as in the step, on the surface the last step saw
     with torch.no_grad():
         surface, _ = stage.dmtet()
         cameras, _ = stage.cameras(0)
-        _sync(device)
-        started = time.perf_counter()
-        render_for_prior(surface.verts, surface.faces, cameras, normal_maps=stage.normal_maps,
-                         lights=stage.lights(0), shortcut=False)
-        _sync(device)
-        render_s = time.perf_counter() - started
+    verts = surface.verts.detach().clone().requires_grad_(True)
+    _sync(device)
+    started = time.perf_counter()
+    image = render_for_prior(verts, surface.faces, cameras, normal_maps=stage.normal_maps,
+                             lights=stage.lights(0), shortcut=False)
+    image.sum().backward()
+    _sync(device)
+    render_s = time.perf_counter() - started
     backend = "nvdiffrast" if cuda and "nvdiffrast" in available_backends() else "torch"
     return {"seconds_per_step": min(times) if times else None, "step_seconds": [round(t, 3) for t in times],
             "loss": loss, "finite": finite, "why_not_finite": why,
-            "model_bytes": int(model_bytes), "peak_bytes": None if peak is None else int(peak),
+            "model_bytes": int(model_bytes), "peak_bytes": memory.get("peak_bytes"),
+            "peak_reserved_bytes": memory.get("peak_reserved_bytes"),
+            "device_used_bytes": memory.get("device_used_bytes"),
             "views_per_step": settings.views_per_step, "render_resolution": settings.render_resolution,
             "grid": settings.grid, "faces": int(surface.faces.shape[0]),
             "rasteriser": backend, "render_seconds": round(render_s, 4)}
 
 
-def preset_estimates(seconds_per_step: float, views: int, memory: dict | None, total_bytes: int | None) -> dict:
+def preset_estimates(seconds_per_step: float, views: int, memory: dict | None, total_bytes: int | None,
+                     presets: dict | None = None) -> dict:
     """Minutes per head (and GPU memory) of every preset from one measured step.
 
     The measured step ran through the VAE at ``views`` views; its seconds per TFLOP of prior
@@ -166,7 +186,7 @@ def preset_estimates(seconds_per_step: float, views: int, memory: dict | None, t
 
     seconds_per_tflop = seconds_per_step / (views * step_tflop(True))
     out = {}
-    for name, preset in PRESETS.items():
+    for name, preset in (PRESETS if presets is None else presets).items():
         if name == "test":
             continue
         row = {"minutes": round(preset_tflop(preset)["total"] * seconds_per_tflop / 60.0, 1)}
@@ -180,6 +200,48 @@ def preset_estimates(seconds_per_step: float, views: int, memory: dict | None, t
     return out
 
 
+def no_cuda_problem(query_gpus: Callable | None = None) -> str:
+    """Why there is no usable CUDA GPU, and what to do, for the add-on's user and the shell's."""
+    import torch
+
+    if query_gpus is None:
+        from .cuda_wheels import query_gpus
+    gpus = query_gpus()
+    if torch.version.cuda is None and gpus:
+        return (f"this engine's torch is a CPU-only build, but the computer has {gpus[0].name} "
+                f"(driver {gpus[0].driver}): in the add-on's preferences choose Torch Build: CUDA and press "
+                "Install Engine (from a shell: install a "
+                "CUDA build of torch, docs/install.md), then Check GPU again")
+    if torch.version.cuda is None:
+        return ("no usable CUDA GPU (CPU-only torch build, and nvidia-smi finds no NVIDIA GPU): the engine runs on "
+                "the CPU, hours per head; `doctor --gpu --device cpu` measures the CPU")
+    return (f"no usable CUDA GPU (torch is built for CUDA {torch.version.cuda} but sees no device"
+            + (f"; nvidia-smi lists {gpus[0].name}, driver {gpus[0].driver}: update the driver if it is older than "
+               "the build needs (docs/install.md), and check CUDA_VISIBLE_DEVICES" if gpus else
+               "; no NVIDIA driver answers (nvidia-smi)") + "): the engine runs on the CPU, hours per head")
+
+
+def _next_rung(rung: dict) -> dict | None:
+    """The pipeline's ladder (views, VAE checkpointing, CPU offload), then sliced attention."""
+    if rung["views_per_step"] > 1:
+        return {**rung, "views_per_step": rung["views_per_step"] // 2}
+    for flag in ("vae_checkpointing", "cpu_offload"):
+        if not rung[flag]:
+            return {**rung, flag: True}
+    if rung["attention"] == "sdpa":
+        return {**rung, "attention": "sliced"}
+    return None
+
+
+def _outcome_text(dtype: str, attempts: list[dict]) -> str:
+    ran = [t for t in attempts if t["dtype"] == dtype and "finite" in t]
+    if ran:
+        return "finite" if ran[-1]["finite"] else f"not finite ({ran[-1]['why_not_finite']})"
+    if any(t["dtype"] == dtype for t in attempts):
+        return "out of memory at every setting"
+    return "not tried"
+
+
 def run_check(models_root, *, preset: str = "standard", overrides: dict | None = None, device: str = "auto",
               precisions=None, steps: int | None = None,
               warmup: int | None = None, prior_loader: Callable = load_prior_for_check, save: bool = True,
@@ -189,6 +251,7 @@ def run_check(models_root, *, preset: str = "standard", overrides: dict | None =
 
     from .pipeline.memory_fallback import free_device_memory, is_cuda_oom
     from .pipeline.presets import resolve_preset
+    from .prior.model import MemoryOptions
 
     root = Path(models_root).expanduser()
     settings = resolve_preset(preset, overrides)
@@ -196,9 +259,7 @@ def run_check(models_root, *, preset: str = "standard", overrides: dict | None =
                     "torch_cuda": torch.version.cuda, "models_root": str(root), "preset": preset, "ok": False}
     if device == "auto":
         if not torch.cuda.is_available():
-            why = "CPU-only torch build" if torch.version.cuda is None else "no CUDA device visible"
-            report.update(device="cpu", problem=f"no usable CUDA GPU ({why}): the engine runs on the CPU, hours per "
-                                                 "head; `doctor --gpu --device cpu` measures the CPU")
+            report.update(device="cpu", problem=no_cuda_problem())
             return report
         device = "cuda"
     dev = torch.device(device)
@@ -216,73 +277,107 @@ def run_check(models_root, *, preset: str = "standard", overrides: dict | None =
         report["gpu"] = {"name": props.name, "memory_gib": round(total / GiB, 1),
                          "compute_capability": f"{props.major}.{props.minor}",
                          "driver": gpus[dev.index or 0].driver if len(gpus) > (dev.index or 0) else None}
-    tried = []
+    tried: list[dict] = []
     chosen = None
+    out_of_memory_everywhere = None  # the precision that fitted nowhere: the later ones are as large or larger
     for dtype in precisions or default_precisions(dev):
-        attention, views = "sdpa", settings.views_per_step
-        while True:
-            progress(f"Check GPU: {dtype}, {views} view(s) per step, {attention} attention")
-            prior = measured = None
+        if out_of_memory_everywhere is not None and BYTES_PER_VALUE[dtype] >= BYTES_PER_VALUE[out_of_memory_everywhere]:
+            tried.append({"dtype": dtype, "skipped": f"{out_of_memory_everywhere} did not fit at any setting and "
+                                                     f"{dtype} needs as much memory or more"})
+            continue
+        rung = {"attention": "sdpa", "views_per_step": settings.views_per_step, "vae_checkpointing": False,
+                "cpu_offload": False}
+        prior, loaded, measured = None, None, None
+        while rung is not None:
+            progress(f"Check GPU: {dtype}, {rung['views_per_step']} view(s) per step, {rung['attention']} attention"
+                     + ", VAE checkpointing" * rung["vae_checkpointing"] + ", CPU offload" * rung["cpu_offload"])
+            memory = MemoryOptions(attention=rung["attention"], vae_checkpointing=rung["vae_checkpointing"],
+                                   cpu_offload=rung["cpu_offload"])
             oom = ""
             try:
-                prior = prior_loader(root, dev, dtype, attention)
-                measured = measure_step(prior, dataclasses.replace(settings, views_per_step=views), dev,
-                                        steps=steps, warmup=warmup)
+                if loaded != rung["attention"]:  # attention is set at load; the other switches on the loaded prior
+                    prior, loaded = None, None
+                    free_device_memory(dev)
+                    prior = prior_loader(root, dev, dtype, memory)
+                    loaded = rung["attention"]
+                prior.apply_memory(memory)
+                measured = measure_step(prior, dataclasses.replace(settings, views_per_step=rung["views_per_step"]),
+                                        dev, steps=steps, warmup=warmup)
             except Exception as exc:
                 if not is_cuda_oom(exc):
                     raise
-                oom = str(exc).splitlines()[0][:200]
-            del prior
+                oom = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             free_device_memory(dev)
             if measured is not None:
                 break
-            tried.append({"dtype": dtype, "attention": attention, "views_per_step": views, "out_of_memory": oom})
-            if attention == "sdpa":
-                attention = "sliced"
-            elif views > 1:
-                views //= 2
-            else:
-                break
+            tried.append({"dtype": dtype, **rung, "out_of_memory": oom})
+            if prior is None:
+                loaded = None  # the load itself failed: the next rung loads again
+            rung = _next_rung(rung)
+        del prior
+        free_device_memory(dev)
         if measured is None:
+            out_of_memory_everywhere = dtype
             continue
-        tried.append({"dtype": dtype, "attention": attention, **measured})
+        tried.append({"dtype": dtype, **rung, **measured})
         if measured["finite"]:
             chosen = tried[-1]
             break
     report["tried"] = tried
+    dtypes = list(dict.fromkeys(t["dtype"] for t in tried))
+    report["precisions"] = {d: _outcome_text(d, tried) if not any(t.get("skipped") and t["dtype"] == d for t in tried)
+                            else "skipped (" + next(t["skipped"] for t in tried if t["dtype"] == d) + ")"
+                            for d in dtypes}
+    fp16 = [t for t in tried if t["dtype"] == "fp16" and "finite" in t]
+    report["fp16_finite"] = fp16[-1]["finite"] if fp16 else None
     if chosen is None:
-        report["problem"] = ("no precision gave a finite step on this device"
-                             if tried else "nothing could run (out of memory at every setting)")
+        report["problem"] = "no precision could run a sound step on this device: " + "; ".join(
+            f"{d} {text}" for d, text in report["precisions"].items())
+        if out_of_memory_everywhere:
+            from .pipeline.failures import LOWER_MEMORY_HINT
+
+            report["problem"] += (" (down to 1 view, VAE checkpointing, CPU offload and sliced attention); "
+                                  + LOWER_MEMORY_HINT)
         return report
     views = chosen["views_per_step"]
     memory = None
     if cuda:
         per_view = max(0, chosen["peak_bytes"] - chosen["model_bytes"]) / views
         memory = {"model_bytes": chosen["model_bytes"], "peak_bytes": chosen["peak_bytes"],
+                  "peak_reserved_bytes": chosen["peak_reserved_bytes"],
+                  "device_used_bytes": chosen["device_used_bytes"],
                   "activation_bytes_per_view": int(per_view), "total_bytes": total}
+    settings_used = {k: chosen[k] for k in ("dtype", "views_per_step", "attention", "vae_checkpointing", "cpu_offload")}
     report.update(
         ok=True,
         seconds_per_step=round(chosen["seconds_per_step"], 3),
         peak_vram_gib=None if not cuda else round(chosen["peak_bytes"] / GiB, 2),
-        fp16_finite=next((t["finite"] for t in tried if t["dtype"] == "fp16" and "finite" in t), None),
+        reserved_vram_gib=None if not cuda else round(chosen["peak_reserved_bytes"] / GiB, 2),
+        device_used_gib=None if not cuda else round(chosen["device_used_bytes"] / GiB, 2),
         rasteriser={"backend": chosen["rasteriser"], "seconds_per_render": chosen["render_seconds"],
                     "share_of_step": round(chosen["render_seconds"] / chosen["seconds_per_step"], 3)},
         step={k: chosen[k] for k in ("grid", "render_resolution", "views_per_step", "faces", "step_seconds")},
         memory=memory,
         presets=preset_estimates(chosen["seconds_per_step"], views, memory, total),
-        settings={"dtype": chosen["dtype"], "views_per_step": views, "attention": chosen["attention"]},
+        settings=settings_used,
     )
     if save:
         from .machine_profile import device_identity, models_fingerprint, save_profile
 
-        profile = {"created_by": "doctor --gpu", "engine_version": __version__, "preset": preset,
-                   "dtype": chosen["dtype"], "attention": chosen["attention"], "views_per_step": views,
-                   "seconds_per_step": report["seconds_per_step"],
-                   "activation_bytes_per_view": None if memory is None else memory["activation_bytes_per_view"],
-                   "model_bytes": None if memory is None else memory["model_bytes"],
-                   "fp16_finite": report["fp16_finite"], "rasteriser": chosen["rasteriser"]}
-        report["profile_path"] = str(save_profile(profile, device_identity(dev), models_fingerprint(root)))
+        entry = {"created_by": "doctor --gpu", "engine_version": __version__, **settings_used,
+                 "preset_views_per_step": settings.views_per_step,
+                 "seconds_per_step": report["seconds_per_step"],
+                 "activation_bytes_per_view": None if memory is None else memory["activation_bytes_per_view"],
+                 "model_bytes": None if memory is None else memory["model_bytes"],
+                 "fp16_finite": report["fp16_finite"], "rasteriser": chosen["rasteriser"]}
+        report["profile_path"] = str(save_profile(entry, preset, device_identity(dev), models_fingerprint(root)))
     return report
+
+
+def _setting_text(t: dict) -> str:
+    extra = "".join([", VAE checkpointing" if t.get("vae_checkpointing") else "",
+                     ", CPU offload" if t.get("cpu_offload") else ""])
+    return f"{t['dtype']}, {t['views_per_step']} view(s), {t['attention']} attention{extra}"
 
 
 def format_report(report: dict) -> str:
@@ -295,13 +390,14 @@ def format_report(report: dict) -> str:
                      f"driver {gpu.get('driver') or 'unknown'}")
     lines.append(f"device: {report.get('device')}; models: {report.get('models_root')}; preset: {report.get('preset')}")
     for t in report.get("tried", []):
-        if t.get("out_of_memory"):
-            lines.append(f"  {t['dtype']}, {t['views_per_step']} view(s), {t['attention']} attention: out of memory")
+        if t.get("skipped"):
+            lines.append(f"  {t['dtype']}: not tried ({t['skipped']})")
+        elif "finite" not in t:
+            lines.append(f"  {_setting_text(t)}: out of memory")
         else:
             state = "finite" if t["finite"] else f"NOT FINITE ({t['why_not_finite']})"
             peak = f", peak {t['peak_bytes'] / GiB:.2f} GiB" if t.get("peak_bytes") else ""
-            lines.append(f"  {t['dtype']}, {t['views_per_step']} view(s), {t['attention']} attention: "
-                         f"{t['seconds_per_step']:.3f} s/step{peak}, gradients {state}")
+            lines.append(f"  {_setting_text(t)}: {t['seconds_per_step']:.3f} s/step{peak}, gradients {state}")
     if not report.get("ok"):
         lines.append(f"PROBLEM: {report.get('problem')}")
         return "\n".join(lines)
@@ -310,15 +406,18 @@ def format_report(report: dict) -> str:
                  f"{report['step']['render_resolution']}^2 renders, {report['step']['views_per_step']} view(s), "
                  f"through the VAE)")
     if report.get("peak_vram_gib") is not None:
-        lines.append(f"peak VRAM: {report['peak_vram_gib']} GiB (models {report['memory']['model_bytes'] / GiB:.2f} "
-                     f"GiB + {report['memory']['activation_bytes_per_view'] / GiB:.2f} GiB per view)")
-    fp16 = report.get("fp16_finite")
-    lines.append("fp16 gradients: " + ("finite" if fp16 else "NOT finite (another precision is used)"
-                                       if fp16 is False else "not tried"))
-    lines.append(f"rasteriser: {r['backend']}, {r['seconds_per_render']:.4f} s per render "
+        memory = report["memory"]
+        lines.append(f"peak VRAM: {report['peak_vram_gib']} GiB allocated (models {memory['model_bytes'] / GiB:.2f} "
+                     f"GiB + {memory['activation_bytes_per_view'] / GiB:.2f} GiB per view)")
+        lines.append(f"reserved: {report['reserved_vram_gib']} GiB by PyTorch at the peak; "
+                     f"{report['device_used_gib']} GiB in use on the GPU (with the CUDA context and any other program)")
+    fp16 = report.get("precisions", {}).get("fp16", "not tried")
+    lines.append("fp16 gradients: " + ("finite" if fp16 == "finite" else f"{fp16} (another precision is used)"
+                                       if fp16 != "not tried" else "not tried"))
+    lines.append(f"rasteriser: {r['backend']}, {r['seconds_per_render']:.4f} s per render, forward + backward "
                  f"({r['share_of_step']:.0%} of a step)")
-    lines.append(f"settings the pipeline will use: precision {s['dtype']}, {s['views_per_step']} view(s) per step, "
-                 f"attention {s['attention']}")
+    lines.append(f"settings {report.get('preset')} jobs will use on this GPU: {_setting_text(s)} (precision, views "
+                 "and memory options from this check; views lowered only where more did not fit)")
     for name, row in report["presets"].items():
         mem = f", ~{row['memory_gib']} GiB" + ("" if row.get("fits", True) else " (does NOT fit)") \
             if "memory_gib" in row else ""

@@ -91,13 +91,18 @@ class _JobOperator:
             return {"PASS_THROUGH"}
         launch = getattr(self, "_launch", None)
         if launch is not None:  # still probing the engine's Python
-            if generation.launch_for(self._scene_name) is not launch:  # the add-on was disabled
+            if generation.launch_for(self._scene_name) is not launch:  # the add-on was disabled, a file loaded
+                generation.end_launch(launch)
                 return {"CANCELLED"}
             try:
                 job = launch.pump()
-            except generation.Refusal as exc:
-                self._remove_timer(context, launch)
-                self._refused(context.window_manager.idto3d_runtime, exc)
+            except Exception as exc:  # the launch is over (Launch.pump stopped it): never leave its timer behind
+                generation.end_launch(launch)
+                self._launch = None
+                if isinstance(exc, generation.Refusal):
+                    self._refused(context.window_manager.idto3d_runtime, exc)
+                else:
+                    self.report({"ERROR"}, f"Generate Head could not start the engine: {exc}")
                 redraw_3d_views(context.window_manager)
                 return {"CANCELLED"}
             if job is None:
@@ -115,6 +120,18 @@ class _JobOperator:
             return {"PASS_THROUGH"}
         self._remove_timer(context, job)
         return _report_end(self, job)
+
+    def cancel(self, context):
+        """Blender ends the modal operator (a file is loaded, its window closes): nothing would
+        pump the press or the job again, so both end here (the job as cancelled, its worker asked
+        to stop with a checkpoint) and the Generate button comes back."""
+        launch = getattr(self, "_launch", None)
+        if launch is not None:
+            generation.end_launch(launch)
+            self._launch = None
+        job = generation._jobs.get(getattr(self, "_scene_name", ""))
+        if job is not None:
+            job.abandon()
 
     @staticmethod
     def _remove_timer(context, owner) -> None:
@@ -179,7 +196,8 @@ class IDTO3D_OT_import_head_result(bpy.types.Operator):
         chosen = Path(bpy.path.abspath(self.filepath or self.directory))
         scene = context.scene
         location, note = placement.place_head(scene, scene.cursor.location,
-                                              beside=scene.idto3d.placement == "BESIDE")
+                                              beside=scene.idto3d.placement == "BESIDE",
+                                              view_layer=context.view_layer, window_manager=context.window_manager)
         try:
             if chosen.suffix.lower() == ".glb":
                 obj = result_import.import_glb(chosen, location=location)

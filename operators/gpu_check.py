@@ -28,8 +28,21 @@ def summarise(check: dict) -> str:
     minutes = presets.get(check.get("preset"), {}).get("minutes")
     vram = f", peak {check['peak_vram_gib']} GiB" if check.get("peak_vram_gib") is not None else ""
     head = f", ~{minutes} min per {check.get('preset')} head" if minutes is not None else ""
-    return f"{check['seconds_per_step']} s/step{vram}{head}; uses {s['dtype']}, {s['views_per_step']} view(s)" + (
-        ", sliced attention" if s["attention"] == "sliced" else "")
+    extras = [", sliced attention" if s["attention"] == "sliced" else "",
+              ", VAE checkpointing" if s.get("vae_checkpointing") else "",
+              ", CPU offload" if s.get("cpu_offload") else ""]
+    return f"{check['seconds_per_step']} s/step{vram}{head}; uses {s['dtype']}, {s['views_per_step']} view(s)" + "".join(
+        extras)
+
+
+def generation_running() -> str | None:
+    """The name of a scene whose generation is running (any scene: they share the GPU), or None."""
+    from .. import generation
+
+    for scene in bpy.data.scenes:
+        if generation.running_job(scene) is not None:
+            return scene.name
+    return None
 
 
 def start(context):
@@ -91,7 +104,17 @@ class IDTO3D_OT_check_gpu(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return _running is None
+        if _running is not None:
+            cls.poll_message_set("Check GPU is already running")
+            return False
+        busy = generation_running()
+        if busy:
+            # Both would compete for GPU memory, and the check's out-of-memory errors would be saved
+            # as this GPU's profile (fewer views, memory savers) for every later job.
+            cls.poll_message_set(f"A generation is running in scene {busy!r} and using the GPU: Check GPU measures "
+                                 "the GPU alone, so wait until it ends (or stop it)")
+            return False
+        return True
 
     def _start(self, context) -> bool:
         try:

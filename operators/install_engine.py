@@ -6,6 +6,9 @@ a separate process writing to a log; a timer calls :func:`pump`. The environment
 ``runtime/venv.partial`` and only renamed to ``runtime/venv`` (and set as the Engine Python) once
 every step succeeded, so a failed install never leaves a half-made environment marked usable;
 the partial folder (ours, marked) is removed and the status names the failed step and its log.
+When every step succeeded but the final rename fails (a full disk, ``venv`` a broken link), the
+complete environment is kept, the status says what is in the way, and the next Install Engine
+only moves it into place.
 """
 
 from __future__ import annotations
@@ -56,8 +59,18 @@ def _is_ours(folder: Path) -> bool:
     return (folder / MARKER).is_file()
 
 
+def _is_complete(folder: Path) -> bool:
+    """An environment every install step succeeded in (marked ready before its final rename)."""
+    try:
+        return json.loads((folder / MARKER).read_text(encoding="utf-8")).get("state") == "ready"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 TRASH_PREFIX = ".idto3d-trash-"
 _deleting: list[threading.Thread] = []
+_being_deleted: set[str] = set()  # trash folders a deletion thread already works on
+_being_deleted_lock = threading.Lock()
 
 
 def discard(folder: Path) -> None:
@@ -71,8 +84,22 @@ def discard(folder: Path) -> None:
 
 
 def _delete_later(path: Path) -> None:
-    thread = threading.Thread(target=shutil.rmtree, args=(path,), kwargs={"ignore_errors": True},
-                              name="idto3d-delete-environment", daemon=True)
+    """Delete ``path`` in a background thread, unless one already does (a trash folder renamed
+    aside a moment ago is also what the sweep of leftovers finds)."""
+    key = os.path.abspath(path)
+    with _being_deleted_lock:
+        if key in _being_deleted:
+            return
+        _being_deleted.add(key)
+
+    def delete() -> None:
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            with _being_deleted_lock:
+                _being_deleted.discard(key)
+
+    thread = threading.Thread(target=delete, name="idto3d-delete-environment", daemon=True)
     thread.start()
     _deleting[:] = [t for t in _deleting if t.is_alive()] + [thread]
 
@@ -85,7 +112,10 @@ def wait_for_deletions(timeout_s: float | None = None) -> bool:
 
 
 class Install:
-    """The steps of one install and the process of the step that runs now."""
+    """The steps of one install and the process of the step that runs now.
+
+    With no steps, the environment in ``venv.partial`` is already complete (an earlier install
+    whose last rename failed): the first pump only moves it into place."""
 
     def __init__(self, root: Path, steps: list[tuple[str, list[str]]]):
         self.root, self.steps = root, steps
@@ -94,8 +124,12 @@ class Install:
         self.index = -1
         self.process: subprocess.Popen | None = None
         self.outcome: str | None = None  # "ok" or the failure text
-        self._log = open(self.log_path, "w", encoding="utf-8")
-        self._next()
+        self._log = open(self.log_path, "a" if not steps else "w", encoding="utf-8")
+        if steps:
+            self._next()
+        else:
+            self._log.write(f"== moving the complete environment {self.partial} into place\n")
+            self._log.flush()
 
     def _next(self) -> None:
         self.index += 1
@@ -108,7 +142,7 @@ class Install:
 
     @property
     def label(self) -> str:
-        return self.steps[self.index][0]
+        return self.steps[self.index][0] if self.steps else "moving the environment into place"
 
     def last_line(self) -> str:
         return tail(self.log_path, 1).strip()  # only the log's end is read, once per timer tick
@@ -117,6 +151,8 @@ class Install:
         """Advance; True while steps remain. Sets ``outcome`` at the end."""
         if self.outcome is not None:
             return False
+        if self.process is None:  # nothing to run: a complete environment waits to be moved into place
+            return self._succeed()
         code = self.process.poll()
         if code is None:
             return True
@@ -128,34 +164,48 @@ class Install:
         return self._succeed()
 
     def _succeed(self) -> bool:
-        """The new environment replaces the old one: two renames, the old one deleted in the background."""
+        """The new environment replaces the old one: two renames, the old one deleted in the background.
+
+        When they fail, the complete new environment is kept in ``venv.partial`` (several GB, minutes
+        to download again): the message says what is in the way, and the next Install Engine only
+        moves it into place."""
         old = self.root / f"{TRASH_PREFIX}{uuid.uuid4().hex[:12]}"
         try:
             (self.partial / MARKER).write_text(json.dumps({"state": "ready"}), encoding="utf-8")
-            if self.final.exists():
-                if not _is_ours(self.final):
-                    return self._fail(
-                        f"{self.final} exists and was not made by Install Engine; nothing was replaced"
-                    )
+        except OSError as exc:
+            return self._fail(f"the new environment could not be marked complete ({exc.strerror or exc})")
+        retry = (f"the new environment is complete and kept in {self.partial}: press Install Engine again to move "
+                 "it into place (nothing is downloaded again)")
+        if os.path.lexists(self.final) and not _is_ours(self.final):
+            broken = self.final.is_symlink() and not self.final.exists()
+            what = "a broken link" if broken else "not made by Install Engine"
+            return self._fail(f"{self.final} is in the way ({what}): move or remove it, then {retry}",
+                              keep_partial=True)
+        try:
+            if os.path.lexists(self.final):
                 os.replace(self.final, old)
             try:
                 os.replace(self.partial, self.final)
             except OSError:
-                if old.exists() and not self.final.exists():
+                if old.exists() and not os.path.lexists(self.final):
                     os.replace(old, self.final)  # the previous environment stays in use
                 raise
         except OSError as exc:
-            return self._fail(f"the new environment could not be moved into place ({exc.strerror or exc})")
+            return self._fail(f"{self.final} could not be replaced ({exc.strerror or exc}): free the disk or remove "
+                              f"{self.final}, then {retry}", keep_partial=True)
         if old.exists():
             _delete_later(old)
         self.outcome = "ok"
         self._log.close()
         return False
 
-    def _fail(self, text: str) -> bool:
-        self.outcome = f"Install Engine: {text}. Nothing was installed; full log: {self.log_path}"
+    def _fail(self, text: str, *, keep_partial: bool = False) -> bool:
+        if keep_partial:
+            self.outcome = f"Install Engine: {text}. The previous Engine Python stays in use; log: {self.log_path}"
+        else:
+            self.outcome = f"Install Engine: {text}. Nothing was installed; full log: {self.log_path}"
         self._log.close()
-        if _is_ours(self.partial):
+        if not keep_partial and _is_ours(self.partial):
             try:
                 discard(self.partial)
             except OSError:
@@ -166,11 +216,65 @@ class Install:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-        if self.outcome is None:
-            self._fail("stopped (the add-on was disabled)")
+        if self.outcome is None:  # a complete environment waiting for its rename is kept
+            self._fail("stopped (the add-on was disabled)", keep_partial=_is_complete(self.partial))
 
 
 _current: Install | None = None
+_probe: GpuProbe | None = None  # nvidia-smi being asked before a CUDA install starts
+
+
+class GpuProbe:
+    """``nvidia-smi`` asked on a background thread (two queries, up to 20 s each on a stuck driver:
+    never on Blender's UI thread). ``kwargs`` are start_install's, for when it has answered."""
+
+    def __init__(self, query, kwargs: dict):
+        self.gpus: list | None = None
+        self.kwargs = kwargs
+        self._thread = threading.Thread(target=self._ask, args=(query,), name="idto3d-gpu-probe", daemon=True)
+        self._thread.start()
+
+    def _ask(self, query) -> None:
+        try:
+            self.gpus = query()
+        except Exception:  # query_gpus never raises; a broken one still must not leave the button stuck
+            self.gpus = []
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self) -> None:
+        self._thread.join()
+
+
+def request_install(prefs, runtime, *, query=None, **kwargs) -> GpuProbe | None:
+    """What Install Engine does: with Torch Build CUDA, nvidia-smi is asked in the background and
+    the install starts once it answered (:func:`probe_tick`, from the timer); with CPU at once."""
+    global _probe
+    _refuse_if_unable()
+    if prefs.torch_variant != "CUDA" or not kwargs.get("with_torch", True):
+        start_install(prefs, runtime, **kwargs)
+        return None
+    _probe = GpuProbe(query or query_gpus, kwargs)
+    runtime.install_running = True
+    runtime.install_status = "Install Engine: asking nvidia-smi which NVIDIA driver and GPU this computer has…"
+    return _probe
+
+
+def probe_tick(prefs, runtime) -> bool:
+    """True while nvidia-smi is still being asked; then starts the install with its answer."""
+    global _probe
+    if _probe is None:
+        return False
+    if not _probe.done:
+        return True
+    probe, _probe = _probe, None
+    try:
+        start_install(prefs, runtime, gpus=probe.gpus, **probe.kwargs)
+    except (InstallRefused, OSError) as exc:
+        runtime.install_running, runtime.install_status = False, f"Install Engine: {exc}"
+    return False
 
 
 def torch_choice(variant: str, gpus=None) -> WheelChoice:
@@ -224,27 +328,27 @@ def start_install(
     constraints: Path | None = None,
     pip_args: list[str] = (),
     with_torch: bool = True,
+    gpus: list | None = None,
 ) -> Install:
-    """Start installing the engine's environment (refused while offline or already running)."""
+    """Start installing the engine's environment (refused while offline or already running).
+    ``gpus``: nvidia-smi's answer when the caller asked it already (:func:`request_install`)."""
     global _current
-    if not bpy.app.online_access:
-        raise InstallRefused(
-            "Blender's online access is off: enable it in Preferences > System > Network "
-            "to install the engine"
-        )
-    if _current is not None and _current.outcome is None:
-        raise InstallRefused("An engine install is already running")
+    _refuse_if_unable()
     root = root or runtime_folder()
     partial = root / "venv.partial"
+    for leftover in root.glob(f"{TRASH_PREFIX}*"):  # deletions that Blender quitting cut short
+        _delete_later(leftover)
     if partial.exists():
         if not _is_ours(partial):
             raise InstallRefused(f"{partial} exists and was not made by Install Engine: move it away")
+        if _is_complete(partial):  # an install whose last rename failed: only move it into place
+            _current = Install(root, [])
+            runtime.install_running, runtime.install_status = True, f"Install Engine: {_current.label}…"
+            return _current
         discard(partial)  # a previous install that was interrupted (deleted in the background)
-    for leftover in root.glob(f"{TRASH_PREFIX}*"):  # deletions that Blender quitting cut short
-        _delete_later(leftover)
     partial.mkdir(parents=True)
     (partial / MARKER).write_text(json.dumps({"state": "installing"}), encoding="utf-8")
-    choice = torch_choice(prefs.torch_variant) if with_torch else torch_choice("CPU")
+    choice = torch_choice(prefs.torch_variant, gpus) if with_torch else torch_choice("CPU")
     steps = install_steps(
         partial,
         choice,
@@ -282,8 +386,19 @@ def pump(prefs, runtime) -> bool:
     return False
 
 
+def _refuse_if_unable() -> None:
+    if not bpy.app.online_access:
+        raise InstallRefused(
+            "Blender's online access is off: enable it in Preferences > System > Network "
+            "to install the engine"
+        )
+    if (_current is not None and _current.outcome is None) or _probe is not None:
+        raise InstallRefused("An engine install is already running")
+
+
 def stop_install() -> None:
-    global _current
+    global _current, _probe
+    _probe = None  # its thread ends by itself; its answer is dropped
     if _current is not None:
         _current.stop()
         _current = None
@@ -295,7 +410,10 @@ def _timer_tick():
     context = bpy.context
     if context.window_manager is None:
         return None
-    running = pump(addon_prefs(context), context.window_manager.idto3d_runtime)
+    prefs, runtime = addon_prefs(context), context.window_manager.idto3d_runtime
+    if probe_tick(prefs, runtime):
+        return 0.5
+    running = pump(prefs, runtime)
     redraw_3d_views(context.window_manager)
     return 1.0 if running else None
 
@@ -313,13 +431,16 @@ class IDTO3D_OT_install_engine(bpy.types.Operator):
     )
 
     def execute(self, context):
-        prefs = addon_prefs(context)
+        prefs, runtime = addon_prefs(context), context.window_manager.idto3d_runtime
         try:
-            start_install(prefs, context.window_manager.idto3d_runtime)
+            probe = request_install(prefs, runtime)
+            if probe is not None and bpy.app.background:  # no UI to keep responsive, no timers to wait with
+                probe.wait()
+                probe_tick(prefs, runtime)
         except (InstallRefused, OSError) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        bpy.app.timers.register(_timer_tick, first_interval=1.0)
+        bpy.app.timers.register(_timer_tick, first_interval=0.5)
         self.report({"INFO"}, "Installing the engine in the background")
         return {"FINISHED"}
 

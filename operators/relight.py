@@ -23,8 +23,11 @@ from pathlib import Path
 import bpy
 from mathutils import Vector
 
+from ..animation import fcurves_of
+
 STUDIO_SCENE = "ID-to-3D Studio"
 STUDIO_MARK = "idto3d_studio"  # on the studio scene: the name of the scene it was made from
+STUDIO_HEAD = "idto3d_studio_head"  # on the head Relight staged in the studio (the only object it ever unlinks)
 RIG_COLLECTION = "ID-to-3D Studio"
 WORLD_NAME = "ID-to-3D Studio World"
 STUDIO_SAMPLES = 128
@@ -74,13 +77,33 @@ def studio_scene(create: bool = True):
     return studio
 
 
+def source_scene(studio):
+    """The scene the studio was made from (where the user's settings live), or None."""
+    return bpy.data.scenes.get(studio.get(STUDIO_MARK) or "") if studio is not None else None
+
+
+def settings_scene(scene):
+    """Whose ID-to-3D settings apply: the user's scene, also while the studio is shown (the studio
+    scene has default settings of its own that nobody chose)."""
+    return (source_scene(scene) or scene) if is_studio(scene) else scene
+
+
 def _stage_head(studio, head) -> None:
-    """The head, and only it, in the studio's own collection (the user's collections untouched)."""
+    """The head in the studio's own collection, replacing the head Relight staged before.
+
+    Only a head Relight staged (it carries :data:`STUDIO_HEAD`) is ever taken out: whatever the
+    user put into the studio (a backdrop, props, another light) stays. The head becomes the
+    studio's active object, so its panels and tools work the moment the studio is shown."""
     for obj in list(studio.collection.objects):
-        if obj is not head and not obj.get(ROLE):
+        if obj is not head and obj.get(STUDIO_HEAD):
             studio.collection.objects.unlink(obj)  # an earlier head: it stays in the user's scene
+            del obj[STUDIO_HEAD]
     if head.name not in studio.collection.objects:
         studio.collection.objects.link(head)
+    head[STUDIO_HEAD] = True
+    for view_layer in studio.view_layers:
+        view_layer.objects.active = head
+        head.select_set(True, view_layer=view_layer)
 
 
 def _rig_collection(studio):
@@ -174,7 +197,7 @@ def build_rig(
         pivot.keyframe_insert("rotation_euler", index=2, frame=scene.frame_start)
         pivot.rotation_euler = (0.0, 0.0, 2 * math.pi)
         pivot.keyframe_insert("rotation_euler", index=2, frame=scene.frame_start + frames)
-        for fcurve in _fcurves(pivot):
+        for fcurve in fcurves_of(pivot):
             for point in fcurve.keyframe_points:
                 point.interpolation = "LINEAR"
         pivot.rotation_euler = (0.0, 0.0, 0.0)
@@ -182,21 +205,6 @@ def build_rig(
     scene.render.engine = "CYCLES"
     parts["scene"] = scene
     return parts
-
-
-def _fcurves(obj):
-    """The object's F-curves (layered actions in Blender 4.4+, plain ones before)."""
-    action = obj.animation_data.action if obj.animation_data else None
-    if action is None:
-        return []
-    if hasattr(action, "layers") and len(action.layers):
-        curves = []
-        for layer in action.layers:
-            for strip in layer.strips:
-                for bag in strip.channelbags:
-                    curves.extend(bag.fcurves)
-        return curves
-    return list(getattr(action, "fcurves", []))
 
 
 def _set_world(scene, mode: str, hdri: str) -> None:
@@ -230,8 +238,8 @@ def _set_world(scene, mode: str, hdri: str) -> None:
     scene.world = world
 
 
-def render_still(scene, path: Path, *, size: int | None = None, samples: int | None = None) -> Path:
-    """Render the scene's camera view with Cycles into ``path`` (PNG)."""
+def prepare_render(scene, path: Path, *, size: int | None = None, samples: int | None = None) -> Path:
+    """The scene's render settings for a Cycles still of its camera written to ``path`` (PNG)."""
     render = scene.render
     render.engine = "CYCLES"
     if size:
@@ -243,8 +251,44 @@ def render_still(scene, path: Path, *, size: int | None = None, samples: int | N
     render.image_settings.file_format = "PNG"
     render.filepath = str(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def render_still(scene, path: Path, *, size: int | None = None, samples: int | None = None) -> Path:
+    """Render the scene's camera view with Cycles into ``path`` and return when it is written
+    (scripts, headless use; the UI renders through Blender's own render job instead)."""
+    prepare_render(scene, path, size=size, samples=samples)
     bpy.ops.render.render(write_still=True, scene=scene.name)
     return path
+
+
+PREVIEW_IMAGE = "ID-to-3D Preview"
+
+
+def show_preview(path: Path):
+    """The image "ID-to-3D Preview", (re)loaded from ``path``."""
+    image = bpy.data.images.get(PREVIEW_IMAGE)
+    if image is None:
+        image = bpy.data.images.load(str(path), check_existing=False)
+        image.name = PREVIEW_IMAGE
+    else:
+        image.filepath = str(path)
+        image.reload()
+    return image
+
+
+def _preview_finished(scene, *_args) -> None:
+    """render_complete / render_cancel: load the preview the UI's render job wrote, then stop listening."""
+    remove_preview_handlers()
+    path = Path(bpy.path.abspath(scene.render.filepath))
+    if is_studio(scene) and path.is_file():
+        show_preview(path)
+
+
+def remove_preview_handlers() -> None:
+    for handlers in (bpy.app.handlers.render_complete, bpy.app.handlers.render_cancel):
+        while _preview_finished in handlers:
+            handlers.remove(_preview_finished)
 
 
 def _active_head(context):
@@ -266,7 +310,7 @@ class IDTO3D_OT_relight(bpy.types.Operator):
         return _active_head(context) is not None
 
     def execute(self, context):
-        settings = context.scene.idto3d
+        settings = settings_scene(context.scene).idto3d
         try:
             parts = build_rig(
                 context.scene,
@@ -294,22 +338,35 @@ def render_folder() -> Path:
 class IDTO3D_OT_render_preview(bpy.types.Operator):
     bl_idname = "idto3d.render_preview"
     bl_label = "Render Preview"
-    bl_description = "Render a still of the studio camera with Cycles (the image opens as 'ID-to-3D Preview')"
+    bl_description = (
+        "Render a still of the studio camera with Cycles in Blender's render window (the image is "
+        "also kept as 'ID-to-3D Preview')"
+    )
 
     @classmethod
     def poll(cls, context):
         studio = studio_scene(create=False)
         return studio is not None and studio.camera is not None
 
+    def invoke(self, context, event):
+        """A press in the UI: Blender's own render job (progress in its render window, Esc cancels);
+        the UI is never blocked. The preview image loads when the job has written the file."""
+        if bpy.app.background:
+            return self.execute(context)
+        studio = studio_scene(create=False)
+        prepare_render(studio, render_folder() / "preview.png")
+        remove_preview_handlers()
+        bpy.app.handlers.render_complete.append(_preview_finished)
+        bpy.app.handlers.render_cancel.append(_preview_finished)
+        result = bpy.ops.render.render("INVOKE_DEFAULT", write_still=True, scene=studio.name)
+        if "CANCELLED" in result:
+            remove_preview_handlers()
+        return {"FINISHED"} if "CANCELLED" not in result else {"CANCELLED"}
+
     def execute(self, context):
+        """Scripts and headless: render here and return once the file is written."""
         path = render_still(studio_scene(create=False), render_folder() / "preview.png")
-        image = bpy.data.images.get("ID-to-3D Preview")
-        if image is None:
-            image = bpy.data.images.load(str(path), check_existing=False)
-            image.name = "ID-to-3D Preview"
-        else:
-            image.filepath = str(path)
-            image.reload()
+        show_preview(path)
         self.report({"INFO"}, f"Rendered {path}")
         return {"FINISHED"}
 

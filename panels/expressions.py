@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import bpy
 
-from . import SidebarPanel
+from . import UserScenePanel
+from ..generation import step_budget_note
 from ..properties import BASIS_EXPRESSION
 
 
@@ -24,7 +27,7 @@ class IDTO3D_UL_expressions(bpy.types.UIList):
             row.label(text="", icon="TEXT")  # the prior sees its prompt (shown below the list)
 
 
-class IDTO3D_PT_expressions(SidebarPanel, bpy.types.Panel):
+class IDTO3D_PT_expressions(UserScenePanel, bpy.types.Panel):
     bl_idname = "IDTO3D_PT_expressions"
     bl_label = "Expressions"
 
@@ -49,6 +52,12 @@ class IDTO3D_PT_expressions(SidebarPanel, bpy.types.Panel):
                 layout.prop(item, "prompt", text="Prompt", icon="TEXT")
         enabled = sum(1 for item in settings.expressions if item.enabled)
         layout.label(text=f"{enabled} shape keys (neutral is the Basis)", icon="INFO")
+        note = step_budget_note(settings)
+        if note:
+            column = layout.column(align=True)
+            column.scale_y = 0.8
+            for index, line in enumerate(textwrap.wrap(note, 48)):
+                column.label(text=line, icon="ERROR" if index == 0 else "BLANK1")
 
 
 CLASSES = (IDTO3D_UL_expressions, IDTO3D_PT_expressions)

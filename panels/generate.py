@@ -12,7 +12,7 @@ import textwrap
 
 import bpy
 
-from . import SidebarPanel
+from . import UserScenePanel
 from .. import generation
 
 _previews = None
@@ -95,7 +95,7 @@ def draw_job(layout, job: generation.Job) -> None:
         box.operator("idto3d.resume_head", icon="PLAY")
 
 
-class IDTO3D_PT_generate(SidebarPanel, bpy.types.Panel):
+class IDTO3D_PT_generate(UserScenePanel, bpy.types.Panel):
     bl_idname = "IDTO3D_PT_generate"
     bl_label = "Generate"
 

@@ -31,7 +31,8 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")
 ATTENTION = ("sdpa", "sliced")
 STOP_AFTER = (None, "geometry")
 MIN_SNAPSHOT_INTERVAL_S = 0.2
-MEMORY_DEFAULTS = {"attention": "sdpa", "channels_last": False, "vae_tiling": False, "cpu_offload": False}
+MEMORY_DEFAULTS = {"attention": "sdpa", "channels_last": False, "vae_tiling": False, "vae_checkpointing": False,
+                   "cpu_offload": False}
 OUTPUT_DEFAULTS = {"glb": True, "contact_sheet": True, "quality_report": True}
 
 

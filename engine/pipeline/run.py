@@ -92,9 +92,12 @@ def _check_writable(job_dir: Path) -> None:
 class _Job:
     def __init__(self, spec: JobSpec, job_dir: Path, emit, should_stop):
         self.spec, self.job_dir, self._emit, self.should_stop = spec, job_dir, emit, should_stop
-        self.plan = MemoryPlan(spec.settings)  # the settings as they run (lowered on GPU memory errors)
+        # the settings and memory options as they run (lowered on GPU memory errors)
+        self.plan = MemoryPlan(spec.settings, memory=spec.memory)
         self.memory_estimate = None
         self.machine_profile = self.profile = None
+        self.prior = None
+        self.current_step = 0
         self.own_checkpoint = False  # a checkpoint of this run (or the one it resumed) is the newest
         self.stages = ["identity", "prior", "geometry"]
         if spec.stop_after != "geometry":
@@ -148,7 +151,7 @@ class _Job:
         if state is not None:  # job.json's settings, or exactly the memory fallbacks the checkpoint records
             from .memory_fallback import resumed_plan
 
-            self.plan = resumed_plan(spec.settings, state.get("settings"), state.get("memory_fallback"))
+            self.plan = resumed_plan(spec.settings, state.get("settings"), state.get("memory_fallback"), spec.memory)
             self.own_checkpoint = True
 
         self.stage("identity")
@@ -185,8 +188,11 @@ class _Job:
             quality, sheet = self.quality(head, textures, embedding)
             self.end_stage()
 
+        from ..result_format import as_correctives
+
+        head, correctives = as_correctives(head)  # after the quality renders, which show each whole face
         self.stage("export")
-        folder, glb = self.export(head, textures, quality, sheet)
+        folder, glb = self.export(head, textures, quality, sheet, correctives)
         self.end_stage()
         self.send("result", folder=str(folder), glb=str(glb) if glb else None)
         return folder
@@ -238,13 +244,11 @@ class _Job:
         root = self.models_root
         normal = (root / "loras" / "normal" / "prior_adapter.json").is_file()
         albedo = (root / "loras" / "albedo" / "prior_adapter.json").is_file()
-        m = self.spec.memory
         dtype, attention = self.machine_settings(root)
-        memory = MemoryOptions(attention=attention, channels_last=m["channels_last"],
-                               vae_tiling=m["vae_tiling"], cpu_offload=m["cpu_offload"])
         prior = load_prior(root, device=self.device, dtype=dtype,
-                           task="normal" if normal else None, memory=memory,
+                           task="normal" if normal else None, memory=self.memory_options(attention),
                            allow_download=self.spec.allow_download)
+        self.prior = prior
         self.fit_memory_before_launch(prior)
         if not normal:
             self.send("warning", code="base_prior",
@@ -256,55 +260,112 @@ class _Job:
                       message="the models are tiny random test models: the head will not be a likeness")
         return prior, normal, albedo
 
+    def memory_options(self, attention: str):
+        """The prior's MemoryOptions: job.json's, with the switches the memory plan turned on."""
+        from ..prior.model import MemoryOptions
+
+        m = self.plan.memory
+        return MemoryOptions(attention=attention,
+                             channels_last=m["channels_last"], vae_tiling=m["vae_tiling"],
+                             vae_checkpointing=m["vae_checkpointing"], cpu_offload=m["cpu_offload"])
+
     def machine_settings(self, root: Path) -> tuple[str | None, str]:
         """(dtype, attention) for the prior: job.json's, except that ``"dtype": "auto"`` and the
-        default attention take what Check GPU found on this GPU (the machine profile), e.g. bf16 or
-        fp32 where fp16 gave NaN, sliced attention where the fused kernel ran out of memory."""
+        default attention take what Check GPU found on this GPU for this preset (the machine
+        profile), e.g. bf16 or fp32 where fp16 gave NaN, sliced attention where nothing else fit;
+        and the preset's views per step and memory options are lowered to what its check fitted
+        (recorded like any memory fallback, reason ``machine_profile``)."""
+        from . import memory_fallback as mf
+
         dtype = None if self.spec.dtype == "auto" else self.spec.dtype
         attention = self.spec.memory["attention"]
-        if self.device.type != "cuda":
+        if not self._profiled_device():
             return dtype, attention
-        from ..machine_profile import load_profile
+        from ..machine_profile import entry_for, load_profile, precision_from
 
         profile = load_profile(self.device, root)
         if profile is None:
             return dtype, attention
-        used = {"path": profile["path"], "dtype": profile.get("dtype"), "attention": profile.get("attention")}
-        self.machine_profile = used
-        self.profile = profile
+        preset = self.spec.preset
+        entry = entry_for(profile, preset) if profile["exact"] else None
+        profile_dtype, fp16_finite = precision_from(profile, preset)
+        self.profile = entry
+        self.machine_profile = {"path": profile["path"], "exact": profile["exact"], "preset": preset,
+                                "dtype": profile_dtype, **({k: entry.get(k) for k in (
+                                    "attention", "views_per_step", "vae_checkpointing", "cpu_offload")}
+                                    if entry else {})}
         notes = []
-        if dtype is None and profile.get("dtype"):
-            dtype = profile["dtype"]
-            if profile.get("fp16_finite") is False:
+        if dtype is None and profile_dtype:
+            dtype = profile_dtype
+            if fp16_finite is False:
                 notes.append(f"{dtype}: fp16 gave non-finite gradients on this GPU")
-        if attention == "sdpa" and profile.get("attention") == "sliced":
-            attention = "sliced"
-            notes.append("sliced attention: the fused kernel ran out of memory in Check GPU")
+        if not profile["exact"]:
+            self.send("warning", code="machine_profile_outdated",
+                      message=f"the Check GPU results for this GPU were made with another driver, torch, engine or "
+                              f"model files: only their precision ({profile_dtype}) is used; run Check GPU again "
+                              "(add-on preferences, or `python -m engine doctor --gpu`)")
+        if entry:
+            if attention == "sdpa" and entry.get("attention") == "sliced":
+                attention = "sliced"
+                notes.append("sliced attention: nothing else fitted in Check GPU")
+            detail = f"Check GPU found this on this GPU for the {preset} preset"
+            if entry.get("views_per_step") and entry["views_per_step"] < entry.get("preset_views_per_step", 0):
+                for views_field in mf.SETTINGS_FIELDS:
+                    old = getattr(self.plan.settings, views_field)
+                    if old > entry["views_per_step"]:
+                        stage = "geometry" if views_field == "views_per_step" else "texture"
+                        self.plan.changes.append(mf.Change(stage, 0, views_field, old, entry["views_per_step"],
+                                                           "machine_profile", detail))
+            for flag in mf.MEMORY_FIELDS:
+                if entry.get(flag) and not self.plan.final()[flag]:
+                    self.plan.changes.append(mf.Change("geometry", 0, flag, False, True, "machine_profile", detail))
+            for change in [c for c in self.plan.changes if c.reason == "machine_profile"]:
+                notes.append(mf.describe(change).split(": ", 1)[1])
         if notes:
             self.send("warning", code="machine_profile",
                       message="using the settings Check GPU found for this GPU: " + "; ".join(notes))
         return dtype, attention
 
+    def fp16_on_cuda(self, prior) -> bool:
+        return self.device.type == "cuda" and getattr(prior, "dtype", None) == torch.float16
+
+    def _profiled_device(self) -> bool:
+        """Machine profiles are made and read on CUDA devices only."""
+        return self.device.type == "cuda"
+
     def fit_memory_before_launch(self, prior) -> None:
-        """Lower views per step up front when one step's estimated need exceeds the free GPU memory."""
+        """Climb the memory ladder up front when one step's estimated need exceeds the free GPU memory."""
         from . import memory_fallback as mf
+        from .failures import LOWER_MEMORY_HINT
 
         free = mf.free_memory_bytes(self.device)
         if free is None:
             return
         dtype = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(prior.dtype, "fp32")
-        per_view, source = mf.activation_bytes_per_view(dtype, self.profile)
-        for change in mf.fit_before_launch(self.plan, free, per_view, source):
+        need = mf.step_need(dtype, self.profile)
+        offloadable = sum(p.numel() * p.element_size() for m in (prior.unet, prior.text_encoder,
+                                                                 getattr(prior, "blend_text_encoder", None))
+                          if m is not None for p in m.parameters() if p.device.type == "cuda")
+        made = mf.fit_before_launch(self.plan, free, need, offloadable)
+        for change in made:
             self.send("warning", code="memory_estimate", message=mf.describe(change), stage=change.stage,
                       step=0, field=change.field, old=change.old, new=change.new)
-        self.memory_estimate = mf.estimate_report(self.plan, free, per_view)
-        need = max(self.memory_estimate["geometry_need_gib"], self.memory_estimate["texture_need_gib"])
-        if need > self.memory_estimate["free_gib"]:
+        self.apply_plan_memory()
+        self.memory_estimate = mf.estimate_report(self.plan, free, need, offloadable)
+        need_gib = max(self.memory_estimate["geometry_need_gib"], self.memory_estimate["texture_need_gib"])
+        if need_gib > self.memory_estimate["free_gib"]:
             self.send("warning", code="memory_tight",
-                      message=f"one step needs about {need:.1f} GiB even at 1 view ({source}) and the GPU has "
-                              f"{self.memory_estimate['free_gib']:.1f} GiB free: the job tries anyway and lowers the "
-                              'render resolution if it runs out; "memory": {"cpu_offload": true} or '
-                              '{"attention": "sliced"} in job.json need less')
+                      message=f"one step needs about {need_gib:.1f} GiB even with every memory fallback (1 view, VAE "
+                              f"checkpointing, CPU offload; {need.source}) and the GPU has "
+                              f"{self.memory_estimate['free_gib']:.1f} GiB free: the job tries anyway. If it runs out: "
+                              + LOWER_MEMORY_HINT)
+
+    def apply_plan_memory(self) -> None:
+        """Put the plan's memory options (VAE checkpointing, CPU offload) on the loaded prior."""
+        if self.prior is not None and hasattr(self.prior, "apply_memory"):
+            wanted = self.memory_options(self.prior.memory.attention)
+            if wanted != self.prior.memory:
+                self.prior.apply_memory(wanted)
 
     # ---- stage 1 -----------------------------------------------------------------------------
 
@@ -320,19 +381,22 @@ class _Job:
         """``run(state)``; on a CUDA out-of-memory error in a step, lower the stage's next memory
         setting (memory_fallback.LADDERS), free the device, reload the stage's last checkpoint and
         run again. Gives up (cuda_out_of_memory) when every setting is at its floor."""
-        from .memory_fallback import describe, free_device_memory, is_cuda_oom
+        from .memory_fallback import describe, exhausted, free_device_memory, is_cuda_oom
 
         while True:
             self.current_step = 0
             try:
                 return run(state)
             except Exception as exc:
-                if not is_cuda_oom(exc) or self.plan.next_change(stage) is None:
+                if not is_cuda_oom(exc):
                     raise
                 detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                if self.plan.next_change(stage) is None:
+                    raise exhausted(stage, self.current_step, detail, self.plan) from exc
             # Outside the except block: the failed step's frames (and their tensors) are released.
             change = self.plan.lower(stage, self.current_step, "cuda_out_of_memory", detail)
             free_device_memory(self.device)
+            self.apply_plan_memory()
             # Only a checkpoint this run wrote (or resumed from): an earlier run's may lie in the folder.
             latest = ckpt.load_latest(self.job_dir) if self.own_checkpoint else None
             state = latest if latest is not None and latest["stage"] == stage else None
@@ -370,7 +434,7 @@ class _Job:
             out = stage.step(i)
             loss = float(out.loss)  # the one host sync of the step
             if not math.isfinite(loss):
-                raise nan_loss("geometry", i + 1)
+                raise nan_loss("geometry", i + 1, fp16_on_cuda=self.fp16_on_cuda(prior))
             self.progress("geometry", i + 1, s.geometry_steps, i + 1, loss, out.expression,
                           time.perf_counter() - started)
             if self.live.due():
@@ -434,7 +498,7 @@ class _Job:
             loss_t, name, image = stage.step(i)
             loss = float(loss_t)
             if not math.isfinite(loss):
-                raise nan_loss("texture", i + 1)
+                raise nan_loss("texture", i + 1, fp16_on_cuda=self.fp16_on_cuda(prior))
             self.progress("texture", i + 1, s.texture_steps, s.geometry_steps + i + 1, loss, name,
                           time.perf_counter() - started)
             if self.live.due():
@@ -471,13 +535,15 @@ class _Job:
                         expression_offsets=np.stack([offsets[n] for n in names]),
                         uvs=None if textures is None else np.asarray(textures["uvs"], np.float32))
 
-    def export(self, head, textures, quality, sheet):
+    def export(self, head, textures, quality, sheet, correctives=None):
         from ..export import write_result
 
         folder = self.job_dir / RESULT
         info = self.info()
         if quality is not None:
             info["quality"] = quality
+        if correctives:
+            info["correctives"] = dict(correctives)  # {expression: the expression it is stored relative to}
         want_glb = bool(self.spec.output.get("glb", True))
         if textures is None:  # stop_after geometry: head.npz, result.json and a glb with a plain material
             paths = write_result(folder, head, info=info, glb=want_glb)

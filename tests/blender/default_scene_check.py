@@ -60,8 +60,8 @@ settings = bpy.context.scene.idto3d
 settings.photos.clear()
 settings.photos.add().path = str(photo)
 bpy.ops.idto3d.expressions_reset(expression_set="ARKIT52")
-for item in settings.expressions:  # two ARKit keys are enough to show the names and prompts through
-    item.enabled = item.text in ("neutral", "jawOpen", "eyeBlinkLeft")
+for item in settings.expressions:  # a few ARKit keys are enough to show the names and prompts through
+    item.enabled = item.text in ("neutral", "jawOpen", "eyeBlinkLeft", "mouthClose")
 settings.preset, settings.texture_size, settings.output_dir = "TEST", 64, str(out / "jobs")
 
 bpy.ops.idto3d.generate_head()  # EXEC: blocks until the head is in the scene
@@ -81,6 +81,8 @@ report.update(
     active=bpy.context.view_layer.objects.active.name,
     shape_keys=[k.name for k in head.data.shape_keys.key_blocks],
     job_prompts=json.loads((job.job_dir / "job.json").read_text())["expression_prompts"],
+    correctives=json.loads((Path(job.result_folder) / "result.json").read_text()).get("correctives"),
+    side_shares=addon.result_import.quality_side_shares(job.result_folder),
 )
 view = next(a for a in bpy.context.window.screen.areas if a.type == "VIEW_3D").spaces.active.region_3d
 report["view_location"], report["view_distance"] = list(view.view_location), view.view_distance

@@ -125,3 +125,27 @@ def test_check_gpu_in_the_background_and_copy_report(blender_addon, scene_with_p
     assert "no usable CUDA GPU" in runtime.gpu_check_summary
     assert runtime.gpu_check_text.startswith("ID-to-3D Check GPU") and "PROBLEM" in runtime.gpu_check_text
     assert bpy.ops.idto3d.copy_gpu_report() == {"FINISHED"}  # (the bpy module has no clipboard to read back)
+
+
+class RunningGeneration:
+    """TEST DOUBLE for a generation in progress (what ``generation.running_job`` looks at)."""
+
+    finished = False
+
+
+def test_check_gpu_is_refused_while_a_generation_uses_the_gpu(blender_addon, scene_with_photos):
+    import bpy
+
+    generation = importlib.import_module(f"{blender_addon}.generation")
+    gpu_check = importlib.import_module(f"{blender_addon}.operators.gpu_check")
+    scene = bpy.context.scene
+    assert gpu_check.generation_running() is None and bpy.ops.idto3d.check_gpu.poll()
+    generation._jobs[scene.name] = RunningGeneration()
+    try:
+        assert gpu_check.generation_running() == scene.name
+        assert not bpy.ops.idto3d.check_gpu.poll()
+        with pytest.raises(RuntimeError, match="generation is running"):
+            bpy.ops.idto3d.check_gpu()
+    finally:
+        del generation._jobs[scene.name]
+    assert bpy.ops.idto3d.check_gpu.poll()

@@ -257,6 +257,26 @@ def _textured(obj) -> bool:
     return bool(links) and links[0].from_node.type == "TEX_IMAGE" and links[0].from_node.image.size[0] > 0
 
 
+def _placed_positions(obj) -> np.ndarray:
+    """The vertices through the object's rotation and scale, relative to its origin: what an axis
+    or a unit error in a file changes, whatever location the importer gives the object."""
+    co = np.empty(len(obj.data.vertices) * 3, np.float32)
+    obj.data.vertices.foreach_get("co", co)
+    matrix = np.array(obj.matrix_world, np.float64)
+    return co.reshape(-1, 3) @ matrix[:3, :3].T
+
+
+def _farthest_from(points: np.ndarray, reference: np.ndarray) -> float:
+    """The largest distance from a point of ``points`` to its nearest point of ``reference``."""
+    from mathutils.kdtree import KDTree
+
+    tree = KDTree(len(reference))
+    for index, point in enumerate(reference):
+        tree.insert(point.tolist(), index)
+    tree.balance()
+    return max(tree.find(point.tolist())[2] for point in points)
+
+
 def _import_with(operator, path, **options):
     import bpy
 
@@ -283,6 +303,11 @@ def test_export_head_writes_a_glb_and_an_fbx_that_blenders_importers_read_back(g
         obj, created = _import_with(operator, path, **options)
         try:
             assert len(obj.data.vertices) == len(head.data.vertices), path.suffix
+            # The same place, size and axes: a unit (cm vs m) or an up-axis (Y vs Z) error fails here.
+            ours, theirs = _placed_positions(head), _placed_positions(obj)
+            np.testing.assert_allclose(theirs.min(0), ours.min(0), atol=1e-4, err_msg=path.suffix)
+            np.testing.assert_allclose(theirs.max(0), ours.max(0), atol=1e-4, err_msg=path.suffix)
+            assert _farthest_from(ours[::7], theirs) < 1e-4, path.suffix
             assert [k.name for k in obj.data.shape_keys.key_blocks][1:] == expected_keys, path.suffix
             offsets = _shape_key_offsets(obj)
             assert all(value > 1e-6 for value in offsets.values()), (path.suffix, offsets)

@@ -7,6 +7,7 @@ does not exist makes it fail; an empty one makes it succeed without downloading 
 from __future__ import annotations
 
 import importlib
+import threading
 import time
 
 import pytest
@@ -112,6 +113,9 @@ def test_a_leftover_partial_environment_is_deleted_off_the_ui_thread(installer, 
     assert seen and not seen[0][1], "the old environment was deleted on the main thread"
     trash = [p for p in root.iterdir() if p.name.startswith(module.TRASH_PREFIX)]
     assert trash and (trash[0] / "lib" / "f0.py").exists()  # still there: nobody waited for it
+    _run(module, prefs, runtime, tmp_path, "")  # another install sweeps leftovers while that deletion runs
+    paths = [path for path, _ in seen]
+    assert len(paths) == len(set(paths)) == 2, f"a folder was deleted twice at once: {seen}"
     gate.set()
     assert module.wait_for_deletions(60)
     assert not [p for p in root.iterdir() if p.name.startswith(module.TRASH_PREFIX)]
@@ -133,17 +137,28 @@ def test_replacing_an_installed_environment_deletes_the_old_one_in_the_backgroun
     assert sorted(p.name for p in root.iterdir()) == ["install.log", "venv"]
 
 
-def test_a_failed_rename_ends_the_install_with_a_message_not_a_stuck_button(installer, tmp_path):
+def test_a_failed_rename_keeps_the_complete_environment_and_says_what_to_do(installer, tmp_path):
+    """Every step succeeded but venv is a broken link (its target deleted): the complete new
+    environment is kept, the status names what is in the way, and once it is removed the next
+    Install Engine only moves the environment into place (no step runs again)."""
     module, prefs, runtime = installer
     root = tmp_path / "runtime"
     root.mkdir()
     (root / "venv").symlink_to(tmp_path / "gone")  # a link whose target was deleted: rename onto it fails
     _run(module, prefs, runtime, tmp_path, "")
-    assert not runtime.install_running
-    assert "could not be moved into place" in runtime.install_status and "Nothing was installed" in runtime.install_status
-    assert prefs.python_executable == ""
+    assert not runtime.install_running and prefs.python_executable == ""
+    status = runtime.install_status
+    assert f"{root / 'venv'} is in the way (a broken link): move or remove it" in status, status
+    assert "press Install Engine again" in status and "Nothing was installed" not in status
     assert module.wait_for_deletions(60)
-    assert not (root / "venv.partial").exists() and (root / "venv").is_symlink()
+    assert (root / "venv.partial" / "bin" / "python").exists() and (root / "venv").is_symlink()  # kept
+    (root / "venv").unlink()  # what the message says to do
+    install = module.start_install(prefs, runtime, root=root, requirements=tmp_path / "missing.txt",
+                                   constraints=tmp_path / "missing.txt", pip_args=["--no-index"], with_torch=False)
+    assert install.steps == [] and install.process is None  # nothing is installed again
+    assert not module.pump(prefs, runtime)  # one tick: two renames
+    assert runtime.install_status.startswith("Engine installed in")
+    assert prefs.python_executable == str(root / "venv" / "bin" / "python") and not (root / "venv.partial").exists()
 
 
 def test_a_rename_refused_midway_keeps_the_previous_environment(installer, tmp_path, monkeypatch):
@@ -163,7 +178,9 @@ def test_a_rename_refused_midway_keeps_the_previous_environment(installer, tmp_p
     monkeypatch.setattr(module.os, "replace", replace)
     _run(module, prefs, runtime, tmp_path, "")
     assert not runtime.install_running and "No space left on device" in runtime.install_status
+    assert "press Install Engine again" in runtime.install_status
     assert prefs.python_executable == python and (root / "venv" / "bin" / "python").exists()  # still in use
+    assert (root / "venv.partial" / "bin" / "python").exists()  # the new one is kept for the retry
 
 
 def test_a_partial_environment_deleted_during_the_install_ends_it_cleanly(installer, tmp_path):
@@ -200,16 +217,55 @@ def test_cuda_install_takes_the_drivers_torch_build_and_onnxruntime_gpu(installe
     assert torch_step[torch_step.index("--index-url") + 1] == "https://download.pytorch.org/whl/cu130"
     assert steps[3][1][-3:] == ["uninstall", "--disable-pip-version-check", "-y", "onnxruntime"][-3:]
     assert "onnxruntime-gpu==" in " ".join(steps[4][1])
-    # an RTX 3060 on a 550 driver: the CUDA 12.6 build, and the CPU onnxruntime stays
+    # an RTX 3060 on a 550 driver: the CUDA 12.9 build (minor-version compatible), the CPU onnxruntime stays
     ampere = [Gpu("NVIDIA GeForce RTX 3060", "550.54.14", (8, 6), 12288)]
     steps = module.install_steps(tmp_path / "venv.partial", module.torch_choice("CUDA", gpus=ampere), **kw)
     assert [label for label, _ in steps][-1] == "installing the engine's packages"
-    assert "https://download.pytorch.org/whl/cu126" in steps[1][1]
+    assert "https://download.pytorch.org/whl/cu129" in steps[1][1]
     # no driver: the CPU build, said plainly
     choice = module.torch_choice("CUDA", gpus=[])
     assert choice.variant == "cpu" and "no NVIDIA driver found" in choice.reason
     assert "https://download.pytorch.org/whl/cpu" in module.install_steps(tmp_path / "p", choice, **kw)[1][1]
     assert module.torch_choice("CPU").variant == "cpu"
+
+
+class BlockedNvidiaSmi:
+    """TEST DOUBLE for nvidia-smi on a slow driver: answers only once released, and records the
+    thread it was asked on."""
+
+    def __init__(self, gpus):
+        self.gpus, self.release, self.threads = gpus, threading.Event(), []
+
+    def __call__(self):
+        self.threads.append(threading.current_thread())
+        assert self.release.wait(60)
+        return self.gpus
+
+
+def test_cuda_install_asks_nvidia_smi_off_the_ui_thread_then_installs_its_build(installer, tmp_path):
+    module, prefs, runtime = installer
+    from engine.cuda_wheels import Gpu
+
+    before, prefs.torch_variant = prefs.torch_variant, "CUDA"
+    smi = BlockedNvidiaSmi([Gpu("NVIDIA H100 80GB HBM3", "580.82.07", (9, 0), 81559)])
+    (tmp_path / "r.txt").write_text("")
+    (tmp_path / "c.txt").write_text("")
+    try:
+        probe = module.request_install(prefs, runtime, query=smi, root=tmp_path / "runtime",
+                                       requirements=tmp_path / "r.txt", constraints=tmp_path / "c.txt",
+                                       pip_args=["--no-index"])
+        assert probe is not None and runtime.install_running and "nvidia-smi" in runtime.install_status
+        assert module.probe_tick(prefs, runtime) is True and module._current is None  # waits; nothing started
+        with pytest.raises(module.InstallRefused, match="already running"):
+            module.request_install(prefs, runtime, query=smi)
+        smi.release.set()
+        probe.wait()
+        assert smi.threads and smi.threads[0] is not threading.main_thread()
+        assert module.probe_tick(prefs, runtime) is False
+        assert module._current.steps[1][0] == "installing torch (cu130)"  # the driver's answer chose it
+        assert "H100" in runtime.install_status
+    finally:
+        prefs.torch_variant = before
 
 
 def test_install_engine_installs_the_engines_requirements_not_the_development_ones(installer, tmp_path):

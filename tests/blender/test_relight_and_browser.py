@@ -46,6 +46,8 @@ def head(blender_addon, tmp_path):
         offsets[i, :, i - 1] = 0.005 * i
     write_head_mesh(tmp_path, HeadMesh(vertices, faces, names, offsets))
     quality = {"expressions": {n: {"mean_arcface_cosine": 0.1 * i} for i, n in enumerate(names)}}
+    quality["expressions"]["smiling"]["side_share"] = 0.9  # as if it were a one-sided shape
+    quality["expressions"]["angry"]["side_share"] = "0.4"  # not a number: ignored
     (tmp_path / "result.json").write_text(json.dumps({"format": "idto3d-result", "quality": quality}))
     importer = importlib.import_module(f"{blender_addon}.result_import")
     obj = importer.import_result(tmp_path)
@@ -118,8 +120,8 @@ def test_hdri_mode_and_turntable(blender_addon, head):
         pivot = next(
             o for o in bpy.data.collections["ID-to-3D Studio"].objects if o.get("idto3d_rig") == "pivot"
         )
-        relight = importlib.import_module(f"{blender_addon}.operators.relight")
-        turn = next(c for c in relight._fcurves(pivot) if c.data_path == "rotation_euler" and c.array_index == 2)
+        animation = importlib.import_module(f"{blender_addon}.animation")
+        turn = animation.find_fcurve(pivot, "rotation_euler", 2)
         assert turn.evaluate(studio.frame_start + 12) == pytest.approx(math.pi / 2, abs=1e-4)  # a quarter turn
         assert studio.frame_end == studio.frame_start + 47
         assert head.animation_data is None  # the head itself is never animated
@@ -147,5 +149,29 @@ def test_browser_solo_reset_reel_and_scores(blender_addon, head):
     assert panel.scores_for(head) == pytest.approx(
         {"neutral": 0.0, "smiling": 0.1, "angry": 0.2, "surprised": 0.3}
     )
+    assert panel.side_shares_for(head) == {"smiling": pytest.approx(0.9)}
     head.data.shape_keys.animation_data_clear()
     scene.frame_set(1)
+
+
+def test_render_preview_from_a_script_renders_the_studio_and_keeps_the_image(blender_addon, head, monkeypatch,
+                                                                              tmp_path):
+    """Scripts (EXEC, and INVOKE in background Blender) render in place and load the preview;
+    nothing is left listening for a render job (the UI path renders through Blender's render job)."""
+    import bpy
+
+    relight = importlib.import_module(f"{blender_addon}.operators.relight")
+    monkeypatch.setattr(relight, "render_folder", lambda: tmp_path)
+    assert bpy.ops.idto3d.relight() == {"FINISHED"}
+    studio = relight.studio_scene(create=False)
+    saved = studio.render.resolution_x, studio.render.resolution_y, studio.cycles.samples
+    studio.render.resolution_x = studio.render.resolution_y = 40
+    studio.cycles.samples = 2
+    try:
+        assert bpy.ops.idto3d.render_preview("INVOKE_DEFAULT") == {"FINISHED"}
+        image = bpy.data.images["ID-to-3D Preview"]
+        assert tuple(image.size) == (40, 40) and bpy.path.abspath(image.filepath) == str(tmp_path / "preview.png")
+        assert relight._preview_finished not in bpy.app.handlers.render_complete
+    finally:
+        studio.render.resolution_x, studio.render.resolution_y = saved[:2]
+        studio.cycles.samples = saved[2]

@@ -110,3 +110,61 @@ def test_the_doctor_report_is_parsed_once_per_report(blender_addon):
     other = preferences.parsed_engine_report('{"ok": true, "checks": []}')
     assert other is not first and other["ok"] is True
     assert preferences.parsed_engine_report("not json") == {}
+
+
+@pytest.mark.parametrize("failing", ["WorkerMonitor", "write_job"])
+def test_an_os_error_while_starting_the_worker_is_a_refusal_and_leaves_no_job_folder(
+    ready_scene, blender_addon, tmp_path, monkeypatch, failing
+):
+    """Test double: a disk that fills up (or a Python that cannot be started) between the checks
+    and the start, simulated by the step that writes job.json or starts the process raising the
+    OSError the real one would. The press ends with a refusal that says what to do, the job folder
+    it made is gone, and the button comes back (no launch left registered)."""
+    import bpy
+
+    generation = importlib.import_module(f"{blender_addon}.generation")
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(generation, failing, no_space)
+    launch = generation.begin_job(bpy.context)
+    with pytest.raises(generation.Refusal, match="could not be started .*No space left on device.*press Generate"):
+        _pump_until(launch)
+    jobs = tmp_path / "jobs"
+    assert not list(jobs.glob("job-*")), list(jobs.iterdir())
+    assert generation._launches == {} and generation.job_for(bpy.context.scene) is None
+
+
+def test_a_press_whose_modal_operator_is_ended_or_a_file_load_ends_the_launch_and_the_job(
+    ready_scene, blender_addon, tmp_path
+):
+    """Blender ends modal operators when another file is loaded: the press and the job must not
+    stay registered (Generate would stay disabled for the session) and the worker must stop."""
+    import types
+
+    import bpy
+
+    generation = importlib.import_module(f"{blender_addon}.generation")
+    operator = importlib.import_module(f"{blender_addon}.operators.generate").IDTO3D_OT_generate_head
+    assert generation.on_load_pre in bpy.app.handlers.load_pre  # registered with the add-on
+    wrapper, gate = _gated_python(tmp_path, sys.executable)
+    bpy.context.preferences.addons[blender_addon].preferences.python_executable = str(wrapper)
+    try:
+        launch = generation.begin_job(bpy.context)
+        process = launch.probe.monitor.process
+        # The modal operator's cancel(), as Blender calls it (the operator's own state as a namespace).
+        operator.cancel(types.SimpleNamespace(_launch=launch, _scene_name=bpy.context.scene.name), bpy.context)
+        assert process.wait(10) is not None and generation._launches == {}
+        launch = generation.begin_job(bpy.context)  # the button is back
+        process = launch.probe.monitor.process
+        generation.on_load_pre("other.blend")  # what loading a file runs first (registered above)
+        assert process.wait(10) is not None and generation._launches == {}
+        gate.write_text("")
+        job = generation.start_job(bpy.context)  # a running worker, then another file is loaded
+        generation.on_load_pre("other.blend")
+        assert job.finished and job.cancelled and generation._jobs == {}
+        assert job.monitor.process.wait(15) is not None  # stopped without anyone pumping it
+    finally:
+        gate.write_text("")
+        generation.stop_all()

@@ -26,23 +26,27 @@ def test_parse_nvidia_smi_rows_and_old_drivers_without_compute_cap():
     assert parse_nvidia_smi("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\n") == []
 
 
+# NVIDIA's minor-version compatibility: every CUDA 12.x build runs from CUDA 12.0 GA's driver
+# (525.60.13 Linux / 527.41 Windows), every 13.x build from the 580 branch (docs/install.md).
 @pytest.mark.parametrize("driver, cc, platform, variant", [
     ("580.82.07", (9, 0), "linux", "cu130"),  # H100 on a 580 driver: CUDA 13
-    ("580.65.06", (8, 6), "linux", "cu130"),  # exactly CUDA 13.0's minimum
-    ("580.65.05", (8, 6), "linux", "cu129"),  # one below: the 12.9 build
-    ("575.51.03", (8, 9), "linux", "cu129"),
-    ("575.51.02", (8, 9), "linux", "cu126"),  # below 12.9's toolkit driver: 12.6 (minor-version compatible)
-    ("550.54.14", (8, 0), "linux", "cu126"),
-    ("525.60.13", (7, 5), "linux", "cu126"),  # CUDA 12's floor
+    ("580.65.06", (8, 6), "linux", "cu130"),  # exactly CUDA 13.0 GA's driver
+    ("580.65.05", (8, 6), "linux", "cu129"),  # one below: the newest 12.x build
+    ("575.51.02", (8, 9), "linux", "cu129"),  # below 12.9's own toolkit driver: minor-version compatible
+    ("550.54.14", (8, 0), "linux", "cu129"),
+    ("525.60.13", (7, 5), "linux", "cu129"),  # the CUDA 12 floor
     ("525.60.12", (7, 5), "linux", "cpu"),
     ("470.199.02", (8, 6), "linux", "cpu"),
-    ("576.02", (8, 9), "win32", "cu129"),  # Windows numbers differ from Linux's
-    ("575.64", (8, 9), "win32", "cu126"),
-    ("580.97", (6, 1), "linux", "cu126"),  # Pascal (GTX 1080): CUDA 13 dropped it
+    ("580.88", (8, 9), "win32", "cu130"),  # Windows: the 580 branch
+    ("575.64", (8, 9), "win32", "cu129"),
+    ("527.41", (8, 6), "win32", "cu129"),  # Windows' CUDA 12 floor
+    ("527.37", (8, 6), "win32", "cpu"),
+    ("580.97", (6, 1), "linux", "cu126"),  # Pascal (GTX 1080): CUDA 13 and the 12.9 build dropped it
+    ("525.60.13", (6, 1), "linux", "cu126"),
     ("580.97", (7, 0), "win32", "cu126"),  # Volta
     ("580.97", (12, 0), "linux", "cu130"),  # Blackwell (RTX 5090)
     ("576.57", (12, 0), "win32", "cu129"),
-    ("570.86.16", (12, 0), "linux", "cpu"),  # Blackwell needs more than cu126 has: update the driver
+    ("570.86.16", (12, 0), "linux", "cu129"),  # an RTX 50xx on R570: the 12.9 build has its SASS
     ("580.97", (3, 7), "linux", "cpu"),  # Kepler
 ])
 def test_driver_and_gpu_choose_the_newest_build_they_run(driver, cc, platform, variant):
