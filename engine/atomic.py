@@ -84,14 +84,19 @@ def write_to_path_atomic(target: Path | str, write: Callable[[Path], None]) -> P
     return target
 
 
-def write_file_atomic(target: Path | str, write: Callable[[BinaryIO], None]) -> Path:
-    """``write(binary_stream)`` into a temporary file, then rename it to ``target``."""
+def to_path(write: Callable[[BinaryIO], None]) -> Callable[[Path], None]:
+    """A writer that takes a path, from one that takes an open binary stream (``np.savez``, PIL)."""
 
     def to_stream(path: Path) -> None:
         with open(path, "wb") as stream:
             write(stream)
 
-    return write_to_path_atomic(target, to_stream)
+    return to_stream
+
+
+def write_file_atomic(target: Path | str, write: Callable[[BinaryIO], None]) -> Path:
+    """``write(binary_stream)`` into a temporary file, then rename it to ``target``."""
+    return write_to_path_atomic(target, to_path(write))
 
 
 def write_text_atomic(target: Path | str, text: str) -> Path:

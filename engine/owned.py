@@ -200,6 +200,46 @@ def _is_own(path: Path, owner: Path, entries: dict) -> bool:
         return False
 
 
+def is_own(path: Path | str) -> bool:
+    """True when the engine wrote ``path`` (recorded in its owner's manifest) and nobody changed it since."""
+    path = Path(os.path.abspath(path))
+    owner = owner_of(path.parent)
+    return owner is not None and os.path.lexists(path) and _is_own(path, owner, read_manifest(owner)["entries"])
+
+
+def restamp(folder: Path | str, *, skip: Callable[[Path], bool] = lambda path: False) -> list[Path]:
+    """Record again the files of the owned ``folder`` (and of the owned folders inside it) that a
+    copy changed in time only: recorded there, their size on disk one the manifest recorded, their
+    modification time not. A copy that does not keep file times (``cp -r``, ``scp -r``, an object
+    store, a file system with coarser times) makes every file look changed; only an explicit
+    request of the user's calls this (``generate --adopt-checkpoints``). ``skip(path)``: files the
+    caller checks its own way. Returns the files recorded again."""
+    folder = Path(os.path.abspath(folder))
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return []
+    taken = []
+    for rel, entry in manifest["entries"].items():
+        path = folder / rel
+        if entry.get("type") != "file" or skip(path) or not os.path.lexists(path) or os.path.isdir(path):
+            continue
+        signature = _signature(path)
+        if signature not in entry["sig"] and signature[0] in [sig[0] for sig in entry["sig"]]:
+            entry["sig"] = [signature]
+            taken.append(path)
+    if taken:
+        _write_manifest(folder, manifest)
+    for base, dirs, _files in os.walk(folder):
+        for name in list(dirs):
+            sub = Path(base) / name
+            if sub.is_symlink():
+                dirs.remove(name)
+            elif read_manifest(sub) is not None:
+                dirs.remove(name)
+                taken += restamp(sub, skip=skip)
+    return sorted(taken)
+
+
 def foreign_entries(path: Path | str) -> list[Path]:
     """What at or under ``path`` the engine did not write (or was changed since): never to be deleted."""
     path = Path(os.path.abspath(path))

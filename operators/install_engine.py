@@ -352,7 +352,7 @@ def start_install(
     steps = install_steps(
         partial,
         choice,
-        requirements=requirements or ADDON_DIR / "requirements.txt",
+        requirements=requirements or ADDON_DIR / "requirements-engine.txt",
         constraints=constraints or ADDON_DIR / "constraints.txt",
         pip_args=list(pip_args),
         with_torch=with_torch,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import to_path
 from ..owned import prune_owned, write_owned_file
 from .job_folder import LIVE as FOLDER
 
@@ -56,12 +57,7 @@ class LiveOutput:
 
     def _write(self, kind: str, write) -> Path:
         suffix, rx = _KINDS[kind]
-
-        def to_file(path: Path) -> None:
-            with open(path, "wb") as stream:
-                write(stream)
-
-        path = write_owned_file(self.folder / f"{kind}-{self.seq:06d}{suffix}", to_file)
+        path = write_owned_file(self.folder / f"{kind}-{self.seq:06d}{suffix}", to_path(write))
         prune_owned(self.folder, rx, KEEP)
         return path
 

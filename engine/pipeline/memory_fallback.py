@@ -203,7 +203,8 @@ def resumed_plan(requested, checkpoint_settings: dict | None, record: dict | Non
         names = ", ".join(dict.fromkeys(bad))
         raise EngineError(f"the checkpoint was made with other settings than job.json now holds ({names})",
                           code="checkpoint_mismatch",
-                          hint="run without --resume to start over with the new settings, or restore job.json")
+                          hint="restore job.json, or start the job over with the new settings (`generate ... "
+                               "--new`; the add-on's worker: without --resume)")
     return plan
 
 

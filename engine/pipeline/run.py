@@ -33,16 +33,25 @@ RESULT = "result"
 PROGRESS_INTERVAL_S = 0.2  # progress messages at most this often (first and last step always)
 
 
-def run_job(job_dir, *, resume: bool = False, emit=None, should_stop=None) -> Path:
+def run_job(job_dir, *, resume: bool = False, emit=None, should_stop=None, adopt_checkpoints: bool = False) -> Path:
     """Run ``JOB_DIR/job.json``; returns the result folder. ``emit(dict)`` gets protocol messages
     (stage, progress, preview, snapshot, warning, result); errors are raised as EngineError
-    (JobError for a bad job, Cancelled when ``should_stop()`` turned true)."""
+    (JobError for a bad job, Cancelled when ``should_stop()`` turned true). ``adopt_checkpoints``:
+    the folder is a copy that did not keep file times; its checkpoints are checked by loading
+    them and taken back as the engine's (:func:`engine.pipeline.checkpoint.adopt`)."""
     job_dir = Path(job_dir).expanduser().resolve()
     spec = load_job(job_dir)
     _check_writable(job_dir)
-    lock = open_for_run(job_dir)  # claimed as the engine's, and run by one process at a time
+    emit = emit or (lambda msg: None)
+    adopted: list[Path] = []
+    adopt = (lambda folder: adopted.extend(ckpt.adopt(folder, spec))) if adopt_checkpoints else None
+    lock = open_for_run(job_dir, adopt=adopt)  # claimed as the engine's, and run by one process at a time
     try:
-        job = _Job(spec, job_dir, emit or (lambda msg: None), should_stop or (lambda: False))
+        if adopted:
+            emit(protocol.message("warning", code="adopted", message=f"took back {len(adopted)} file(s) of a copied "
+                                  f"job folder as the engine's ({', '.join(p.name for p in adopted[:4])}"
+                                  + (" ..." if len(adopted) > 4 else "") + "): each checkpoint loaded and checked"))
+        job = _Job(spec, job_dir, emit, should_stop or (lambda: False))
         with deterministic_on_cpu(spec.device):
             return job.run(resume)
     except EngineError:

@@ -44,7 +44,8 @@ class _Stdout:
                 self.closed = True  # nobody reads any more: keep running to a checkpoint
 
 
-def run_worker(job_dir: Path, *, resume: bool, stdin=None, stdout=None, watch: bool = True) -> int:
+def run_worker(job_dir: Path, *, resume: bool, stdin=None, stdout=None, watch: bool = True,
+               adopt_checkpoints: bool = False) -> int:
     from ..errors import EngineError
 
     send = _Stdout(stdout or sys.stdout)
@@ -67,7 +68,7 @@ def run_worker(job_dir: Path, *, resume: bool, stdin=None, stdout=None, watch: b
         from .run import run_job
 
         try:
-            run_job(job_dir, resume=resume, emit=send, should_stop=stop.is_set)
+            run_job(job_dir, resume=resume, emit=send, should_stop=stop.is_set, adopt_checkpoints=adopt_checkpoints)
         except Cancelled as exc:
             hint = exc.hint
             if why == ["closed"]:  # the usual trap: started from a shell or scheduler without a pipe
@@ -110,10 +111,13 @@ def run_worker(job_dir: Path, *, resume: bool, stdin=None, stdout=None, watch: b
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job_dir", type=Path, help="the job folder (holds job.json)")
     parser.add_argument("--resume", action="store_true", help="continue from the job's last checkpoint")
+    parser.add_argument("--adopt-checkpoints", action="store_true",
+                        help="the folder is a copy that did not keep file times: check its checkpoints by loading them "
+                             "and take them back as the engine's (docs/pipeline.md)")
 
 
 def run(args: argparse.Namespace) -> int:
-    code = run_worker(args.job_dir, resume=args.resume)
+    code = run_worker(args.job_dir, resume=args.resume, adopt_checkpoints=args.adopt_checkpoints)
     # Everything is written and ``done`` is sent: leave now. Interpreter teardown with torch and
     # diffusers loaded takes seconds, and the add-on waits for the exit after a cancel.
     logging.shutdown()

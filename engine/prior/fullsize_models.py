@@ -114,8 +114,8 @@ def write_fullsize_models(root: Path | str, *, seed: int = 0, dtype: str = "fp16
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from ..owned import ForeignFolderError, claim_dir, foreign_entries, read_manifest, replace_owned_entry, \
-        write_owned_file
+    from ..owned import ForeignFolderError, claim_dir, foreign_entries, read_manifest, remove_owned, \
+        replace_owned_entry, write_owned_file
     from ..tiny_models import _sd15_scheduler, write_arcface_onnx
 
     root = Path(root)
@@ -152,8 +152,12 @@ def write_fullsize_models(root: Path | str, *, seed: int = 0, dtype: str = "fp16
         CLIPTextModel(config).to(torch_dtype).save_pretrained(arc2face / "encoder")
         write_arcface_onnx(arc2face / "arcface.onnx")
 
-    # Each folder is built beside its target and swapped in whole (old or new, never half); the
-    # marker goes last, so a root with the marker holds both folders complete.
+    # Each folder is built beside its target and swapped in whole (old or new, never half). The
+    # marker of an earlier write goes first and the new one last, so a root with the marker holds
+    # both folders complete and from one write (a kill between the two swaps leaves no marker,
+    # never a new sd15/ beside an old arc2face/ that claims to be one set).
+    if os.path.lexists(root / FULLSIZE_MARKER):
+        remove_owned(root / FULLSIZE_MARKER)
     replace_owned_entry(root / "sd15", write_sd15)
     replace_owned_entry(root / "arc2face", write_arc2face)
     write_owned_file(root / FULLSIZE_MARKER, lambda path: path.write_text(

@@ -266,3 +266,17 @@ def test_cuda_install_asks_nvidia_smi_off_the_ui_thread_then_installs_its_build(
         assert "H100" in runtime.install_status
     finally:
         prefs.torch_variant = before
+
+
+def test_install_engine_installs_the_engines_requirements_not_the_development_ones(installer, tmp_path):
+    """bpy (374 MB), pytest, the test-photo packages and ray are the developers': by default the
+    install step reads requirements-engine.txt, which ships beside the add-on."""
+    module, prefs, runtime = installer
+    install = module.start_install(prefs, runtime, root=tmp_path / "runtime", pip_args=["--no-index"],
+                                   with_torch=False)
+    command = dict(install.steps)["installing the engine's packages"]
+    requirements = command[command.index("-r") + 1]
+    assert requirements.endswith("requirements-engine.txt")
+    lines = open(requirements, encoding="utf-8").read().splitlines()
+    names = {line.split("==")[0].strip().lower() for line in lines if line.strip() and not line.startswith("#")}
+    assert "torch" in names and not names & {"bpy", "pytest", "ray", "scikit-image", "matplotlib"}

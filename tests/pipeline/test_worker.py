@@ -218,6 +218,6 @@ def test_stdin_at_dev_null_stops_the_worker_and_names_the_command_for_schedulers
     assert done.returncode == 130
     messages = [protocol.decode(line) for line in done.stdout.splitlines()]
     assert messages[-1] == {"type": "done", "ok": False, "code": "cancelled"}
-    assert f"python -m engine generate --out {job} --resume" in messages[-2]["hint"]
+    assert f"{sys.executable} -m engine generate --out {job} --resume" in messages[-2]["hint"]  # this very Python
     assert "stdin closed" in done.stderr
     assert not any(m["type"] == "progress" and m["step"] > 1 for m in messages)  # it did not run on

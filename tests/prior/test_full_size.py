@@ -47,7 +47,7 @@ def _checksums(root):
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_full_size_writer_replaces_only_its_own_folders(tmp_path):
+def test_full_size_writer_replaces_only_its_own_folders(tmp_path, monkeypatch):
     """The writer goes through engine/owned.py: a rerun replaces what it wrote; real weights, or a
     file the user put into its folders, are refused before anything is written."""
     from engine import owned
@@ -64,6 +64,24 @@ def test_full_size_writer_replaces_only_its_own_folders(tmp_path):
     second = _checksums(root)
     assert second["sd15/vae/diffusion_pytorch_model.safetensors"] != first["sd15/vae/diffusion_pytorch_model.safetensors"]
     assert not [p.name for p in root.iterdir() if "idto3d" in p.name and p.name != owned.MARKER]  # no staging left
+
+    # killed between the two swaps of a rewrite: no marker, so nothing says the mixed folders are one set
+    original, swaps = owned.replace_owned_entry, []
+
+    def killed_after_sd15(path, write):
+        swaps.append(path.name)
+        if path.name == "arc2face":
+            raise KeyboardInterrupt("killed")
+        return original(path, write)
+
+    monkeypatch.setattr(owned, "replace_owned_entry", killed_after_sd15)
+    with pytest.raises(KeyboardInterrupt):
+        write_fullsize_models(root, seed=3, **SHRUNK)
+    monkeypatch.undo()
+    assert swaps == ["sd15", "arc2face"] and not (root / FULLSIZE_MARKER).exists()
+    write_fullsize_models(root, seed=1, **SHRUNK)  # the next write makes one whole set again
+    again = _checksums(root)
+    assert {k: v for k, v in again.items() if k != owned.MARKER} == {k: v for k, v in second.items() if k != owned.MARKER}
 
     (root / "sd15" / "vae" / "my_finetune.safetensors").write_bytes(b"years of GPU time")
     before = _checksums(root)
