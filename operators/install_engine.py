@@ -1,7 +1,7 @@
 """Install Engine: a virtual environment in the extension's user folder with the pinned packages.
 
 Only when Blender's online access is allowed. Runs step by step in the background (venv, torch
-from the CPU or CUDA index the user chose, then requirements.txt under constraints.txt), each step
+from the CPU or CUDA index the user chose, then requirements-engine.txt under constraints.txt), each step
 a separate process writing to a log; a timer calls :func:`pump`. The environment is built in
 ``runtime/venv.partial`` and only renamed to ``runtime/venv`` (and set as the Engine Python) once
 every step succeeded, so a failed install never leaves a half-made environment marked usable;
