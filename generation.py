@@ -11,19 +11,20 @@ timer calls it; headless callers and tests call it directly (timers do not run i
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import os
-import subprocess
 import time
 from pathlib import Path
 
 import bpy
 
-from . import result_import
+from . import placement, result_import
+from .engine.errors import EngineError
 from .engine.models import check_models
+from .engine.owned import claim_dir, remove_owned
+from .engine.pipeline.job import JOB_FILE, JobError, JobSpec, write_job  # stdlib only; imported once, not on a press
 from .engine.result_format import ResultFormatError
 from .engine_runner import ADDON_DIR, EngineNotFound, engine_environment, engine_python
-from .worker_monitor import WorkerMonitor
+from .worker_monitor import CommandFailed, CommandMonitor, WorkerMonitor
 
 ADDON_PACKAGE = __package__
 CHECKPOINT_MARKER = Path("checkpoints") / "latest.json"
@@ -73,7 +74,7 @@ def expressions_in_use(settings) -> list[str]:
         raise Refusal(
             "no_expression",
             "No expression is in use: add one in the Expressions panel "
-            "(neutral is the Basis) or press Default Expressions",
+            "(neutral is the Basis) or load a set from its Expression Sets menu",
         )
     problems = check_expression_names(names)
     if problems:
@@ -85,48 +86,107 @@ def expressions_in_use(settings) -> list[str]:
     return names if names[0] == NEUTRAL else [NEUTRAL, *[n for n in names if n != NEUTRAL]]
 
 
+def expression_prompts(settings, names: list[str]) -> dict[str, str]:
+    """The prompt of each expression in use that has one of its own (job.json ``expression_prompts``)."""
+    prompts = {}
+    for item in settings.expressions:
+        prompt = " ".join(item.prompt.split())
+        if item.enabled and item.text in names and prompt and prompt != item.text:
+            prompts[item.text] = prompt
+    return prompts
+
+
+BASIC_EXPRESSION_COUNT = 6  # the six basic emotions: what the presets' step counts were set for
+
+
+def steps_per_expression(preset: str, expressions: int) -> int:
+    """About how many geometry steps shape each expression: every step optimises neutral (the
+    preset's ``neutral_fraction`` of the steps) or one expression picked at random, so the rest
+    of the steps are shared by all of them (engine/pipeline/seeds.py ``pick_expression``)."""
+    from .engine.pipeline.presets import PRESETS
+
+    settings = PRESETS[preset.lower()]
+    return round(settings.geometry_steps * (1 - settings.neutral_fraction) / max(1, expressions))
+
+
+def step_budget_note(settings) -> str:
+    """A warning for the Expressions panel when many expressions share the preset's steps (the
+    ARKit 52 set gets ~1/9 of the steps per shape that the six emotions get), with what to do."""
+    count = sum(1 for item in settings.expressions
+                if item.enabled and item.text.strip().casefold() != "neutral")
+    if count <= BASIC_EXPRESSION_COUNT:
+        return ""
+    each, usual = (steps_per_expression(settings.preset, n) for n in (count, BASIC_EXPRESSION_COUNT))
+    advice = ("untick the shapes your rig does not use (lip sync needs mostly jawOpen and the mouth* shapes)"
+              if settings.preset == "HIGH" else
+              "choose the High preset, or untick the shapes your rig does not use")
+    return (f"{count} expressions share the {settings.preset.capitalize()} preset's geometry steps: about {each} "
+            f"each ({usual} with six). For better shapes {advice}")
+
+
 # Pythons proven to start with torch, per session ((path, mtime)); failures are probed again each
 # time, so installing torch into the same Python is seen at the next press.
 _probed: set[tuple[str, float]] = set()
+# Finds torch without importing it (importing takes seconds); prints one JSON object for CommandMonitor.
+PROBE = "import importlib.util, json; print(json.dumps({'torch': importlib.util.find_spec('torch') is not None}))"
 
 
-def check_engine_python(prefs) -> str:
-    """The engine's Python, proven to start and to have torch (found without importing it)."""
-    try:
-        python = engine_python(prefs)
-    except EngineNotFound as exc:
-        raise Refusal("engine_python", str(exc)) from None
-    try:
-        key = (python, os.stat(python).st_mtime)
-    except OSError as exc:
-        raise Refusal("engine_python", f"Engine Python {python!r} cannot be used: {exc}") from None
-    if key not in _probed:
-        probe = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('torch') else 3)"
+class EngineProbe:
+    """Is the engine's Python usable? Asked in the background: a new Python can take up to
+    :data:`PROBE_TIMEOUT_S` to start (a cold disk, a virus scanner), and the UI must not wait.
+
+    :meth:`pump` returns None while the probe runs, the Python's path once it passed, and raises
+    :class:`Refusal` when it failed. A Python proven in this session answers at once.
+    """
+
+    def __init__(self, prefs):
         try:
-            done = subprocess.run(
-                [python, "-c", probe],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=PROBE_TIMEOUT_S,
-                env=engine_environment(),
+            self.python = engine_python(prefs)
+        except EngineNotFound as exc:
+            raise Refusal("engine_python", str(exc)) from None
+        try:
+            self.key = (self.python, os.stat(self.python).st_mtime)
+        except OSError as exc:
+            raise Refusal("engine_python", f"Engine Python {self.python!r} cannot be used: {exc}") from None
+        self.monitor: CommandMonitor | None = None
+        if self.key not in _probed:
+            try:
+                self.monitor = CommandMonitor([self.python, "-c", PROBE], cwd=str(ADDON_DIR), env=engine_environment(),
+                                              what="the torch check", timeout_s=PROBE_TIMEOUT_S)
+            except OSError as exc:
+                raise self._refusal(f"does not start ({exc})") from None
+
+    def pump(self) -> str | None:
+        if self.monitor is None:
+            return self.python
+        try:
+            answer = self.monitor.pump()
+        except CommandFailed as exc:
+            code = self.monitor.process.returncode
+            if self.monitor.timed_out:
+                raise self._refusal(f"does not start ({exc})") from None
+            last = (self.monitor.stderr_text().strip().splitlines() or ["no output"])[-1]
+            raise self._refusal(f"does not start (exit {code}: {last})") from None
+        if answer is None:
+            return None
+        if not answer.get("torch"):
+            raise Refusal(
+                "engine_no_torch",
+                f"Engine Python {self.python!r} has no torch. Press Install Engine in the add-on's "
+                "preferences, or choose a Python that has the engine's packages (docs/install.md)",
             )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            problem = f"Engine Python {python!r} does not start ({exc}). Set Engine Python in the add-on's preferences"
-        else:
-            if done.returncode == 3:
-                problem = (
-                    f"Engine Python {python!r} has no torch. Press Install Engine in the add-on's "
-                    "preferences, or choose a Python that has the engine's packages (docs/install.md)"
-                )
-            elif done.returncode != 0:
-                last = (done.stderr.decode("utf-8", "replace").strip().splitlines() or ["no output"])[-1]
-                problem = f"Engine Python {python!r} does not start (exit {done.returncode}: {last})"
-            else:
-                problem = None
-        if problem:
-            raise Refusal("engine_no_torch" if "no torch" in problem else "engine_python", problem)
-        _probed.add(key)
-    return python
+        _probed.add(self.key)
+        self.monitor = None
+        return self.python
+
+    def _refusal(self, problem: str) -> Refusal:
+        return Refusal(
+            "engine_python", f"Engine Python {self.python!r} {problem}. Set Engine Python in the add-on's preferences"
+        )
+
+    def stop(self) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
 
 
 # The identity step falls back to dlib's detector with Arc2Face's own arcface.onnx when the
@@ -201,6 +261,7 @@ def job_request(settings, prefs, photos: list[str], expressions: list[str], mode
         "output": {"glb": True, "contact_sheet": True, "quality_report": True},
         "snapshot_interval_s": 1.0,
         "allow_download": False,
+        "expression_prompts": expression_prompts(settings, expressions),
     }
 
 
@@ -217,12 +278,22 @@ def new_job_folder(root: Path) -> Path:
     raise Refusal("output_unwritable", f"Could not make a fresh job folder in {root}")
 
 
-def _claim(folder: Path) -> None:
-    """Mark the job folder as the engine's (engine/owned.py, where that module exists)."""
-    if importlib.util.find_spec(f"{ADDON_PACKAGE}.engine.owned") is None:
-        return
-    from .engine.owned import claim_dir
+WORKER_STDERR = "addon-worker-stderr.log"
 
+
+def _remove_unstarted_job_folder(folder: Path) -> None:
+    """A job folder this press made whose worker never started: what the add-on wrote into it
+    (job.json, the stderr log) and the folder go; anything else is left."""
+    try:
+        for name in (JOB_FILE, WORKER_STDERR):
+            (folder / name).unlink(missing_ok=True)
+        remove_owned(folder)
+    except (OSError, EngineError):
+        pass  # best effort: the refusal says what happened; an empty job folder is harmless
+
+
+def _claim(folder: Path) -> None:
+    """Mark the job folder as the engine's (engine/owned.py)."""
     claim_dir(folder, "job")
 
 
@@ -232,9 +303,14 @@ def _claim(folder: Path) -> None:
 class Job:
     """One running (or finished) generation for one scene, and what the panel shows of it."""
 
-    def __init__(self, scene, job_dir: Path, monitor: WorkerMonitor, location, resumed: bool):
+    def __init__(self, scene, job_dir: Path, monitor: WorkerMonitor, location, resumed: bool, placement_note="",
+                 selection_at_press: dict | None = None):
         self.scene_name = scene.name
+        # What the user had selected when they pressed Generate Head: the head takes over the
+        # selection only where that is still so (see hand_over_selection).
+        self.selection_at_press = selection_at_press if selection_at_press is not None else selection_of(scene)
         self.job_dir, self.monitor, self.location, self.resumed = job_dir, monitor, tuple(location), resumed
+        self.placement_note = placement_note  # where the head goes and why, when not simply at the cursor
         self.started = time.monotonic()
         self.stage = "starting"
         self.stage_index = self.stage_count = 0
@@ -245,6 +321,7 @@ class Job:
         self.preview_path = ""
         self.preview_seq = 0
         self.snapshots_applied = 0
+        self.snapshot_build: result_import.SnapshotBuild | None = None  # a snapshot on its way into the head
         self.object_name = ""
         self.result_folder = ""
         self.warnings: list[str] = []
@@ -278,6 +355,8 @@ class Job:
         """One tick: apply what the worker said since the last one. True while the job runs."""
         if self.finished:
             return False
+        if self.snapshot_build is not None:  # the snapshot of an earlier tick: its next piece of work
+            self._advance_snapshot()
         messages = self.monitor.pump()
         # Only the newest snapshot and preview of a burst are worth drawing.
         last_snapshot = max((i for i, m in enumerate(messages) if m["type"] == "snapshot"), default=-1)
@@ -309,6 +388,9 @@ class Job:
                     "hint": str(msg.get("hint") or ""),
                 }
             elif kind == "result":
+                if self.snapshot_build is not None:  # shown first, so every snapshot started is seen
+                    self.snapshot_build.finish()
+                    self._advance_snapshot()
                 self._apply_result(msg)
             elif kind == "done":
                 self._finish(bool(msg["ok"]) and self.error is None)
@@ -327,8 +409,17 @@ class Job:
         obj = self.head_object()
         if obj is None or obj.type != "MESH":
             obj = self._new_head_object()
-        result_import.update_mesh_in_place(obj, vertices, faces)
-        self.snapshots_applied += 1
+        if self.snapshot_build is not None:  # a newer snapshot replaces one still being built
+            self.snapshot_build.discard()
+        self.snapshot_build = result_import.SnapshotBuild(obj, vertices, faces)
+        self._advance_snapshot()  # its first piece of work in this tick
+
+    def _advance_snapshot(self) -> None:
+        build = self.snapshot_build
+        if build.done or build.advance():
+            self.snapshot_build = None
+            if build.done:
+                self.snapshots_applied += 1
 
     def _new_head_object(self):
         scene = bpy.data.scenes.get(self.scene_name) or bpy.context.scene
@@ -338,6 +429,7 @@ class Job:
         obj["idto3d_job"] = str(self.job_dir)
         scene.collection.objects.link(obj)
         self.object_name = obj.name
+        hand_over_selection(scene, obj, self.selection_at_press)
         return obj
 
     def _apply_result(self, msg: dict) -> None:
@@ -360,10 +452,15 @@ class Job:
             return
         if into is None:
             obj.location = self.location
+            hand_over_selection(bpy.data.scenes.get(self.scene_name) or bpy.context.scene, obj,
+                                self.selection_at_press)
         obj.data.name = "Head"
         self.object_name, self.result_folder = obj.name, str(folder)
 
     def _finish(self, ok: bool) -> None:
+        if self.snapshot_build is not None:  # the last snapshot stays shown (a failed or cancelled job)
+            self.snapshot_build.finish()
+            self._advance_snapshot()
         self.ok = ok
         if not ok:
             self.stderr_tail = self.monitor.stderr_tail()
@@ -382,6 +479,18 @@ class Job:
         """Ask the worker to stop; the next pumps see it end (killed after a short grace)."""
         self.monitor.request_cancel()
 
+    def abandon(self) -> None:
+        """Nothing will pump this job again (its modal operator was ended, another file is being
+        loaded): the worker is asked to stop at its next step, which leaves a checkpoint, and is
+        killed by the monitor's reaper thread if it does not; the job ends as cancelled. Never waits."""
+        _remove_timer(self)
+        if self.snapshot_build is not None:  # its scene is going away: no half-built datablock is left
+            self.snapshot_build.discard()
+            self.snapshot_build = None
+        if not self.finished:
+            self.monitor.stop_in_background()
+            self._finish(False)
+
     def status_line(self) -> str:
         if self.ok:
             return f"Done: {self.object_name}"
@@ -397,6 +506,46 @@ class Job:
         return text
 
 
+def selection_of(scene) -> dict[str, tuple[str, frozenset[str]]]:
+    """Per view layer of ``scene``: (the active object's name, the selected objects' names)."""
+    selection = {}
+    for view_layer in scene.view_layers:
+        active = view_layer.objects.active
+        selection[view_layer.name] = (
+            active.name if active is not None else "",
+            frozenset(obj.name for obj in view_layer.objects if obj.select_get(view_layer=view_layer)),
+        )
+    return selection
+
+
+def hand_over_selection(scene, obj, at_press: dict[str, tuple[str, frozenset[str]]]) -> int:
+    """Make the new head the selected, active object (as after Blender's own Add or Import), but
+    only where the user has not moved on since pressing Generate Head.
+
+    The head appears seconds to minutes after the press (with the first snapshot, or the result),
+    while the user keeps working. In a view layer whose active object or selection changed since
+    the press, or whose active object is in Edit, Sculpt, Paint or Pose Mode, taking over would
+    pull the user out of their work (and leave their object stuck in that mode): the selection is
+    left alone there. Returns in how many view layers the head became active."""
+    handed = 0
+    for view_layer in scene.view_layers:
+        active = view_layer.objects.active
+        now = (active.name if active is not None else "",
+               frozenset(o.name for o in view_layer.objects if o.select_get(view_layer=view_layer)))
+        if at_press.get(view_layer.name) != now or (active is not None and active.mode != "OBJECT"):
+            continue
+        try:
+            obj.select_set(True, view_layer=view_layer)  # also brings the view layer up to date
+        except RuntimeError:  # not in this view layer (an excluded collection)
+            continue
+        for other in view_layer.objects:
+            if other is not obj and other.select_get(view_layer=view_layer):
+                other.select_set(False, view_layer=view_layer)
+        view_layer.objects.active = obj
+        handed += 1
+    return handed
+
+
 _jobs: dict[str, Job] = {}  # scene name -> its latest job (one job per scene at a time)
 
 
@@ -409,60 +558,146 @@ def running_job(scene) -> Job | None:
     return job if job is not None and not job.finished else None
 
 
-def start_job(context, *, resume: bool = False) -> Job:
-    """Check everything, write job.json into a fresh job folder and start the worker."""
-    from .preferences import addon_prefs, models_root
+class Launch:
+    """Generate Head between the press and the worker: the checks, with the engine probe in the
+    background. :meth:`pump` (a timer tick) returns None while the probe runs, then does the rest
+    of the checks, writes the job folder, starts the worker and returns the :class:`Job`; a check
+    that fails raises :class:`Refusal` and starts nothing."""
 
-    scene = context.scene
-    settings = scene.idto3d
-    if running_job(scene) is not None:
-        raise Refusal(
-            "job_running",
-            "A head is already being generated in this scene: wait for it or press Cancel first",
-        )
-    prefs = addon_prefs(context)
-    root = models_root(prefs)
-    if resume:
-        job_dir = Path(settings.last_job_dir)
-        if not (job_dir / CHECKPOINT_MARKER).is_file():
-            raise Refusal("no_checkpoint", f"No checkpoint to resume from in {job_dir}: press Generate Head")
-        python = check_engine_python(prefs)
-        check_writable(job_dir)
-    else:
-        photos = photos_in_use(settings)
-        expressions = expressions_in_use(settings)
-        python = check_engine_python(prefs)
-        check_models_present(root, prefs)
-        base = jobs_root(settings)
-        check_writable(base)
-        request = job_request(settings, prefs, photos, expressions, root)
-        from .engine.pipeline.job import JobError, JobSpec, write_job
+    def __init__(self, context, resume: bool):
+        from .preferences import addon_prefs
 
+        self.scene_name = context.scene.name
+        self.resume = resume
+        self.timer = None  # the modal operator's event timer while the probe runs
+        scene, settings = context.scene, context.scene.idto3d
+        if running_job(scene) is not None or _launches.get(scene.name) is not None:
+            raise Refusal(
+                "job_running",
+                "A head is already being generated in this scene: wait for it or press Cancel first",
+            )
+        self.prefs = addon_prefs(context)
+        if resume:
+            self.job_dir = Path(settings.last_job_dir)
+            if not (self.job_dir / CHECKPOINT_MARKER).is_file():
+                raise Refusal("no_checkpoint", f"No checkpoint to resume from in {self.job_dir}: press Generate Head")
+        else:
+            self.photos = photos_in_use(settings)
+            self.expressions = expressions_in_use(settings)
+        self.selection_at_press = selection_of(scene)
+        self.view_layer_name = context.view_layer.name if context.view_layer else ""
+        self.probe = EngineProbe(self.prefs)
+        _launches[scene.name] = self
+
+    def pump(self) -> Job | None:
+        """One tick. Raises :class:`Refusal` for anything that keeps the job from starting (a
+        failed check, or an OS error while writing the job folder or starting the worker): the
+        launch is over then, whatever the caller does next."""
         try:
-            JobSpec.from_dict(request, base)  # the worker's own validation, before any folder is made
-        except JobError as exc:
-            raise Refusal(exc.code, f"{exc.message}" + (f" ({exc.hint})" if exc.hint else "")) from None
-        job_dir = new_job_folder(base)
-        write_job(job_dir, request)
-    command = [python, "-m", "engine", "run", str(job_dir)] + (["--resume"] if resume else [])
-    monitor = WorkerMonitor(
-        command,
-        cwd=str(ADDON_DIR),
-        env=engine_environment(root),
-        stderr_path=job_dir / "addon-worker-stderr.log",
-    )
-    job = Job(scene, job_dir, monitor, scene.cursor.location, resume)
-    previous = _jobs.get(scene.name)
-    if (
-        resume
-        and previous is not None
-        and previous.head_object() is not None
-        and previous.result_folder == ""
-    ):
-        job.object_name = previous.object_name  # keep streaming into the same unfinished head
-    _jobs[scene.name] = job
-    settings.last_job_dir = str(job_dir)
-    return job
+            python = self.probe.pump()
+            if python is None:
+                return None
+            job = self._start(python)
+        except BaseException:
+            self.stop()
+            raise
+        self._forget()
+        return job
+
+    def wait(self, poll_s: float = 0.02) -> Job:
+        """Block until the worker runs (EXEC mode, scripts, farms)."""
+        while (job := self.pump()) is None:
+            time.sleep(poll_s)
+        return job
+
+    def stop(self) -> None:
+        self.probe.stop()
+        self._forget()
+
+    def _forget(self) -> None:
+        if _launches.get(self.scene_name) is self:
+            del _launches[self.scene_name]
+
+    def _start(self, python: str) -> Job:
+        from .preferences import models_root
+
+        scene = bpy.data.scenes.get(self.scene_name)
+        if scene is None:
+            raise Refusal("scene_gone", f"The scene {self.scene_name!r} is gone")
+        settings, prefs = scene.idto3d, self.prefs
+        root = models_root(prefs)
+        if self.resume:
+            job_dir = self.job_dir
+            check_writable(job_dir)
+        else:
+            check_models_present(root, prefs)
+            base = jobs_root(settings)
+            check_writable(base)
+            request = job_request(settings, prefs, self.photos, self.expressions, root)
+            try:
+                JobSpec.from_dict(request, base)  # the worker's own validation, before any folder is made
+            except JobError as exc:
+                raise Refusal(exc.code, f"{exc.message}" + (f" ({exc.hint})" if exc.hint else "")) from None
+        previous = _jobs.get(scene.name)
+        if self.resume and previous is not None and previous.job_dir == job_dir:
+            location, note = previous.location, previous.placement_note
+        else:
+            location, note = placement.place_head(
+                scene, scene.cursor.location, beside=settings.placement == "BESIDE",
+                view_layer=scene.view_layers.get(self.view_layer_name),
+                window_manager=getattr(bpy.context, "window_manager", None))
+        made = None  # the job folder this press made (removed again if the worker cannot start)
+        try:
+            if not self.resume:
+                job_dir = made = new_job_folder(base)
+                write_job(job_dir, request)
+            command = [python, "-m", "engine", "run", str(job_dir)] + (["--resume"] if self.resume else [])
+            monitor = WorkerMonitor(
+                command,
+                cwd=str(ADDON_DIR),
+                env=engine_environment(root),
+                stderr_path=job_dir / WORKER_STDERR,
+            )
+        except (OSError, EngineError) as exc:  # a full disk, a read-only folder, a Python that cannot start
+            where = job_dir if self.resume else base
+            if made is not None:
+                _remove_unstarted_job_folder(made)
+            reason = getattr(exc, "strerror", None) or exc
+            raise Refusal(
+                "worker_not_started",
+                f"The engine could not be started in {where} ({reason}): check the Output Folder and the Engine "
+                "Python, then press Generate Head again",
+            ) from None
+        job = Job(scene, job_dir, monitor, location, self.resume, note, self.selection_at_press)
+        if (
+            self.resume
+            and previous is not None
+            and previous.head_object() is not None
+            and previous.result_folder == ""
+        ):
+            job.object_name = previous.object_name  # keep streaming into the same unfinished head
+        _jobs[scene.name] = job
+        settings.last_job_dir = str(job_dir)
+        return job
+
+
+_launches: dict[str, Launch] = {}  # scene name -> a Generate Head press still checking the engine
+
+
+def launch_for(scene_name: str) -> Launch | None:
+    """A Generate Head press in this scene still checking the engine's Python, if any."""
+    return _launches.get(scene_name)
+
+
+def begin_job(context, *, resume: bool = False) -> Launch:
+    """The quick checks; the engine probe starts in the background (see :class:`Launch`)."""
+    return Launch(context, resume)
+
+
+def start_job(context, *, resume: bool = False) -> Job:
+    """Check everything, write job.json into a fresh job folder and start the worker (blocks
+    while the engine's Python is probed: headless callers and tests)."""
+    return begin_job(context, resume=resume).wait()
 
 
 def wait(job: Job, poll_s: float = 0.1) -> Job:
@@ -472,12 +707,42 @@ def wait(job: Job, poll_s: float = 0.1) -> Job:
     return job
 
 
+def _remove_timer(owner) -> None:
+    window_manager = getattr(bpy.context, "window_manager", None)
+    if owner.timer is not None and window_manager is not None:
+        try:
+            window_manager.event_timer_remove(owner.timer)
+        except (ReferenceError, ValueError, RuntimeError):
+            pass  # the window it belonged to is gone (a file was loaded)
+    owner.timer = None
+
+
+def end_launch(launch: Launch) -> None:
+    """A Generate Head press that will not go on (its modal operator was cancelled): stop the
+    engine probe, remove its timer, and let the button come back."""
+    _remove_timer(launch)
+    launch.stop()
+
+
 def stop_all() -> None:
     """End every worker and remove every timer (unregister, quitting Blender)."""
-    window_manager = getattr(bpy.context, "window_manager", None)
+    for launch in list(_launches.values()):
+        end_launch(launch)
     for job in list(_jobs.values()):
-        if job.timer is not None and window_manager is not None:
-            window_manager.event_timer_remove(job.timer)
-        job.timer = None
+        _remove_timer(job)
         job.monitor.close()
+    _jobs.clear()
+
+
+@bpy.app.handlers.persistent
+def on_load_pre(*_args) -> None:
+    """Another file is being loaded: the scenes the launches and jobs belong to go away, and
+    Blender ends their modal operators without a last tick. Stop every launch; ask every running
+    worker to stop at its next step (it writes a checkpoint, so the job folder can be resumed with
+    ``python -m engine run JOB_DIR --resume``) without waiting for it; forget them all, so Generate
+    Head is available in the new file."""
+    for launch in list(_launches.values()):
+        end_launch(launch)
+    for job in list(_jobs.values()):
+        job.abandon()
     _jobs.clear()

@@ -72,6 +72,7 @@ class IDTO3D_AP_preferences(bpy.types.AddonPreferences):
         row.operator("idto3d.fetch_models", icon="IMPORT")
         runtime = context.window_manager.idto3d_runtime
         draw_engine_report(layout.box(), runtime)
+        draw_gpu_check(layout.box(), runtime)
         box = layout.box()
         row = box.row(align=True)
         row.prop(self, "torch_variant")
@@ -94,9 +95,7 @@ def draw_engine_report(layout, runtime) -> None:
         layout.label(text=runtime.engine_summary or "Press Check Engine to see what the engine's Python has",
                      icon="QUESTION")
         return
-    import json
-
-    report = json.loads(runtime.engine_report)
+    report = parsed_engine_report(runtime.engine_report)
     layout.label(text=runtime.engine_summary, icon="CHECKMARK" if report.get("ok") else "ERROR")
     column = layout.column(align=True)
     for check in report.get("checks", []):
@@ -105,6 +104,34 @@ def draw_engine_report(layout, runtime) -> None:
     for model in report.get("models", []):
         state = "complete" if model.get("complete") else "missing " + ", ".join(model.get("missing", [])[:2])
         column.label(text=f"models/{model.get('key')}: {state}", icon="CHECKMARK" if model.get("complete") else "ERROR")
+
+
+_report_cache: tuple[str, dict] = ("", {})  # the doctor's JSON text and its parse, kept between draws
+
+
+def parsed_engine_report(text: str) -> dict:
+    """The doctor's report as a dict, parsed once per report rather than on every redraw."""
+    global _report_cache
+    if text != _report_cache[0]:
+        import json
+
+        try:
+            report = json.loads(text)
+        except ValueError:
+            report = {}
+        _report_cache = (text, report if isinstance(report, dict) else {})
+    return _report_cache[1]
+
+
+def draw_gpu_check(layout, runtime) -> None:
+    """Check GPU (one real step on this GPU with the models) and its verdict; Copy Report for bug reports."""
+    row = layout.row(align=True)
+    row.operator("idto3d.check_gpu", icon="MEMORY")
+    row.operator("idto3d.copy_gpu_report", icon="COPYDOWN")
+    if runtime.gpu_check_running:
+        layout.label(text="Checking the GPU (loads the models, runs a few steps)…", icon="SORTTIME")
+    elif runtime.gpu_check_summary:
+        layout.label(text=runtime.gpu_check_summary, icon="CHECKMARK" if runtime.gpu_check_ok else "ERROR")
 
 
 def addon_prefs(context) -> IDTO3D_AP_preferences:

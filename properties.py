@@ -19,9 +19,19 @@ from bpy.props import (
     StringProperty,
 )
 
+from .arkit import ARKIT_52
+
 # Neutral is the Basis shape key; the rest are the six basic emotions.
 DEFAULT_EXPRESSIONS = ("neutral", "smiling", "angry", "surprised", "sad", "disgusted", "fearful")
 BASIS_EXPRESSION = "neutral"
+# Expression sets the panel can load: key -> (label, description, [(name, prompt or "")]).
+EXPRESSION_SETS = {
+    "DEFAULT": ("Basic Emotions", "Neutral and the six basic emotions",
+                [(name, "") for name in DEFAULT_EXPRESSIONS]),
+    "ARKIT52": ("ARKit 52", "Neutral and Apple ARKit's 52 face blendshapes, named as ARKit spells them "
+                "(for Live Link Face and engines' ARKit rigs), each with a text prompt",
+                [(BASIS_EXPRESSION, ""), *ARKIT_52]),
+}
 
 PHOTO_STATUS_ITEMS = (
     ("UNCHECKED", "Unchecked", "Not checked yet", "QUESTION", 0),
@@ -41,24 +51,49 @@ class IDTO3D_PG_photo(bpy.types.PropertyGroup):
     message: StringProperty(name="Message", description="What the last check said about this photo")
 
 
+def _name_changed(item, _context) -> None:
+    """A set's prompt describes the set's name: renaming the item ("jawOpen" to "yawn") drops it,
+    so the prior is not told to make the old expression. A prompt the user wrote stays."""
+    if item.prompt_for and item.text != item.prompt_for:
+        item.prompt_for = ""
+        item.prompt = ""
+
+
+def _prompt_changed(item, _context) -> None:
+    item.prompt_for = ""  # the user's own prompt: it goes with the item, whatever it is called
+
+
 class IDTO3D_PG_expression(bpy.types.PropertyGroup):
     text: StringProperty(
         name="Expression",
         description='An expression or an edit, in words ("smiling", "with curly red hair")',
         default="smiling",
+        update=_name_changed,
     )
     enabled: BoolProperty(name="Use", default=True, description="Generate a shape key for it")
+    prompt: StringProperty(
+        name="Prompt",
+        description="What the face does, in words, when the name alone does not say it (ARKit's "
+                    "'jawOpen'). Empty: the name is the prompt",
+        default="",
+        update=_prompt_changed,
+    )
+    prompt_for: StringProperty(
+        name="Prompt For", default="", options={"HIDDEN"},
+        description="The name an expression set's prompt was written for (renaming the item drops that prompt)",
+    )
 
 
 _hdri_items: list[tuple[str, str, str]] = []  # kept alive: Blender does not copy dynamic enum strings
 
 
 def _studio_hdri_items(self, context):
-    from .operators.relight import studio_hdris
+    """Blender's bundled studio HDRIs, listed once (the folder is scanned once per session)."""
+    if not _hdri_items:
+        from .operators.relight import studio_hdris
 
-    names = studio_hdris()
-    _hdri_items[:] = [(name, os.path.splitext(name)[0].capitalize(), f"Blender's studio light {name}")
-                      for name in names] or [("studio.exr", "Studio", "Blender's studio light")]
+        _hdri_items[:] = [(name, os.path.splitext(name)[0].capitalize(), f"Blender's studio light {name}")
+                          for name in studio_hdris()] or [("studio.exr", "Studio", "Blender's studio light")]
     return _hdri_items
 
 
@@ -98,6 +133,14 @@ class IDTO3D_PG_settings(bpy.types.PropertyGroup):
                             description="Animate the camera and lights 360° around the head")
     turntable_frames: IntProperty(name="Frames", default=120, min=8, max=10000,
                                   description="Length of one turn")
+    placement: EnumProperty(
+        name="Placement",
+        items=(("BESIDE", "Beside Other Objects",
+                "At the 3D cursor, or beside the objects there when the head would be inside one "
+                "(e.g. the default Cube)"),
+               ("CURSOR", "At the 3D Cursor", "Always at the 3D cursor, even inside other objects (you are told)")),
+        default="BESIDE",
+    )
     output_dir: StringProperty(
         name="Output Folder",
         subtype="DIR_PATH",
@@ -118,13 +161,19 @@ class IDTO3D_PG_runtime(bpy.types.PropertyGroup):
     offer_download: BoolProperty(default=False)  # the last Generate Head was refused for missing models
     download_running: BoolProperty(default=False)
     download_status: StringProperty(default="")
+    gpu_check_running: BoolProperty(default=False)
+    gpu_check_ok: BoolProperty(default=False)
+    gpu_check_summary: StringProperty(default="")  # one line for the preferences
+    gpu_check_text: StringProperty(default="")  # the copyable report
 
 
-def reset_expressions(settings) -> None:
-    """Replace the expression list with the defaults (neutral first)."""
+def reset_expressions(settings, which: str = "DEFAULT") -> None:
+    """Replace the expression list with one of :data:`EXPRESSION_SETS` (neutral first)."""
     settings.expressions.clear()
-    for text in DEFAULT_EXPRESSIONS:
-        settings.expressions.add().text = text
+    for name, prompt in EXPRESSION_SETS[which][2]:
+        item = settings.expressions.add()
+        item.text, item.prompt = name, prompt
+        item.prompt_for = name if prompt else ""
     settings.expression_index = 0
     settings.expressions_initialised = True
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from .engine.result_format import HeadMesh, ResultFormatError, read_head_mesh
+from .engine.result_format import HeadMesh, ResultFormatError, read_head_mesh_verified_later
 
 BASIS_NAME = "Basis"
 # image file, BSDF socket, colour space; normal goes through a Normal Map node
@@ -30,8 +30,9 @@ TEXTURES = (
 )
 
 
-def _fill_geometry(mesh: bpy.types.Mesh, vertices: np.ndarray, faces: np.ndarray) -> None:
-    """Triangles into an empty mesh through its attribute arrays (the fast foreach_set paths)."""
+def _add_geometry(mesh: bpy.types.Mesh, vertices: np.ndarray, faces: np.ndarray) -> None:
+    """Triangles into an empty mesh through its attribute arrays (the fast foreach_set paths);
+    the mesh has no edges yet (:func:`_finish_geometry`)."""
     vertices = np.ascontiguousarray(vertices, dtype=np.float32)
     faces = np.ascontiguousarray(faces, dtype=np.int32)
     mesh.vertices.add(len(vertices))
@@ -40,8 +41,16 @@ def _fill_geometry(mesh: bpy.types.Mesh, vertices: np.ndarray, faces: np.ndarray
     mesh.attributes["position"].data.foreach_set("vector", vertices.ravel())
     mesh.attributes[".corner_vert"].data.foreach_set("value", faces.ravel())
     mesh.polygons.foreach_set("loop_start", np.arange(0, faces.size, 3, dtype=np.int32))
+
+
+def _finish_geometry(mesh: bpy.types.Mesh) -> None:
     mesh.update()  # edges from the faces
     mesh.shade_smooth()
+
+
+def _fill_geometry(mesh: bpy.types.Mesh, vertices: np.ndarray, faces: np.ndarray) -> None:
+    _add_geometry(mesh, vertices, faces)
+    _finish_geometry(mesh)
 
 
 def _geometry_problem(faces: np.ndarray) -> str | None:
@@ -52,13 +61,15 @@ def _geometry_problem(faces: np.ndarray) -> str | None:
     repeated = (faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2]) | (faces[:, 0] == faces[:, 2])
     if repeated.any():
         return f"{int(repeated.sum())} face(s) use a vertex twice (first: face {int(np.argmax(repeated))})"
-    ordered = np.sort(faces.astype(np.int64), axis=1)
-    count = int(ordered.max()) + 1
+    a, b, c = (faces[:, k].astype(np.int64) for k in range(3))
+    low, high = np.minimum(np.minimum(a, b), c), np.maximum(np.maximum(a, b), c)
+    middle = a + b + c - low - high  # each face's corners in order, without sorting every row
+    count = int(high.max()) + 1
     if count < 2**21:  # one int64 key per face: sorting keys is far faster than unique rows
-        keys = (ordered[:, 0] * count + ordered[:, 1]) * count + ordered[:, 2]
-        repeats = len(np.unique(keys)) != len(faces)
+        keys = np.sort((low * count + middle) * count + high)
+        repeats = bool((keys[1:] == keys[:-1]).any())
     else:
-        repeats = len(np.unique(ordered, axis=0)) != len(faces)
+        repeats = len(np.unique(np.stack([low, middle, high], 1), axis=0)) != len(faces)
     if repeats:
         return "some faces repeat another face"
     return None
@@ -159,19 +170,35 @@ def _remove_material(material) -> None:
     bpy.data.materials.remove(material)
 
 
-def quality_scores(folder: Path | str) -> dict[str, float | None]:
-    """Mean identity score (ArcFace cosine) per expression from result.json's quality report;
-    None for an expression whose renders showed no face the recogniser could find."""
+def _quality_expressions(folder: Path | str) -> dict:
     try:
         info = json.loads((Path(folder) / "result.json").read_text(encoding="utf-8"))
         per_expression = info["quality"]["expressions"]
-        scores = {}
-        for name, entry in per_expression.items():
-            value = entry.get("mean_arcface_cosine") if isinstance(entry, dict) else None
-            scores[str(name)] = float(value) if isinstance(value, (int, float)) else None
-        return scores
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return per_expression if isinstance(per_expression, dict) else {}
+    except (OSError, ValueError, KeyError, TypeError):
         return {}
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def quality_scores(folder: Path | str) -> dict[str, float | None]:
+    """Mean identity score (ArcFace cosine) per expression from result.json's quality report;
+    None for an expression whose renders showed no face the recogniser could find."""
+    return {str(name): _number(entry.get("mean_arcface_cosine")) if isinstance(entry, dict) else None
+            for name, entry in _quality_expressions(folder).items()}
+
+
+def quality_side_shares(folder: Path | str) -> dict[str, float]:
+    """For expressions named for one side (eyeBlinkLeft): the share of their movement on that
+    side of the face, from result.json's quality report (1.0: only that side)."""
+    shares = {}
+    for name, entry in _quality_expressions(folder).items():
+        share = _number(entry.get("side_share")) if isinstance(entry, dict) else None
+        if share is not None:
+            shares[str(name)] = share
+    return shares
 
 
 def import_result(
@@ -189,7 +216,7 @@ def import_result(
     of its preview geometry. Raises ResultFormatError (and leaves no datablock behind) otherwise.
     """
     folder = Path(folder)
-    head = read_head_mesh(folder)
+    head, verify = read_head_mesh_verified_later(folder)  # its CRC-32 is checked while Blender builds
     check_shape_key_names(head.expression_names)
     mesh = material = obj = None
     old_mesh = into.data if into is not None else None
@@ -204,6 +231,7 @@ def import_result(
             obj = bpy.data.objects.new(name, mesh)
         add_shape_keys(obj, head)
         obj["idto3d_result"] = str(folder)
+        verify()  # before anything is linked into the scene: a damaged file leaves nothing behind
     except BaseException:
         if into is not None:
             into.data = old_mesh
@@ -250,13 +278,80 @@ def import_glb(path: Path | str, collection=None, *, location=None) -> bpy.types
 
 
 def update_mesh_in_place(obj: bpy.types.Object, vertices: np.ndarray, faces: np.ndarray) -> None:
-    """Replace ``obj``'s geometry with a snapshot (any topology), keeping the datablock and material."""
+    """Replace ``obj``'s geometry with a snapshot (any topology) at once, keeping the datablock and
+    material (scripts; a running job spreads the work over ticks with :class:`SnapshotBuild`)."""
     mesh = obj.data
     if mesh.shape_keys is not None:  # a snapshot has no expressions; the final result brings them
         obj.shape_key_clear()
     mesh.clear_geometry()
     _fill_geometry(mesh, vertices, faces)
-    mesh.update()
+
+
+class SnapshotBuild:
+    """A streamed snapshot brought into the head object over a few timer ticks, so that no tick
+    carries all of it (a 100k-vertex head: face offsets ~7 ms, edges ~10 ms of main-thread CPU).
+
+    The geometry goes into a new mesh datablock that no object uses until it is complete, so
+    Blender never draws a half-built mesh: :meth:`advance` builds it (tick 1), computes its edges
+    (tick 2) and swaps it into the object, removing the one it replaces (tick 3). A snapshot with
+    the same faces as the one shown only moves the vertices, in one tick."""
+
+    def __init__(self, obj: bpy.types.Object, vertices: np.ndarray, faces: np.ndarray):
+        self.object_name = obj.name
+        self.vertices = np.ascontiguousarray(vertices, dtype=np.float32)
+        self.faces = np.ascontiguousarray(faces, dtype=np.int32)
+        self.mesh: bpy.types.Mesh | None = None
+        self.step = 0
+        self.done = False
+        self.same_faces = same_faces(obj.data, len(self.vertices), self.faces)
+
+    def advance(self) -> bool:
+        """One tick of work; True once the object shows the snapshot."""
+        obj = bpy.data.objects.get(self.object_name)
+        if obj is None or obj.type != "MESH":  # the user deleted the head meanwhile
+            self.discard()
+            return True
+        if self.same_faces and obj.data.shape_keys is None:
+            obj.data.attributes["position"].data.foreach_set("vector", self.vertices.ravel())
+            obj.data.update()
+            self.done = True
+            return True
+        if self.step == 0:
+            self.mesh = bpy.data.meshes.new(obj.data.name)
+            _add_geometry(self.mesh, self.vertices, self.faces)
+        elif self.step == 1:
+            _finish_geometry(self.mesh)
+        else:
+            old, name = obj.data, obj.data.name
+            for material in old.materials:
+                self.mesh.materials.append(material)
+            obj.data, self.mesh = self.mesh, None
+            if old.users == 0:
+                bpy.data.meshes.remove(old)
+                obj.data.name = name
+            self.done = True
+            return True
+        self.step += 1
+        return False
+
+    def finish(self) -> None:
+        """Do what is left now (the result arrived: it replaces the geometry in this same tick)."""
+        while not self.advance():
+            pass
+
+    def discard(self) -> None:
+        if self.mesh is not None:
+            bpy.data.meshes.remove(self.mesh)
+            self.mesh = None
+
+
+def same_faces(mesh: bpy.types.Mesh, vertex_count: int, faces: np.ndarray) -> bool:
+    """The mesh is these triangles on as many vertices (same corners), so only its vertices need moving."""
+    if len(mesh.vertices) != vertex_count or len(mesh.polygons) != len(faces) or len(mesh.loops) != faces.size:
+        return False
+    corners = np.empty(faces.size, np.int32)
+    mesh.attributes[".corner_vert"].data.foreach_get("value", corners)
+    return bool(np.array_equal(corners, faces.ravel()))
 
 
 def read_snapshot(path: Path | str) -> tuple[np.ndarray, np.ndarray]:

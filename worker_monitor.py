@@ -212,6 +212,12 @@ class WorkerMonitor:
                 pass
         self._close_stdin()
 
+    def stop_in_background(self) -> None:
+        """Ask the worker to stop and leave the rest to the reaper thread (nothing will pump this
+        monitor again: another file was loaded). Never waits."""
+        self.request_cancel()
+        self._close_streams()
+
     def cancel(self, grace_s: float = CANCEL_GRACE_S) -> None:
         """Ask the worker to stop and wait until it has (terminated after ``grace_s``)."""
         self.request_cancel()
@@ -270,6 +276,7 @@ class CommandMonitor:
     def __init__(self, command: list[str], *, cwd: str, env: dict[str, str], what: str, timeout_s: float):
         self.what, self.timeout_s = what, timeout_s
         self.started = time.monotonic()
+        self.timed_out = False
         self._answer: dict | None = None
         self._failure: Exception | None = None
         self._output: dict[str, bytes] = {}
@@ -295,6 +302,7 @@ class CommandMonitor:
             raise self._failure
         if self._thread.is_alive():
             if time.monotonic() - self.started > self.timeout_s:
+                self.timed_out = True
                 self.stop()
                 self._failure = CommandFailed(
                     f"the engine did not answer within {self.timeout_s:.0f} s ({self.what}); "
@@ -317,6 +325,10 @@ class CommandMonitor:
             raise self._failure from None
         self._answer = answer
         return answer
+
+    def stderr_text(self) -> str:
+        """What the command wrote on stderr (once it has ended)."""
+        return self._output.get("stderr", b"").decode("utf-8", errors="replace")
 
     def wait(self, poll_s: float = 0.05) -> dict:
         while (answer := self.pump()) is None:

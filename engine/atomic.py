@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -22,6 +23,27 @@ NEW_TAG = ".idto3d-new-"
 TMP_TAG = ".idto3d-tmp-"  # a file being written: ".<name><TMP_TAG><random><suffix>"
 OLD_TAG = ".idto3d-old-"
 _USE_EXCHANGE = True  # tests switch it off to exercise the portable rename-aside path
+# The exact shape of those names: tempfile's 8 random characters (a-z, 0-9, _) for a file being
+# written and a staging folder, secrets.token_hex(4) for an old folder; a file keeps its target's
+# suffix. Anything else that merely contains a tag is someone's file.
+_TEMPORARY = re.compile(r"\.(?P<target>.+)(?P<tag>\.idto3d-(?:tmp|new|old)-)(?P<random>[a-z0-9_]{8})(?P<suffix>.*)",
+                        re.DOTALL)
+
+
+def temporary_target(name: str) -> tuple[str, str] | None:
+    """``(target name, tag)`` when ``name`` is exactly a temporary name this module makes for
+    ``target`` (see the tags above), else None."""
+    m = _TEMPORARY.fullmatch(name)
+    if m is None:
+        return None
+    target, tag, random, suffix = m.group("target", "tag", "random", "suffix")
+    if tag == TMP_TAG:
+        ok = suffix == Path(target).suffix
+    elif tag == OLD_TAG:
+        ok = suffix == "" and re.fullmatch(r"[0-9a-f]{8}", random) is not None
+    else:
+        ok = suffix == ""
+    return (target, tag) if ok else None
 
 
 def current_umask() -> int:
@@ -62,14 +84,19 @@ def write_to_path_atomic(target: Path | str, write: Callable[[Path], None]) -> P
     return target
 
 
-def write_file_atomic(target: Path | str, write: Callable[[BinaryIO], None]) -> Path:
-    """``write(binary_stream)`` into a temporary file, then rename it to ``target``."""
+def to_path(write: Callable[[BinaryIO], None]) -> Callable[[Path], None]:
+    """A writer that takes a path, from one that takes an open binary stream (``np.savez``, PIL)."""
 
     def to_stream(path: Path) -> None:
         with open(path, "wb") as stream:
             write(stream)
 
-    return write_to_path_atomic(target, to_stream)
+    return to_stream
+
+
+def write_file_atomic(target: Path | str, write: Callable[[BinaryIO], None]) -> Path:
+    """``write(binary_stream)`` into a temporary file, then rename it to ``target``."""
+    return write_to_path_atomic(target, to_path(write))
 
 
 def write_text_atomic(target: Path | str, text: str) -> Path:
@@ -141,9 +168,9 @@ def recover_dir(target: Path | str) -> None:
     target = Path(target)
     if not target.parent.is_dir():
         return
-    prefix_new, prefix_old = f".{target.name}{NEW_TAG}", f".{target.name}{OLD_TAG}"
-    leftovers = [p for p in target.parent.iterdir() if p.name.startswith((prefix_new, prefix_old)) and p.is_dir()]
-    olds = sorted((p for p in leftovers if p.name.startswith(prefix_old)), key=lambda p: p.stat().st_mtime_ns)
+    leftovers = [p for p in target.parent.iterdir()
+                 if temporary_target(p.name) in ((target.name, NEW_TAG), (target.name, OLD_TAG)) and p.is_dir()]
+    olds = sorted((p for p in leftovers if temporary_target(p.name)[1] == OLD_TAG), key=lambda p: p.stat().st_mtime_ns)
     if not target.exists() and olds:
         # Only the portable path leaves the target missing, and only after the old version was
         # moved aside whole: that is the complete version to restore.

@@ -25,8 +25,12 @@ COMMANDS = (
     ("train-prior", ".prior.train_cli", "train a task prior (normal or albedo LoRA) on a dataset folder"),
     ("build-prior-dataset", ".prior.dataset_cli", "build a task-prior dataset from a folder of rendered heads"),
     # pipeline commands (issue 8)
-    ("run", ".pipeline.worker", "run the job in a job folder (the add-on's worker: JSON-lines protocol on stdout)"),
-    ("generate", ".pipeline.generate", "photos + expressions in, a head out: writes OUT/job.json and runs it"),
+    ("run", ".pipeline.worker", "run the job in a job folder (the add-on's worker: JSON lines on stdout; a closed "
+                                "stdin cancels it, so shells and schedulers use generate)"),
+    ("generate", ".pipeline.generate", "photos + expressions in, a head out: writes OUT/job.json and runs it "
+                                       "(--resume continues it)"),
+    ("batch", ".pipeline.batch", "one head per row of a manifest (CSV/JSONL), here or on a Ray cluster (--ray), "
+                                 "with an index of the results"),
 )
 
 

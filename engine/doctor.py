@@ -63,6 +63,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--no-models", action="store_true",
         help="do not count missing model folders as failures (checking an environment only)",
     )
+    parser.add_argument(
+        "--gpu", action="store_true",
+        help="also run one real SDS step of --preset with the models (Check GPU): seconds per step, peak VRAM, "
+             "whether fp16 stays finite, minutes per preset; saves the machine profile the pipeline reads",
+    )
+    parser.add_argument("--preset", default="standard", help="preset whose step --gpu measures (default: standard)")
+    parser.add_argument("--device", default="auto", help="--gpu on 'auto' (CUDA when usable), 'cuda', 'cuda:N' or 'cpu'")
 
 
 def _package_check(dist: str, module: str, required: bool, why: str) -> Check:
@@ -105,7 +112,8 @@ def _torch_check() -> tuple[Check, dict[str, Any]]:
 
 def _nvdiffrast_check() -> Check:
     if importlib.util.find_spec("nvdiffrast") is None:
-        return Check("nvdiffrast", False, False, "not installed (optional; the built-in rasteriser is used)")
+        return Check("nvdiffrast", False, False, "not installed (optional): the built-in torch rasteriser runs, "
+                                                 "on the GPU too; Check GPU measures its share of a step")
     try:
         importlib.import_module("nvdiffrast.torch")
     except Exception as exc:
@@ -211,8 +219,40 @@ def format_text(report: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     report = collect(args.models, count_models=not args.no_models)
+    if getattr(args, "gpu", False):
+        report["gpu_check"] = gpu_check(report, args.preset, args.device)
+        report["gpu_check_text"] = _gpu_text(report["gpu_check"])
     if args.json:
         print(json.dumps(report, indent=1))
     else:
         print(format_text(report))
-    return 0 if report["ok"] else 1
+        if "gpu_check" in report:
+            print("\n" + report["gpu_check_text"])
+    ok = report["ok"] and report.get("gpu_check", {"ok": True})["ok"]
+    return 0 if ok else 1
+
+
+def gpu_check(report: dict, preset: str, device: str) -> dict:
+    """Check GPU (engine.gpu_check) when the models it needs are there; a clear problem otherwise."""
+    needed = [m for m in report["models"] if m["key"] in ("sd15", "arc2face") and not m["complete"]]
+    if needed:
+        return {"ok": False, "preset": preset, "problem": "Check GPU needs the models: "
+                + ", ".join(f"{m['key']} ({m['path']})" for m in needed) + " incomplete; run `python -m engine "
+                "fetch-models` or set the models folder"}
+    from .gpu_check import run_check
+
+    try:
+        return run_check(Path(report["models_root"]), preset=preset, device=device)
+    except Exception as exc:  # the report must still come back, naming what failed
+        from .errors import EngineError
+
+        message = exc.message if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
+        return {"ok": False, "preset": preset, "problem": f"the SDS step failed: {message[:400]}"}
+
+
+def _gpu_text(check: dict) -> str:
+    from .gpu_check import format_report
+
+    if "tried" not in check and "device" not in check:
+        return f"Check GPU: {check['problem']}"
+    return format_report(check)

@@ -238,17 +238,22 @@ def spec(key: str) -> ModelSpec:
 # ---- where models are looked for ----------------------------------------------------------------
 
 
-def default_models_root() -> Path:
-    """``$IDTO3D_MODELS`` if set, else the per-user data folder of this platform."""
-    if os.environ.get(MODELS_ENV):
-        return Path(os.environ[MODELS_ENV]).expanduser()
+def user_data_root() -> Path:
+    """The per-user data folder of this platform (``.../id-to-3d``): models, machine profiles."""
     if sys.platform == "win32":
         base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
     elif sys.platform == "darwin":
         base = Path.home() / "Library" / "Application Support"
     else:
         base = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share"))
-    return base / "id-to-3d" / "models"
+    return base / "id-to-3d"
+
+
+def default_models_root() -> Path:
+    """``$IDTO3D_MODELS`` if set, else the per-user data folder of this platform."""
+    if os.environ.get(MODELS_ENV):
+        return Path(os.environ[MODELS_ENV]).expanduser()
+    return user_data_root() / "models"
 
 
 def insightface_root() -> Path:

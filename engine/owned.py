@@ -9,7 +9,8 @@ entry the engine wrote (for a file: its size and modification time when written)
   changed (``shared=True`` accepts a folder that also holds the user's things, e.g. a models root
   filled by hand: then only the engine's recorded entries are ever touched).
 - :func:`record` adds what the engine just wrote to the manifest; :func:`write_owned_file` and
-  :func:`replace_owned_entry` write and record in one go.
+  :func:`replace_owned_entry` write and record in one go; :func:`prune_owned` keeps the newest
+  few of a series (checkpoints, previews) and deletes only recorded, unchanged ones.
 - :func:`remove_owned` deletes recorded entries only, and only when they are unchanged: a file
   the user added or replaced is never deleted (refused, or kept with ``keep_foreign=True``).
 - :func:`replace_owned_dir` swaps a whole owned folder (old or new version, never neither).
@@ -21,16 +22,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable
 
-from .atomic import NEW_TAG, OLD_TAG, TMP_TAG, recover_dir, replace_dir_atomic, write_text_atomic, write_to_path_atomic
+from .atomic import (NEW_TAG, recover_dir, replace_dir_atomic, temporary_target, write_text_atomic,
+                     write_to_path_atomic)
 from .errors import EngineError
 
 MARKER = ".idto3d-owned.json"
 FORMAT = "idto3d-owned"
-_LEFTOVER_TAGS = (NEW_TAG, OLD_TAG, TMP_TAG)  # half-written things of an interrupted write: the engine's own
 
 
 class ForeignFolderError(EngineError):
@@ -40,7 +42,9 @@ class ForeignFolderError(EngineError):
 
 
 def _is_leftover(name: str) -> bool:
-    return any(tag in name for tag in _LEFTOVER_TAGS)
+    """A half-written thing of an interrupted write (the engine's own): exactly the temporary names
+    :mod:`engine.atomic` makes, never a user's file that merely contains a tag."""
+    return temporary_target(name) is not None
 
 
 def _signature(path: Path) -> list[int]:
@@ -196,6 +200,46 @@ def _is_own(path: Path, owner: Path, entries: dict) -> bool:
         return False
 
 
+def is_own(path: Path | str) -> bool:
+    """True when the engine wrote ``path`` (recorded in its owner's manifest) and nobody changed it since."""
+    path = Path(os.path.abspath(path))
+    owner = owner_of(path.parent)
+    return owner is not None and os.path.lexists(path) and _is_own(path, owner, read_manifest(owner)["entries"])
+
+
+def restamp(folder: Path | str, *, skip: Callable[[Path], bool] = lambda path: False) -> list[Path]:
+    """Record again the files of the owned ``folder`` (and of the owned folders inside it) that a
+    copy changed in time only: recorded there, their size on disk one the manifest recorded, their
+    modification time not. A copy that does not keep file times (``cp -r``, ``scp -r``, an object
+    store, a file system with coarser times) makes every file look changed; only an explicit
+    request of the user's calls this (``generate --adopt-checkpoints``). ``skip(path)``: files the
+    caller checks its own way. Returns the files recorded again."""
+    folder = Path(os.path.abspath(folder))
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return []
+    taken = []
+    for rel, entry in manifest["entries"].items():
+        path = folder / rel
+        if entry.get("type") != "file" or skip(path) or not os.path.lexists(path) or os.path.isdir(path):
+            continue
+        signature = _signature(path)
+        if signature not in entry["sig"] and signature[0] in [sig[0] for sig in entry["sig"]]:
+            entry["sig"] = [signature]
+            taken.append(path)
+    if taken:
+        _write_manifest(folder, manifest)
+    for base, dirs, _files in os.walk(folder):
+        for name in list(dirs):
+            sub = Path(base) / name
+            if sub.is_symlink():
+                dirs.remove(name)
+            elif read_manifest(sub) is not None:
+                dirs.remove(name)
+                taken += restamp(sub, skip=skip)
+    return sorted(taken)
+
+
 def foreign_entries(path: Path | str) -> list[Path]:
     """What at or under ``path`` the engine did not write (or was changed since): never to be deleted."""
     path = Path(os.path.abspath(path))
@@ -291,9 +335,45 @@ def write_owned_file(path: Path | str, write: Callable[[Path], None]) -> Path:
     if os.path.isdir(path) and not os.path.islink(path):
         raise ForeignFolderError(f"{path} is a folder; nothing was changed", code="out_not_a_folder",
                                  hint="move that folder away")
-    write_to_path_atomic(path, write)
-    record(path)
+
+    def write_then_record(temporary: Path) -> None:
+        write(temporary)
+        # Recorded before the rename, with the old version's signature too: killed at any point,
+        # the manifest accepts whichever version is on disk (a rename keeps size and mtime).
+        current = read_manifest(owner) or manifest
+        signatures = [_signature(path)] if os.path.lexists(path) else []
+        current["entries"][_rel(path, owner)] = {"type": "file", "sig": signatures + [_signature(temporary)]}
+        for parent in path.parents:
+            if parent == owner or owner not in parent.parents:
+                break
+            current["entries"].setdefault(_rel(parent, owner), {"type": "dir"})
+        _write_manifest(owner, current)
+
+    write_to_path_atomic(path, write_then_record)
     return path
+
+
+def prune_owned(folder: Path | str, pattern: re.Pattern, keep: int, *, newest_last=None) -> list[Path]:
+    """Delete all but the newest ``keep`` of the files in ``folder`` whose names match ``pattern``
+    and that the engine wrote and nobody changed since; return what was deleted. "Newest" is the
+    order of ``newest_last(path)`` (default: the name).
+
+    A file that merely matches the pattern (the user's, or one changed since) is neither counted
+    nor deleted. One manifest write, and only when something was deleted.
+    """
+    folder = Path(os.path.abspath(folder))
+    owner, manifest = _require_owner(folder / MARKER)
+    entries = manifest["entries"]
+    mine = sorted((p for p in folder.iterdir()
+                   if pattern.fullmatch(p.name) and _rel(p, owner) in entries and not p.is_dir()
+                   and _is_own(p, owner, entries)), key=newest_last or (lambda p: p.name))
+    doomed = mine[:-keep] if keep > 0 else mine
+    for path in doomed:
+        os.unlink(path)
+        entries.pop(_rel(path, owner), None)
+    if doomed:
+        _write_manifest(owner, manifest)
+    return doomed
 
 
 def replace_owned_entry(path: Path | str, write: Callable[[Path], None]) -> Path:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import bpy
-from bpy.props import StringProperty
+from bpy.props import EnumProperty, StringProperty
 
 from . import has_active, remove_active
-from ..properties import BASIS_EXPRESSION, reset_expressions
+from ..properties import BASIS_EXPRESSION, EXPRESSION_SETS, reset_expressions
 
 
 def _clean(text: str) -> str:
@@ -61,13 +61,35 @@ class IDTO3D_OT_expression_remove(bpy.types.Operator):
 
 class IDTO3D_OT_expressions_reset(bpy.types.Operator):
     bl_idname = "idto3d.expressions_reset"
-    bl_label = "Default Expressions"
-    bl_description = "Replace the list with neutral and the six basic emotions"
+    bl_label = "Load Expression Set"
+    bl_description = "Replace the list with a set of expressions (your own entries are removed)"
     bl_options = {"REGISTER", "UNDO"}
 
+    expression_set: EnumProperty(
+        name="Set",
+        items=[(key, label, description) for key, (label, description, _) in EXPRESSION_SETS.items()],
+        default="DEFAULT",
+    )
+
     def execute(self, context):
-        reset_expressions(context.scene.idto3d)
+        reset_expressions(context.scene.idto3d, self.expression_set)
+        count = len(EXPRESSION_SETS[self.expression_set][2]) - 1
+        self.report({"INFO"}, f"{EXPRESSION_SETS[self.expression_set][0]}: {count} expressions besides neutral")
         return {"FINISHED"}
 
 
-CLASSES = (IDTO3D_OT_expression_add, IDTO3D_OT_expression_remove, IDTO3D_OT_expressions_reset)
+class IDTO3D_MT_expression_sets(bpy.types.Menu):
+    bl_idname = "IDTO3D_MT_expression_sets"
+    bl_label = "Expression Sets"
+
+    def draw(self, context):
+        for key, (label, _, _) in EXPRESSION_SETS.items():
+            self.layout.operator("idto3d.expressions_reset", text=label).expression_set = key
+
+
+CLASSES = (
+    IDTO3D_OT_expression_add,
+    IDTO3D_OT_expression_remove,
+    IDTO3D_OT_expressions_reset,
+    IDTO3D_MT_expression_sets,
+)

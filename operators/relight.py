@@ -1,10 +1,17 @@
-"""Relight in Cycles: a studio rig around the active head, and Render Preview.
+"""Relight in Cycles: a studio scene around the active head, and Render Preview.
 
-The rig lives in its own collection; every part carries its role (``idto3d_rig``) so running
-Relight again finds and updates the parts instead of adding new ones. Key, fill and rim area
-lights, or one of Blender's bundled studio HDRIs (``bpy.utils.system_resource``); a camera that
-frames the head from the front (the face looks toward -Y); an optional 360° turntable that turns
-the rig (camera and lights) around the head, so the head's own transform is never animated.
+The studio is a scene of its own ("ID-to-3D Studio") that links the head object and nothing else
+of the user's: the head is lit and rendered in isolation (in Blender's default scene the head
+would otherwise sit inside the default Cube and render blank), and the user's scene, its objects,
+camera, world, render settings and frame range stay exactly as they were. The same object is in
+both scenes, so edits to the head show in the studio at once.
+
+The rig lives in its own collection inside the studio; every part carries its role
+(``idto3d_rig``) so running Relight again finds and updates the parts instead of adding new ones.
+Key, fill and rim area lights, or one of Blender's bundled studio HDRIs
+(``bpy.utils.system_resource``); a camera that frames the head from the front (the face looks
+toward -Y); an optional 360° turntable that turns the rig (camera and lights) around the head, so
+the head's own transform is never animated.
 """
 
 from __future__ import annotations
@@ -16,8 +23,14 @@ from pathlib import Path
 import bpy
 from mathutils import Vector
 
+from ..animation import fcurves_of
+
+STUDIO_SCENE = "ID-to-3D Studio"
+STUDIO_MARK = "idto3d_studio"  # on the studio scene: the name of the scene it was made from
+STUDIO_HEAD = "idto3d_studio_head"  # on the head Relight staged in the studio (the only object it ever unlinks)
 RIG_COLLECTION = "ID-to-3D Studio"
 WORLD_NAME = "ID-to-3D Studio World"
+STUDIO_SAMPLES = 128
 ROLE = "idto3d_rig"
 FRAME_FILL = 0.7  # the head fills this share of the frame height
 LENS_MM = 85.0
@@ -29,11 +42,11 @@ LIGHTS = (
 )
 
 
-def studio_hdris() -> list[str]:
+def studio_hdris() -> tuple[str, ...]:
     folder = bpy.utils.system_resource("DATAFILES", path="studiolights/world")
     if not folder or not os.path.isdir(folder):
-        return []
-    return sorted(name for name in os.listdir(folder) if name.lower().endswith((".exr", ".hdr")))
+        return ()
+    return tuple(sorted(name for name in os.listdir(folder) if name.lower().endswith((".exr", ".hdr"))))
 
 
 def hdri_path(name: str) -> Path:
@@ -48,12 +61,60 @@ def head_bounds(obj) -> tuple[Vector, float]:
     return (low + high) / 2, max(high.z - low.z, 1e-3)
 
 
-def _rig_collection(scene):
+def is_studio(scene) -> bool:
+    return scene.get(STUDIO_MARK) is not None
+
+
+def studio_scene(create: bool = True):
+    """The studio scene (made on first use with its own render settings), or None."""
+    studio = next((scene for scene in bpy.data.scenes if is_studio(scene)), None)
+    if studio is None and create:
+        studio = bpy.data.scenes.new(STUDIO_SCENE)
+        studio[STUDIO_MARK] = ""
+        studio.render.engine = "CYCLES"
+        studio.cycles.samples = STUDIO_SAMPLES  # a new scene asks for 4096
+        studio.render.resolution_x, studio.render.resolution_y = 1080, 1080
+    return studio
+
+
+def source_scene(studio):
+    """The scene the studio was made from (where the user's settings live), or None."""
+    return bpy.data.scenes.get(studio.get(STUDIO_MARK) or "") if studio is not None else None
+
+
+def settings_scene(scene):
+    """Whose ID-to-3D settings apply: the user's scene, also while the studio is shown (the studio
+    scene has default settings of its own that nobody chose)."""
+    return (source_scene(scene) or scene) if is_studio(scene) else scene
+
+
+def _stage_head(studio, head) -> None:
+    """The head in the studio's own collection, replacing the head Relight staged before.
+
+    Only a head Relight staged (it carries :data:`STUDIO_HEAD`) is ever taken out: whatever the
+    user put into the studio (a backdrop, props, another light) stays. The head becomes the
+    studio's active object, so its panels and tools work the moment the studio is shown."""
+    for obj in list(studio.collection.objects):
+        if obj is not head and obj.get(STUDIO_HEAD):
+            studio.collection.objects.unlink(obj)  # an earlier head: it stays in the user's scene
+            del obj[STUDIO_HEAD]
+    if head.name not in studio.collection.objects:
+        studio.collection.objects.link(head)
+    head[STUDIO_HEAD] = True
+    for view_layer in studio.view_layers:
+        view_layer.objects.active = head
+        head.select_set(True, view_layer=view_layer)
+
+
+def _rig_collection(studio):
     collection = bpy.data.collections.get(RIG_COLLECTION)
     if collection is None:
         collection = bpy.data.collections.new(RIG_COLLECTION)
-    if collection.name not in scene.collection.children:
-        scene.collection.children.link(collection)
+    for scene in bpy.data.scenes:  # files from before the studio scene had the rig in the user's scene
+        if scene is not studio and collection.name in scene.collection.children:
+            scene.collection.children.unlink(collection)
+    if collection.name not in studio.collection.children:
+        studio.collection.children.link(collection)
     return collection
 
 
@@ -83,7 +144,13 @@ def _orbit_position(centre: Vector, azimuth_deg: float, elevation_deg: float, di
 def build_rig(
     scene, head, *, mode: str = "AREA", hdri: str = "studio.exr", turntable: bool = False, frames: int = 120
 ) -> dict[str, bpy.types.Object]:
-    """Make or update the studio rig for ``head``; returns the parts by role."""
+    """Make or update the studio around ``head``, which the user chose in ``scene``; returns the
+    parts by role, and the studio scene as ``parts["scene"]``. ``scene`` itself is not changed."""
+    studio = scene if is_studio(scene) else studio_scene()
+    if not is_studio(scene):
+        studio[STUDIO_MARK] = scene.name
+    _stage_head(studio, head)
+    scene = studio  # from here on everything happens in the studio
     centre, height = head_bounds(head)
     collection = _rig_collection(scene)
     pivot = _part(collection, "pivot", lambda: bpy.data.objects.new("Studio Pivot", None))
@@ -130,28 +197,14 @@ def build_rig(
         pivot.keyframe_insert("rotation_euler", index=2, frame=scene.frame_start)
         pivot.rotation_euler = (0.0, 0.0, 2 * math.pi)
         pivot.keyframe_insert("rotation_euler", index=2, frame=scene.frame_start + frames)
-        for fcurve in _fcurves(pivot):
+        for fcurve in fcurves_of(pivot):
             for point in fcurve.keyframe_points:
                 point.interpolation = "LINEAR"
         pivot.rotation_euler = (0.0, 0.0, 0.0)
         scene.frame_end = scene.frame_start + frames - 1  # frame start+frames equals the first view
     scene.render.engine = "CYCLES"
+    parts["scene"] = scene
     return parts
-
-
-def _fcurves(obj):
-    """The object's F-curves (layered actions in Blender 4.4+, plain ones before)."""
-    action = obj.animation_data.action if obj.animation_data else None
-    if action is None:
-        return []
-    if hasattr(action, "layers") and len(action.layers):
-        curves = []
-        for layer in action.layers:
-            for strip in layer.strips:
-                for bag in strip.channelbags:
-                    curves.extend(bag.fcurves)
-        return curves
-    return list(getattr(action, "fcurves", []))
 
 
 def _set_world(scene, mode: str, hdri: str) -> None:
@@ -185,8 +238,8 @@ def _set_world(scene, mode: str, hdri: str) -> None:
     scene.world = world
 
 
-def render_still(scene, path: Path, *, size: int | None = None, samples: int | None = None) -> Path:
-    """Render the scene's camera view with Cycles into ``path`` (PNG)."""
+def prepare_render(scene, path: Path, *, size: int | None = None, samples: int | None = None) -> Path:
+    """The scene's render settings for a Cycles still of its camera written to ``path`` (PNG)."""
     render = scene.render
     render.engine = "CYCLES"
     if size:
@@ -198,8 +251,44 @@ def render_still(scene, path: Path, *, size: int | None = None, samples: int | N
     render.image_settings.file_format = "PNG"
     render.filepath = str(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def render_still(scene, path: Path, *, size: int | None = None, samples: int | None = None) -> Path:
+    """Render the scene's camera view with Cycles into ``path`` and return when it is written
+    (scripts, headless use; the UI renders through Blender's own render job instead)."""
+    prepare_render(scene, path, size=size, samples=samples)
     bpy.ops.render.render(write_still=True, scene=scene.name)
     return path
+
+
+PREVIEW_IMAGE = "ID-to-3D Preview"
+
+
+def show_preview(path: Path):
+    """The image "ID-to-3D Preview", (re)loaded from ``path``."""
+    image = bpy.data.images.get(PREVIEW_IMAGE)
+    if image is None:
+        image = bpy.data.images.load(str(path), check_existing=False)
+        image.name = PREVIEW_IMAGE
+    else:
+        image.filepath = str(path)
+        image.reload()
+    return image
+
+
+def _preview_finished(scene, *_args) -> None:
+    """render_complete / render_cancel: load the preview the UI's render job wrote, then stop listening."""
+    remove_preview_handlers()
+    path = Path(bpy.path.abspath(scene.render.filepath))
+    if is_studio(scene) and path.is_file():
+        show_preview(path)
+
+
+def remove_preview_handlers() -> None:
+    for handlers in (bpy.app.handlers.render_complete, bpy.app.handlers.render_cancel):
+        while _preview_finished in handlers:
+            handlers.remove(_preview_finished)
 
 
 def _active_head(context):
@@ -211,8 +300,8 @@ class IDTO3D_OT_relight(bpy.types.Operator):
     bl_idname = "idto3d.relight"
     bl_label = "Relight in Cycles"
     bl_description = (
-        "Build (or update) a studio rig for the active head: key, fill and rim lights or a "
-        "studio HDRI, a camera that frames it, optionally a 360° turntable"
+        "Put the active head into the studio scene (the head alone, your scene unchanged) with key, "
+        "fill and rim lights or a studio HDRI, a camera that frames it, optionally a 360° turntable"
     )
     bl_options = {"REGISTER", "UNDO"}
 
@@ -221,9 +310,9 @@ class IDTO3D_OT_relight(bpy.types.Operator):
         return _active_head(context) is not None
 
     def execute(self, context):
-        settings = context.scene.idto3d
+        settings = settings_scene(context.scene).idto3d
         try:
-            build_rig(
+            parts = build_rig(
                 context.scene,
                 _active_head(context),
                 mode=settings.light_mode,
@@ -234,35 +323,75 @@ class IDTO3D_OT_relight(bpy.types.Operator):
         except FileNotFoundError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
+        self.report({"INFO"}, f"Studio ready in the scene {parts['scene'].name!r} (Render Preview renders it; "
+                              "Open Studio shows it)")
         return {"FINISHED"}
+
+
+def render_folder() -> Path:
+    try:
+        return Path(bpy.utils.extension_path_user(__package__.rpartition(".")[0], path="renders", create=True))
+    except (ValueError, RuntimeError, OSError):
+        return Path(bpy.app.tempdir or "/tmp")
 
 
 class IDTO3D_OT_render_preview(bpy.types.Operator):
     bl_idname = "idto3d.render_preview"
     bl_label = "Render Preview"
-    bl_description = "Render a still of the studio camera with Cycles (the image opens as 'ID-to-3D Preview')"
+    bl_description = (
+        "Render a still of the studio camera with Cycles in Blender's render window (the image is "
+        "also kept as 'ID-to-3D Preview')"
+    )
 
     @classmethod
     def poll(cls, context):
-        return context.scene.camera is not None
+        studio = studio_scene(create=False)
+        return studio is not None and studio.camera is not None
+
+    def invoke(self, context, event):
+        """A press in the UI: Blender's own render job (progress in its render window, Esc cancels);
+        the UI is never blocked. The preview image loads when the job has written the file."""
+        if bpy.app.background:
+            return self.execute(context)
+        studio = studio_scene(create=False)
+        prepare_render(studio, render_folder() / "preview.png")
+        remove_preview_handlers()
+        bpy.app.handlers.render_complete.append(_preview_finished)
+        bpy.app.handlers.render_cancel.append(_preview_finished)
+        result = bpy.ops.render.render("INVOKE_DEFAULT", write_still=True, scene=studio.name)
+        if "CANCELLED" in result:
+            remove_preview_handlers()
+        return {"FINISHED"} if "CANCELLED" not in result else {"CANCELLED"}
 
     def execute(self, context):
-        try:
-            folder = Path(
-                bpy.utils.extension_path_user(__package__.rpartition(".")[0], path="renders", create=True)
-            )
-        except (ValueError, RuntimeError, OSError):
-            folder = Path(bpy.app.tempdir or "/tmp")
-        path = render_still(context.scene, folder / "preview.png")
-        image = bpy.data.images.get("ID-to-3D Preview")
-        if image is None:
-            image = bpy.data.images.load(str(path), check_existing=False)
-            image.name = "ID-to-3D Preview"
-        else:
-            image.filepath = str(path)
-            image.reload()
+        """Scripts and headless: render here and return once the file is written."""
+        path = render_still(studio_scene(create=False), render_folder() / "preview.png")
+        show_preview(path)
         self.report({"INFO"}, f"Rendered {path}")
         return {"FINISHED"}
 
 
-CLASSES = (IDTO3D_OT_relight, IDTO3D_OT_render_preview)
+class IDTO3D_OT_studio_toggle(bpy.types.Operator):
+    bl_idname = "idto3d.studio_toggle"
+    bl_label = "Open Studio"
+    bl_description = "Show the studio scene in this window, or go back to the scene it was made from"
+
+    @classmethod
+    def poll(cls, context):
+        return context.window is not None and studio_scene(create=False) is not None
+
+    def execute(self, context):
+        studio = studio_scene(create=False)
+        if context.window.scene is studio:
+            back = bpy.data.scenes.get(studio[STUDIO_MARK]) or next(
+                (scene for scene in bpy.data.scenes if not is_studio(scene)), None)
+            if back is None:
+                self.report({"ERROR"}, "There is no other scene to go back to")
+                return {"CANCELLED"}
+            context.window.scene = back
+        else:
+            context.window.scene = studio
+        return {"FINISHED"}
+
+
+CLASSES = (IDTO3D_OT_relight, IDTO3D_OT_render_preview, IDTO3D_OT_studio_toggle)

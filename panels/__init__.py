@@ -9,3 +9,12 @@ class SidebarPanel:
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = CATEGORY
+
+
+class UserScenePanel(SidebarPanel):
+    """A panel that edits the scene's own generation settings: hidden while the window shows the
+    studio scene (whose settings are defaults nobody chose; the Studio panel leads back)."""
+
+    @classmethod
+    def poll(cls, context):
+        return context.scene is not None and context.scene.get("idto3d_studio") is None

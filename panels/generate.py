@@ -8,10 +8,11 @@ Preview thumbnails come from a ``bpy.utils.previews`` collection made on first d
 from __future__ import annotations
 
 import os
+import textwrap
 
 import bpy
 
-from . import SidebarPanel
+from . import UserScenePanel
 from .. import generation
 
 _previews = None
@@ -56,6 +57,11 @@ def _eta(seconds) -> str:
 
 
 def draw_job(layout, job: generation.Job) -> None:
+    if job.placement_note:
+        column = layout.column(align=True)
+        column.scale_y = 0.8
+        for index, line in enumerate(textwrap.wrap(job.placement_note, 48)):
+            column.label(text=line, icon="INFO" if index == 0 else "BLANK1")
     if not job.finished:
         layout.progress(factor=job.progress, type="BAR", text=job.status_line())
         row = layout.row()
@@ -89,7 +95,7 @@ def draw_job(layout, job: generation.Job) -> None:
         box.operator("idto3d.resume_head", icon="PLAY")
 
 
-class IDTO3D_PT_generate(SidebarPanel, bpy.types.Panel):
+class IDTO3D_PT_generate(UserScenePanel, bpy.types.Panel):
     bl_idname = "IDTO3D_PT_generate"
     bl_label = "Generate"
 
@@ -120,10 +126,13 @@ class IDTO3D_PT_generate(SidebarPanel, bpy.types.Panel):
             row.enabled = not runtime.download_running
             row.operator("idto3d.fetch_models", icon="IMPORT")
         job = generation.job_for(context.scene)
+        starting = generation.launch_for(context.scene.name) is not None
         row = layout.row()
         row.scale_y = 1.5
-        row.enabled = job is None or job.finished
+        row.enabled = (job is None or job.finished) and not starting
         row.operator("idto3d.generate_head", icon="USER")
+        if starting:
+            layout.label(text="Checking the engine's Python…", icon="SORTTIME")
         if job is not None:
             draw_job(layout, job)
         layout.operator("idto3d.import_head_result", icon="IMPORT")

@@ -6,18 +6,29 @@ import bpy
 
 from . import SidebarPanel
 from ..operators.head import head_key
-from ..result_import import quality_scores
+from ..operators.relight import IDTO3D_OT_relight, is_studio, settings_scene
+from ..result_import import quality_scores, quality_side_shares
 
-_scores: dict[str, dict[str, float | None]] = {}  # result folder -> scores, read once per folder
+
+_scores: dict[str, tuple[dict, dict]] = {}  # result folder -> (scores, side shares), read once per folder
+
+
+def _figures(obj) -> tuple[dict, dict]:
+    folder = obj.get("idto3d_result") if obj is not None else None
+    if not folder:
+        return {}, {}
+    if folder not in _scores:
+        _scores[folder] = quality_scores(folder), quality_side_shares(folder)
+    return _scores[folder]
 
 
 def scores_for(obj) -> dict[str, float]:
-    folder = obj.get("idto3d_result") if obj is not None else None
-    if not folder:
-        return {}
-    if folder not in _scores:
-        _scores[folder] = quality_scores(folder)
-    return _scores[folder]
+    return _figures(obj)[0]
+
+
+def side_shares_for(obj) -> dict[str, float]:
+    """How much of each left/right expression's movement is on its own side (quality report)."""
+    return _figures(obj)[1]
 
 
 class IDTO3D_UL_shape_keys(bpy.types.UIList):
@@ -33,6 +44,9 @@ class IDTO3D_UL_shape_keys(bpy.types.UIList):
         if item.name in scores:  # identity score of this expression's renders (ArcFace cosine)
             score = scores[item.name]
             row.label(text="ID –" if score is None else f"ID {score:.2f}")
+        share = side_shares_for(context.active_object).get(item.name)
+        if share is not None:  # below ~0.7 the shape moves the other side of the face too
+            row.label(text=f"side {share:.2f}", icon="ERROR" if share < 0.7 else "NONE")
         row.prop(item, "value", text="", slider=True)
         row.operator("idto3d.expression_solo", text="", icon="SOLO_ON").name = item.name
 
@@ -56,19 +70,21 @@ class IDTO3D_PT_head(SidebarPanel, bpy.types.Panel):
         row = layout.row(align=True)
         row.operator("idto3d.expressions_neutral", icon="LOOP_BACK")
         row.operator("idto3d.expressions_keyframe", icon="KEY_HLT")
+        layout.operator("idto3d.import_live_link", icon="ANIM")
+        layout.operator("idto3d.export_head", icon="EXPORT")
 
 
 class IDTO3D_PT_relight(SidebarPanel, bpy.types.Panel):
+    """Always shown (not only with a head active): Open Studio / Back to Scene must stay reachable
+    whatever is selected, and in the studio scene itself. The settings are the user's scene's,
+    also while the studio is shown."""
+
     bl_idname = "IDTO3D_PT_relight"
     bl_label = "Relight"
     bl_options = {"DEFAULT_CLOSED"}
 
-    @classmethod
-    def poll(cls, context):
-        return context.active_object is not None and context.active_object.type == "MESH"
-
     def draw(self, context):
-        settings = context.scene.idto3d
+        settings = settings_scene(context.scene).idto3d
         layout = self.layout
         layout.use_property_split = True
         layout.prop(settings, "light_mode")
@@ -77,8 +93,14 @@ class IDTO3D_PT_relight(SidebarPanel, bpy.types.Panel):
         layout.prop(settings, "turntable")
         if settings.turntable:
             layout.prop(settings, "turntable_frames")
+        if not IDTO3D_OT_relight.poll(context):
+            layout.label(text="Select a head (a mesh) to relight", icon="INFO")
         layout.operator("idto3d.relight", icon="LIGHT_AREA")
-        layout.operator("idto3d.render_preview", icon="RENDER_STILL")
+        row = layout.row(align=True)
+        row.operator("idto3d.render_preview", icon="RENDER_STILL")
+        in_studio = is_studio(context.scene)
+        row.operator("idto3d.studio_toggle", icon="LOOP_BACK" if in_studio else "SCENE",
+                     text="Back to Scene" if in_studio else "Open Studio")
 
 
 CLASSES = (IDTO3D_UL_shape_keys, IDTO3D_PT_head, IDTO3D_PT_relight)

@@ -10,7 +10,7 @@ import os
 
 import bpy
 
-from . import SidebarPanel
+from . import UserScenePanel
 
 STATUS_ICONS = {
     "UNCHECKED": "QUESTION", "OK": "CHECKMARK", "NO_FACE": "ERROR", "SEVERAL_FACES": "INFO",
@@ -64,7 +64,7 @@ class IDTO3D_UL_photos(bpy.types.UIList):
         row.label(text="", icon=STATUS_ICONS.get(item.status, "QUESTION"))
 
 
-class IDTO3D_PT_references(SidebarPanel, bpy.types.Panel):
+class IDTO3D_PT_references(UserScenePanel, bpy.types.Panel):
     bl_idname = "IDTO3D_PT_references"
     bl_label = "References"
 

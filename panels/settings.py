@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import bpy
 
-from . import SidebarPanel
+from . import UserScenePanel
 
 
-class IDTO3D_PT_settings(SidebarPanel, bpy.types.Panel):
+class IDTO3D_PT_settings(UserScenePanel, bpy.types.Panel):
     bl_idname = "IDTO3D_PT_settings"
     bl_label = "Settings"
     bl_options = {"DEFAULT_CLOSED"}
@@ -19,6 +19,7 @@ class IDTO3D_PT_settings(SidebarPanel, bpy.types.Panel):
         layout.prop(settings, "preset")
         layout.prop(settings, "seed")
         layout.prop(settings, "texture_size")
+        layout.prop(settings, "placement")
         layout.prop(settings, "output_dir")
         addon = context.preferences.addons.get(__package__.rpartition(".")[0])
         if addon is not None:

@@ -240,11 +240,12 @@ def main(argv=None) -> int:
         other.select_set(False)
     obj.select_set(True)
     bpy.context.view_layer.objects.active = obj
-    scene = bpy.context.scene
-    scene.render.resolution_x = scene.render.resolution_y = 96 if args.quick else args.render_size
-    bpy.ops.idto3d.relight()
+    bpy.ops.idto3d.relight()  # the studio scene: the head alone, the user's scene unchanged
     relight = sys.modules[f"{module}.operators.relight"]
-    render = relight.render_still(scene, out / "render.png", samples=8 if args.quick else 32)
+    studio = relight.studio_scene(create=False)
+    studio.render.resolution_x = studio.render.resolution_y = 96 if args.quick else args.render_size
+    bpy.ops.idto3d.relight()  # framed again for that resolution
+    render = relight.render_still(studio, out / "render.png", samples=8 if args.quick else 32)
     blend = out / "head.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(blend))
     result = json.loads((job.job_dir / "result" / "result.json").read_text(encoding="utf-8"))

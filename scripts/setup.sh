@@ -56,7 +56,7 @@ PY
     rm -rf "$bpe_tmp"
 fi
 
-want="$(cat requirements.txt constraints.txt | sha256sum | cut -d' ' -f1)"
+want="$(cat requirements.txt requirements-engine.txt constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -c "import torch, bpy" 2>/dev/null; then
     echo "setup: $VENV is up to date" >&2
     exit 0

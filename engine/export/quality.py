@@ -18,6 +18,7 @@ numbers mean nothing.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
@@ -90,6 +91,38 @@ def _mean(values) -> float | None:
     return float(np.mean(kept)) if kept else None
 
 
+SIDES = {"left": 1.0, "right": -1.0}  # the person's left is +X (the face looks toward -Y, Z up)
+
+
+def expression_side(name: str) -> str | None:
+    """"left" / "right" for an expression named for one side as ARKit names them (``eyeBlinkLeft``,
+    on-device ``mouthSmile_R``), else None (case matters: "cleft chin" is no side)."""
+    match = re.search(r"(Left|_L|Right|_R)$", name.strip())
+    if match is None:
+        return None
+    return "left" if match.group(1) in ("Left", "_L") else "right"
+
+
+def side_shares(head) -> dict[str, float]:
+    """For every expression named for one side: the share of its movement (summed vertex offset
+    lengths) on that side of the face. 1.0: it moves only its own side; 0.5: both alike; below
+    0.5: mostly the other side. Expressions that do not move are left out."""
+    if head is None:
+        return {}
+    x = np.asarray(head.vertices, np.float64)[:, 0]
+    centre = 0.5 * (x.min() + x.max())
+    shares = {}
+    for name, offsets in zip(head.expression_names, head.expression_offsets):
+        side = expression_side(name)
+        if side is None:
+            continue
+        moved = np.linalg.norm(np.asarray(offsets, np.float64), axis=1)
+        total = moved.sum()
+        if total > 0:
+            shares[name] = float(moved[(x - centre) * SIDES[side] > 0].sum() / total)
+    return shares
+
+
 def quality_report(*, renders: dict[str, Sequence] | None = None, head=None, albedo=None, roughness=None,
                    render_fn: Callable[[], dict[str, Sequence]] | None = None, photos: Sequence[str | Path] = (),
                    identity_embedding=None, models_root=None, views_deg: Sequence[float] = VIEWS_DEG,
@@ -149,6 +182,9 @@ def quality_report(*, renders: dict[str, Sequence] | None = None, head=None, alb
             distance = float(np.mean([np.linalg.norm(result.judge_descriptor - d) for d in photo_descriptors]))
         expressions[name]["views"].append({"azimuth_deg": views[v], "face_found": found,
                                            "arcface_cosine": cosine, "dlib_distance": distance})
+    for name, share in side_shares(head).items():
+        if name in expressions:
+            expressions[name]["side_share"] = share  # movement on the side the name says
     for entry in expressions.values():
         entry["faces_found"] = sum(view["face_found"] for view in entry["views"])
         entry["mean_arcface_cosine"] = _mean(view["arcface_cosine"] for view in entry["views"])

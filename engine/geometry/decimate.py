@@ -28,7 +28,7 @@ def _library():
         raise EngineError(
             "mesh decimation needs the package fast-simplification, which is not installed",
             code="decimation_unavailable",
-            hint="pip install fast-simplification==0.1.13 (see requirements.txt), "
+            hint="pip install fast-simplification==0.1.13 (see requirements-engine.txt), "
             'or set "target_faces": 0 to keep the full mesh',
         ) from None
     return fast_simplification

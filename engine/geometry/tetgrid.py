@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..result_format import HEAD_BOX_SIZE
+
 # Head-sized box: a 0.32 m cube around the head centre (head ~0.23 m tall, neck below).
 DEFAULT_CENTER = (0.0, 0.0, 0.0)
-DEFAULT_SIZE = 0.32
+DEFAULT_SIZE = HEAD_BOX_SIZE
 
 
 @dataclass

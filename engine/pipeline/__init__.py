@@ -6,7 +6,11 @@ the stage rooms are imported by :func:`run_job` when a job actually runs.
     job.py        the job spec (job.json), validated field by field; expression-name checks
     presets.py    the preset table every stage reads
     run.py        run_job(): stages, checkpoints, cancellation, errors -> protocol messages
+    job_folder.py the job folder as the engine's: claim, lock, placing a job (same / another / --new)
     worker.py     `python -m engine run JOB_DIR`: the protocol on stdout around run_job
+    generate.py   `python -m engine generate`: the job for shells and schedulers (--resume, --new)
+    batch.py      `python -m engine batch`: a manifest of identities (batch_job.py: one job's
+                  worker process and retries; batch_ray.py: the Ray runner)
 """
 
 from __future__ import annotations

@@ -64,9 +64,11 @@ class GeometryStage:
     """The joint geometry + expression optimisation. ``step(i)`` runs step ``i`` of ``settings.geometry_steps``."""
 
     def __init__(self, settings, prior, embedding: np.ndarray, expressions: list[str], *, seed: int, device,
-                 normal_maps: bool, objective=None):
-        """``objective(images, expression, cameras, step, azimuths) -> loss`` replaces SDS (fits to known targets)."""
+                 normal_maps: bool, objective=None, prompts: dict[str, str] | None = None):
+        """``objective(images, expression, cameras, step, azimuths) -> loss`` replaces SDS (fits to known targets).
+        ``prompts``: the text the prior sees per expression name (default: the name itself)."""
         self.settings, self.prior, self.seed = settings, prior, int(seed)
+        self.prompts = dict(prompts or {})
         self.embedding = np.asarray(embedding, np.float32)
         self.device = torch.device(device)
         self.normal_maps = normal_maps
@@ -152,7 +154,7 @@ class GeometryStage:
 
     def sds_loss(self, images, name: str, cameras, step: int, azimuths: list[float]) -> torch.Tensor:
         """SDS with this expression's conditioning and blended view conditioning (one row per azimuth)."""
-        cond = self.prior.conditioning(self.embedding, name, view=azimuths)
+        cond = self.prior.conditioning(self.embedding, self.prompts.get(name, name), view=azimuths)
         loss, _ = self.sds.step(images, cond, step, self.settings.geometry_steps,
                                 generator=step_generator(self.seed, GEOMETRY, step, NOISE))
         return loss

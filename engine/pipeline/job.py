@@ -31,7 +31,8 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")
 ATTENTION = ("sdpa", "sliced")
 STOP_AFTER = (None, "geometry")
 MIN_SNAPSHOT_INTERVAL_S = 0.2
-MEMORY_DEFAULTS = {"attention": "sdpa", "channels_last": False, "vae_tiling": False, "cpu_offload": False}
+MEMORY_DEFAULTS = {"attention": "sdpa", "channels_last": False, "vae_tiling": False, "vae_checkpointing": False,
+                   "cpu_offload": False}
 OUTPUT_DEFAULTS = {"glb": True, "contact_sheet": True, "quality_report": True}
 
 
@@ -113,6 +114,9 @@ class JobSpec:
     output: dict = field(default_factory=lambda: dict(OUTPUT_DEFAULTS))
     snapshot_interval_s: float = 3.0
     allow_download: bool = False
+    # name -> the text the prior is conditioned on, for names that are not themselves the prompt
+    # (ARKit's "jawOpen" is a shape-key name; "mouth wide open, jaw dropped" is what it looks like)
+    expression_prompts: dict = field(default_factory=dict)
     stop_after: str | None = None
     job_version: int = JOB_VERSION
     job_dir: Path | None = field(default=None, compare=False, repr=False)
@@ -123,6 +127,10 @@ class JobSpec:
     def settings(self) -> Preset:
         """The preset with the overrides applied (validated at load time)."""
         return resolve_preset(self.preset, self.overrides)
+
+    def prompt(self, name: str) -> str:
+        """The text the prior sees for expression ``name``: its prompt, else the name itself."""
+        return self.expression_prompts.get(name, name)
 
     @property
     def resolved_texture_size(self) -> int:
@@ -140,7 +148,7 @@ class JobSpec:
             "seed": self.seed, "models": self.models, "device": self.device, "dtype": self.dtype,
             "memory": dict(self.memory), "texture_size": self.texture_size, "output": dict(self.output),
             "snapshot_interval_s": self.snapshot_interval_s, "allow_download": self.allow_download,
-            "stop_after": self.stop_after,
+            "stop_after": self.stop_after, "expression_prompts": dict(self.expression_prompts),
         }
 
     def resolved_dict(self) -> dict:
@@ -183,6 +191,7 @@ class JobSpec:
         values["snapshot_interval_s"] = _interval(data.get("snapshot_interval_s", 3.0))
         values["allow_download"] = _bool("allow_download", data.get("allow_download", False))
         values["stop_after"] = _choice("stop_after", data.get("stop_after"), STOP_AFTER)
+        values["expression_prompts"] = _expression_prompts(data.get("expression_prompts", {}), values["expressions"])
         return cls(**values, job_dir=job_dir)
 
 
@@ -238,6 +247,24 @@ def _expressions(value) -> list[str]:
     if NEUTRAL in names:
         names.remove(NEUTRAL)
     return [NEUTRAL, *names]  # neutral first: it is the Basis
+
+
+MAX_PROMPT_CHARS = 300  # CLIP reads 77 tokens; a longer prompt is a mistake, not a description
+
+
+def _expression_prompts(value, expressions: list[str]) -> dict:
+    hint = 'e.g. {"jawOpen": "mouth wide open, jaw dropped"}: one text per listed expression, or {}'
+    if not isinstance(value, dict):
+        raise _bad("expression_prompts", f"{value!r} is not an object", hint)
+    for name, text in value.items():
+        if name not in expressions:
+            raise _bad("expression_prompts", f"{name!r} is not one of the job's expressions", hint)
+        if not isinstance(text, str) or not text.strip():
+            raise _bad("expression_prompts", f"the prompt of {name!r} is empty or not text ({text!r})", hint)
+        if len(text) > MAX_PROMPT_CHARS or any(unicodedata.category(ch) == "Cc" for ch in text):
+            raise _bad("expression_prompts", f"the prompt of {name!r} is longer than {MAX_PROMPT_CHARS} "
+                       "characters or holds a control character", hint)
+    return dict(value)
 
 
 def _overrides(value, preset: str) -> dict:

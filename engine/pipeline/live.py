@@ -1,8 +1,9 @@
 """Live output for the viewport: preview PNGs and mesh snapshots in ``JOB_DIR/live``, at a bounded rate.
 
 Each file is written under a temporary name and renamed before it is announced, so the add-on
-never opens half a file. Only the newest :data:`KEEP` of each kind stay (the engine deletes only
-the ``preview-*.png`` / ``snapshot-*.npz`` it wrote itself).
+never opens half a file, and recorded in the job folder's manifest (engine/owned.py). Only the
+newest :data:`KEEP` of each kind stay: pruning deletes only recorded, unchanged files, never a
+user's file that matches ``preview-*.png`` / ``snapshot-*.npz``.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import write_file_atomic
+from ..atomic import to_path
+from ..owned import prune_owned, write_owned_file
+from .job_folder import LIVE as FOLDER
 
-FOLDER = "live"
 KEEP = 3
 _KINDS = {"preview": (".png", re.compile(r"preview-(\d+)\.png")),
           "snapshot": (".npz", re.compile(r"snapshot-(\d+)\.npz"))}
@@ -55,10 +57,8 @@ class LiveOutput:
 
     def _write(self, kind: str, write) -> Path:
         suffix, rx = _KINDS[kind]
-        path = write_file_atomic(self.folder / f"{kind}-{self.seq:06d}{suffix}", write)
-        mine = sorted(p for p in self.folder.iterdir() if rx.fullmatch(p.name))
-        for old in mine[:-KEEP]:
-            old.unlink(missing_ok=True)
+        path = write_owned_file(self.folder / f"{kind}-{self.seq:06d}{suffix}", to_path(write))
+        prune_owned(self.folder, rx, KEEP)
         return path
 
 

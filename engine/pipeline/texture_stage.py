@@ -23,7 +23,7 @@ CAMERAS, LIGHTS, NOISE, CHOICE = 0, 1, 2, 3
 class TextureStage:
     def __init__(self, settings, prior, embedding, vertices: np.ndarray, faces: np.ndarray,
                  offsets: dict[str, np.ndarray], *, size: int, seed: int, device, albedo_lora: bool,
-                 layout=None):
+                 layout=None, prompts: dict[str, str] | None = None):
         from .. import texture
 
         self.texture = texture
@@ -39,6 +39,7 @@ class TextureStage:
         self.topology = mesh_topology(self.faces)
         self.uv = self.layout.torch_uv(self.device)
         self.names = list(offsets)
+        self.prompts = dict(prompts or {})  # the text the prior sees per expression (default: its name)
         self.offsets = {k: torch.as_tensor(v, device=self.device) for k, v in offsets.items()}
         torch.manual_seed(self.seed + 1)
         self.maps = texture.TextureMaps(self.size).to(self.device)
@@ -66,7 +67,7 @@ class TextureStage:
                                    device=self.device)
             images = self.texture.render_textured(verts, self.faces, self.uv, self.maps, cameras, lights,
                                                   background=1.0, topology=self.topology)
-        cond = self.prior.conditioning(self.embedding, name, view=azimuths)
+        cond = self.prior.conditioning(self.embedding, self.prompts.get(name, name), view=azimuths)
         loss, _ = self.sds.step(images, cond, step, s.texture_steps,
                                 generator=step_generator(self.seed, TEXTURE, step, NOISE))
         self.optimiser.zero_grad(set_to_none=True)

@@ -1,9 +1,13 @@
-"""``python -m engine run JOB_DIR [--resume]``: the worker the add-on starts.
+"""``python -m engine run JOB_DIR [--resume]``: the worker the add-on starts (and the batch runner).
 
 Protocol on stdout (engine/protocol.py): ``hello`` first, ``done`` last, nothing after it; logs on
 stderr. A ``{"type": "cancel"}`` line on stdin, stdin closing (Blender went away), SIGINT or
 SIGTERM all stop the job at the next step with a checkpoint and ``done ok=false code=cancelled``.
 Exit codes: 0 ok, 1 failed (an ``error`` message says why), 2 bad job.json, 130 cancelled.
+
+The stdin contract is the add-on's: whoever starts the worker keeps its stdin open (a pipe) for
+as long as the job may run. Started with stdin at /dev/null (cron, SLURM, ``nohup``) it stops at
+once; shells and schedulers use ``python -m engine generate``, which never reads stdin.
 """
 
 from __future__ import annotations
@@ -40,15 +44,19 @@ class _Stdout:
                 self.closed = True  # nobody reads any more: keep running to a checkpoint
 
 
-def run_worker(job_dir: Path, *, resume: bool, stdin=None, stdout=None, watch: bool = True) -> int:
+def run_worker(job_dir: Path, *, resume: bool, stdin=None, stdout=None, watch: bool = True,
+               adopt_checkpoints: bool = False) -> int:
     from ..errors import EngineError
 
     send = _Stdout(stdout or sys.stdout)
     stop = threading.Event()
+    why: list[str] = []  # "cancel" or "closed", once the watcher has stopped the job
     if watch:
         # The protocol's watcher survives any line (not UTF-8, huge, deeply nested): cancel and
         # "Blender went away" always work.
-        protocol.start_cancel_watcher(stdin or sys.stdin, stop, log=log.warning)
+        threading.Thread(target=lambda: why.append(protocol.watch_for_cancel(stdin or sys.stdin, stop,
+                                                                             log=log.warning)),
+                         name="idto3d-cancel-watcher", daemon=True).start()
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -60,9 +68,16 @@ def run_worker(job_dir: Path, *, resume: bool, stdin=None, stdout=None, watch: b
         from .run import run_job
 
         try:
-            run_job(job_dir, resume=resume, emit=send, should_stop=stop.is_set)
+            run_job(job_dir, resume=resume, emit=send, should_stop=stop.is_set, adopt_checkpoints=adopt_checkpoints)
         except Cancelled as exc:
-            send(protocol.message("error", code="cancelled", message=exc.message, hint=exc.hint))
+            hint = exc.hint
+            if why == ["closed"]:  # the usual trap: started from a shell or scheduler without a pipe
+                from .generate import resume_command
+
+                hint = (f"stdin closed, which tells this worker (the add-on's) to stop. To continue it "
+                        f"from a shell or a scheduler use: {resume_command(Path(job_dir).resolve())}")
+                log.warning("%s", hint)
+            send(protocol.message("error", code="cancelled", message=exc.message, hint=hint))
             send(protocol.message("done", ok=False, code="cancelled"))
             return EXIT_CANCELLED
         except JobError as exc:
@@ -96,10 +111,13 @@ def run_worker(job_dir: Path, *, resume: bool, stdin=None, stdout=None, watch: b
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job_dir", type=Path, help="the job folder (holds job.json)")
     parser.add_argument("--resume", action="store_true", help="continue from the job's last checkpoint")
+    parser.add_argument("--adopt-checkpoints", action="store_true",
+                        help="the folder is a copy that did not keep file times: check its checkpoints by loading them "
+                             "and take them back as the engine's (docs/pipeline.md)")
 
 
 def run(args: argparse.Namespace) -> int:
-    code = run_worker(args.job_dir, resume=args.resume)
+    code = run_worker(args.job_dir, resume=args.resume, adopt_checkpoints=args.adopt_checkpoints)
     # Everything is written and ``done`` is sent: leave now. Interpreter teardown with torch and
     # diffusers loaded takes seconds, and the add-on waits for the exit after a cancel.
     logging.shutdown()

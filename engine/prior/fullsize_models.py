@@ -24,8 +24,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from ..errors import EngineError
@@ -102,32 +100,49 @@ def write_clip_tokenizer(folder: Path, bpe_path: Path | None = None) -> Path:
 
 
 def write_fullsize_models(root: Path | str, *, seed: int = 0, dtype: str = "fp16",
-                          text_encoder=None, unet=None) -> Path:
+                          text_encoder=None, unet=None, vae=None) -> Path:
     """Write the full-size random-weight models root (~2.1 GB in fp16) and return it.
 
     ``dtype``: how the weights are stored ("fp16" halves disk and write time; the loader casts to
-    the run's dtype either way). ``text_encoder``/``unet``: config overrides (tests shrink the
-    width/depth while keeping the real tokenizer). Refuses a folder that holds other models.
+    the run's dtype either way). ``text_encoder``/``unet``/``vae``: config overrides (tests shrink
+    the width/depth while keeping the real tokenizer). The root is an owned, shared folder
+    (engine/owned.py, kind "models"): ``sd15/``, ``arc2face/`` and the marker are replaced only
+    when this function wrote them and nothing in them changed since; anything else (real weights,
+    files added later) is refused before anything is written.
     """
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from ..owned import ForeignFolderError, claim_dir, foreign_entries, read_manifest, remove_owned, \
+        replace_owned_entry, write_owned_file
     from ..tiny_models import _sd15_scheduler, write_arcface_onnx
 
     root = Path(root)
-    existing = [n for n in ("sd15", "arc2face") if (root / n).exists()]
-    if existing and not (root / FULLSIZE_MARKER).is_file():  # never replace models this did not write
-        raise FileExistsError(f"{root} already holds {', '.join(existing)}; choose an empty folder")
+    manifest = read_manifest(root) if root.is_dir() else None
+    blocking = []
+    for name in ("sd15", "arc2face", FULLSIZE_MARKER):
+        target = root / name
+        if os.path.lexists(target):
+            recorded = manifest is not None and name in manifest["entries"]
+            blocking += foreign_entries(target) if recorded else [target]
+    if blocking:
+        shown = ", ".join(str(p) for p in blocking[:4]) + (f" and {len(blocking) - 4} more" if len(blocking) > 4 else "")
+        raise ForeignFolderError(
+            f"{root} already holds models this function did not write, or that changed since ({shown}); "
+            "nothing was changed", code="foreign_entries",
+            hint="choose an empty folder (random weights must never replace real ones); a folder written by an "
+                 "older engine version has no record of its files: delete it yourself once")
     torch_dtype = {"fp16": torch.float16, "fp32": torch.float32}[dtype]
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".fullsize-", dir=root))
-    try:
-        sd15, arc2face = staging / "sd15", staging / "arc2face"
+    claim_dir(root, "models", shared=True)
+
+    def write_sd15(sd15: Path) -> None:
         write_clip_tokenizer(sd15 / "tokenizer")
         _sd15_scheduler().save_pretrained(sd15 / "scheduler")
         torch.manual_seed(seed)
-        AutoencoderKL(**SD15_VAE_CONFIG).to(torch_dtype).save_pretrained(sd15 / "vae")
+        AutoencoderKL(**{**SD15_VAE_CONFIG, **(vae or {})}).to(torch_dtype).save_pretrained(sd15 / "vae")
+
+    def write_arc2face(arc2face: Path) -> None:
         torch.manual_seed(seed + 1)
         model = UNet2DConditionModel(**{**ARC2FACE_UNET_CONFIG, **(unet or {})}).to(torch_dtype)
         model.save_pretrained(arc2face / "arc2face")
@@ -136,17 +151,17 @@ def write_fullsize_models(root: Path | str, *, seed: int = 0, dtype: str = "fp16
         config = CLIPTextConfig(**{**CLIP_VIT_L14_TEXT_CONFIG, **(text_encoder or {})})
         CLIPTextModel(config).to(torch_dtype).save_pretrained(arc2face / "encoder")
         write_arcface_onnx(arc2face / "arcface.onnx")
-        (staging / FULLSIZE_MARKER).write_text(
-            "Models with the published SD 1.5 / Arc2Face architectures and RANDOM weights, for tests and\n"
-            "benchmarks only. Anything generated with them is meaningless. Do not publish them as weights.\n",
-            encoding="utf-8")
-        for name in ("sd15", "arc2face", FULLSIZE_MARKER):
-            target = root / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-            os.replace(staging / name, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    # Each folder is built beside its target and swapped in whole (old or new, never half). The
+    # marker of an earlier write goes first and the new one last, so a root with the marker holds
+    # both folders complete and from one write (a kill between the two swaps leaves no marker,
+    # never a new sd15/ beside an old arc2face/ that claims to be one set).
+    if os.path.lexists(root / FULLSIZE_MARKER):
+        remove_owned(root / FULLSIZE_MARKER)
+    replace_owned_entry(root / "sd15", write_sd15)
+    replace_owned_entry(root / "arc2face", write_arc2face)
+    write_owned_file(root / FULLSIZE_MARKER, lambda path: path.write_text(
+        "Models with the published SD 1.5 / Arc2Face architectures and RANDOM weights, for tests and\n"
+        "benchmarks only. Anything generated with them is meaningless. Do not publish them as weights.\n",
+        encoding="utf-8"))
     return root

@@ -33,12 +33,18 @@ ARCFACE_DIM = 512
 class MemoryOptions:
     """Memory/speed switches. ``attention``: "sdpa" (PyTorch fused attention) or "sliced" (less
     memory, slower); ``channels_last`` for the UNet; ``vae_tiling`` for large renders;
-    ``cpu_offload``: keep each model on the CPU and move it to the GPU only while it runs."""
+    ``vae_checkpointing``: the VAE encoder keeps only each block's input for the backward and runs
+    the block again there (same gradients; its saved activations dominate a step's memory,
+    docs/benchmarks-prior.md); ``cpu_offload``: keep the UNet and the text encoders on the CPU and
+    move each to the GPU only while it runs (the VAE stays: the backward through it needs its
+    weights where the forward saved them). The last two can be switched on a loaded prior
+    (:meth:`Prior.apply_memory`): the GPU memory fallback does so mid-run."""
 
     attention: str = "sdpa"
     attention_slice_size: int = 1
     channels_last: bool = False
     vae_tiling: bool = False
+    vae_checkpointing: bool = False
     cpu_offload: bool = False
 
 
@@ -121,7 +127,9 @@ class Prior:
 
     @contextlib.contextmanager
     def _placed(self, module):
-        """With ``cpu_offload``, bring ``module`` to the GPU only for the duration of the block."""
+        """With ``cpu_offload``, bring ``module`` to the GPU only for the duration of the block.
+        Under grad mode it stays there: a graph built in the block holds its weights for the
+        backward, and moving them would swap the saved weights' storage (device mismatch)."""
         if not (self.memory.cpu_offload and self.device.type != "cpu"):
             yield module
             return
@@ -129,7 +137,25 @@ class Prior:
         try:
             yield module
         finally:
-            module.to("cpu")
+            if not torch.is_grad_enabled():
+                module.to("cpu")
+
+    def apply_memory(self, memory: MemoryOptions) -> None:
+        """Switch VAE gradient checkpointing and CPU offload on a loaded prior (attention, channels
+        last and tiling are set at load). Results are unchanged: checkpointing recomputes the same
+        forward in the backward, offloading only moves weights."""
+        if memory.vae_checkpointing:
+            self.vae.enable_gradient_checkpointing()
+        elif getattr(self.vae, "is_gradient_checkpointing", False):
+            self.vae.disable_gradient_checkpointing()
+        home = "cpu" if memory.cpu_offload and self.device.type != "cpu" else self.device
+        for module in (self.unet, self.text_encoder, self.blend_text_encoder):
+            if module is not None:
+                module.to(home)
+        self.vae.to(self.device)  # small (84 M parameters), and its weights take part in every backward
+        self.memory = memory
+        if self.device.type == "cuda" and home == "cpu":
+            torch.cuda.empty_cache()  # the UNet's blocks go back to the driver
 
     def padded_identity(self, embedding) -> torch.Tensor:
         """[N, 512] (or [512]) ArcFace embedding -> L2-normalised, zero-padded to the token width."""
@@ -285,16 +311,14 @@ class Prior:
         x = images.permute(0, 3, 1, 2).to(self.device, self.dtype)
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        with self._placed(self.vae) as vae:
-            dist = vae.encode(x * 2.0 - 1.0).latent_dist
+        dist = self.vae.encode(x * 2.0 - 1.0).latent_dist  # the VAE is never offloaded (apply_memory)
         latents = dist.sample(generator) if sample else dist.mean
         return latents * self.vae_scale
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> images [B, H, W, 3] in [0, 1]."""
-        with self._placed(self.vae) as vae:
-            x = vae.decode(latents.to(self.dtype) / self.vae_scale).sample
+        x = self.vae.decode(latents.to(self.dtype) / self.vae_scale).sample
         return ((x.float() + 1.0) / 2.0).clamp(0, 1).permute(0, 2, 3, 1)
 
     def unet_eps(self, noisy, t, prompt, expression=None, expression_scale: float = 0.0):
@@ -510,13 +534,10 @@ def load_prior(root, *, device=None, dtype=None, task: str | None = None, memory
         vae.enable_tiling()
     options = options or ConditioningOptions()
     blend_encoder = _load_blend_encoder(paths["vae"].parent, options, hidden, dtype) if options.mode == "blend" else None
-    home = "cpu" if memory.cpu_offload else device
-    for module in (unet, vae, text_encoder, blend_encoder):
-        if module is not None:
-            module.to(home)
     prior = Prior(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
                   device=device, dtype=dtype, memory=memory, root=root, options=options,
                   blend_text_encoder=blend_encoder)
+    prior.apply_memory(memory)  # places every model (on the CPU until it runs, with cpu_offload)
     from ..models import LORA_WEIGHTS_FILE, resolve
 
     lora_dirs = {k: Path(v) for k, v in (lora_dirs or {}).items()}

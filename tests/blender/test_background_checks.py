@@ -105,3 +105,47 @@ def test_check_engine_with_a_python_that_prints_no_json(blender_addon, scene_wit
         bpy.ops.idto3d.check_engine()
     assert not bpy.context.window_manager.idto3d_runtime.engine_check_running
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_check_gpu_in_the_background_and_copy_report(blender_addon, scene_with_photos, tiny_models_root):
+    import bpy
+
+    gpu_check = importlib.import_module(f"{blender_addon}.operators.gpu_check")
+    prefs = bpy.context.preferences.addons[blender_addon].preferences
+    prefs.models_root = str(tiny_models_root)
+    runtime = bpy.context.window_manager.idto3d_runtime
+    runtime.gpu_check_text = runtime.gpu_check_summary = ""
+    assert not bpy.ops.idto3d.copy_gpu_report.poll()  # nothing to copy yet
+    monitor = gpu_check.start(bpy.context)
+    assert runtime.gpu_check_running and monitor.process.poll() is None
+    assert "--gpu" in monitor.process.args and "standard" in monitor.process.args  # the scene's preset
+    assert not bpy.ops.idto3d.check_gpu.poll()  # one check at a time
+    _pump(gpu_check.pump, runtime)
+    assert not runtime.gpu_check_running and not runtime.gpu_check_ok  # this machine has no CUDA GPU
+    assert "no usable CUDA GPU" in runtime.gpu_check_summary
+    assert runtime.gpu_check_text.startswith("ID-to-3D Check GPU") and "PROBLEM" in runtime.gpu_check_text
+    assert bpy.ops.idto3d.copy_gpu_report() == {"FINISHED"}  # (the bpy module has no clipboard to read back)
+
+
+class RunningGeneration:
+    """TEST DOUBLE for a generation in progress (what ``generation.running_job`` looks at)."""
+
+    finished = False
+
+
+def test_check_gpu_is_refused_while_a_generation_uses_the_gpu(blender_addon, scene_with_photos):
+    import bpy
+
+    generation = importlib.import_module(f"{blender_addon}.generation")
+    gpu_check = importlib.import_module(f"{blender_addon}.operators.gpu_check")
+    scene = bpy.context.scene
+    assert gpu_check.generation_running() is None and bpy.ops.idto3d.check_gpu.poll()
+    generation._jobs[scene.name] = RunningGeneration()
+    try:
+        assert gpu_check.generation_running() == scene.name
+        assert not bpy.ops.idto3d.check_gpu.poll()
+        with pytest.raises(RuntimeError, match="generation is running"):
+            bpy.ops.idto3d.check_gpu()
+    finally:
+        del generation._jobs[scene.name]
+    assert bpy.ops.idto3d.check_gpu.poll()

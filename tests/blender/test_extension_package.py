@@ -38,8 +38,9 @@ def test_zip_holds_the_addon_and_engine_but_no_tests_docs_bench_or_ci(extension_
     leaked = [n for n in names if n.startswith(forbidden_roots) or "__pycache__" in n
               or n in ("README.md", "pyproject.toml")]
     assert leaked == []
-    # Install Engine installs exactly the pinned requirements: they ship with the add-on.
-    assert "requirements.txt" in names and "constraints.txt" in names
+    # Install Engine installs exactly the engine's pinned requirements: they ship with the add-on;
+    # the development file (bpy, pytest, test data, ray) does not.
+    assert "requirements-engine.txt" in names and "constraints.txt" in names and "requirements.txt" not in names
 
 
 def test_manifest_declares_what_blender_and_users_need():

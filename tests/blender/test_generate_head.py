@@ -236,3 +236,105 @@ def test_a_second_press_while_running_is_refused(blender_addon, photos_dir, tiny
     finally:
         generation.stop_all()
     assert job.monitor.process.poll() is not None
+
+
+def _shape_key_offsets(obj) -> dict[str, float]:
+    keys = obj.data.shape_keys.key_blocks
+    count = len(obj.data.vertices)
+    basis = np.zeros(count * 3, np.float32)
+    keys[0].data.foreach_get("co", basis)
+    offsets = {}
+    for key in keys[1:]:
+        co = np.zeros(count * 3, np.float32)
+        key.data.foreach_get("co", co)
+        offsets[key.name] = float(np.abs(co - basis).max())
+    return offsets
+
+
+def _textured(obj) -> bool:
+    bsdf = next(n for n in obj.data.materials[0].node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    links = bsdf.inputs["Base Color"].links
+    return bool(links) and links[0].from_node.type == "TEX_IMAGE" and links[0].from_node.image.size[0] > 0
+
+
+def _placed_positions(obj) -> np.ndarray:
+    """The vertices through the object's rotation and scale, relative to its origin: what an axis
+    or a unit error in a file changes, whatever location the importer gives the object."""
+    co = np.empty(len(obj.data.vertices) * 3, np.float32)
+    obj.data.vertices.foreach_get("co", co)
+    matrix = np.array(obj.matrix_world, np.float64)
+    return co.reshape(-1, 3) @ matrix[:3, :3].T
+
+
+def _farthest_from(points: np.ndarray, reference: np.ndarray) -> float:
+    """The largest distance from a point of ``points`` to its nearest point of ``reference``."""
+    from mathutils.kdtree import KDTree
+
+    tree = KDTree(len(reference))
+    for index, point in enumerate(reference):
+        tree.insert(point.tolist(), index)
+    tree.balance()
+    return max(tree.find(point.tolist())[2] for point in points)
+
+
+def _import_with(operator, path, **options):
+    import bpy
+
+    before = set(bpy.data.objects)
+    assert operator(filepath=str(path), **options) == {"FINISHED"}
+    created = [o for o in bpy.data.objects if o not in before]
+    meshes = [o for o in created if o.type == "MESH"]
+    assert len(meshes) == 1, [o.name for o in created]
+    return meshes[0], created
+
+
+def test_export_head_writes_a_glb_and_an_fbx_that_blenders_importers_read_back(generated, blender_addon, tmp_path):
+    """Round trips through Blender's own importers: same vertices, same shape keys moving, textured."""
+    import bpy
+
+    head = generated["job"].head_object()
+    bpy.context.view_layer.objects.active = head
+    expected_keys = [k.name for k in head.data.shape_keys.key_blocks][1:]
+    assert bpy.ops.idto3d.export_head(filepath=str(tmp_path / "my head.glb")) == {"FINISHED"}
+    glb, fbx = tmp_path / "my head.glb", tmp_path / "my head.fbx"
+    assert glb.read_bytes() == (generated["job"].job_dir / "result" / "head.glb").read_bytes()  # the engine's own
+    for path, operator, options in ((glb, bpy.ops.import_scene.gltf, {"merge_vertices": True}),
+                                    (fbx, bpy.ops.import_scene.fbx, {})):
+        obj, created = _import_with(operator, path, **options)
+        try:
+            assert len(obj.data.vertices) == len(head.data.vertices), path.suffix
+            # The same place, size and axes: a unit (cm vs m) or an up-axis (Y vs Z) error fails here.
+            ours, theirs = _placed_positions(head), _placed_positions(obj)
+            np.testing.assert_allclose(theirs.min(0), ours.min(0), atol=1e-4, err_msg=path.suffix)
+            np.testing.assert_allclose(theirs.max(0), ours.max(0), atol=1e-4, err_msg=path.suffix)
+            assert _farthest_from(ours[::7], theirs) < 1e-4, path.suffix
+            assert [k.name for k in obj.data.shape_keys.key_blocks][1:] == expected_keys, path.suffix
+            offsets = _shape_key_offsets(obj)
+            assert all(value > 1e-6 for value in offsets.values()), (path.suffix, offsets)
+            assert _textured(obj), f"{path.suffix}: no image texture on the base colour"
+        finally:
+            for extra in created:
+                bpy.data.objects.remove(extra)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my head.fbx", "my head.glb"]  # nothing half-written left
+
+
+def test_export_head_refuses_the_engines_glb_for_an_edited_head(generated, blender_addon, tmp_path):
+    import bpy
+
+    head = generated["job"].head_object()
+    bpy.context.view_layer.objects.active = head
+    key = head.data.shape_keys.key_blocks["angry"]
+    key.name = "furious"
+    try:
+        with pytest.raises(RuntimeError, match="differ from the engine's .glb"):
+            bpy.ops.idto3d.export_head(filepath=str(tmp_path / "edited.glb"))
+        assert not list(tmp_path.iterdir())  # refused before anything was written
+        assert bpy.ops.idto3d.export_head(filepath=str(tmp_path / "edited.fbx"), glb=False) == {"FINISHED"}
+        obj, created = _import_with(bpy.ops.import_scene.fbx, tmp_path / "edited.fbx")
+        try:
+            assert "furious" in obj.data.shape_keys.key_blocks  # the FBX is the head as it is now
+        finally:
+            for extra in created:
+                bpy.data.objects.remove(extra)
+    finally:
+        key.name = "angry"

@@ -46,6 +46,8 @@ def head(blender_addon, tmp_path):
         offsets[i, :, i - 1] = 0.005 * i
     write_head_mesh(tmp_path, HeadMesh(vertices, faces, names, offsets))
     quality = {"expressions": {n: {"mean_arcface_cosine": 0.1 * i} for i, n in enumerate(names)}}
+    quality["expressions"]["smiling"]["side_share"] = 0.9  # as if it were a one-sided shape
+    quality["expressions"]["angry"]["side_share"] = "0.4"  # not a number: ignored
     (tmp_path / "result.json").write_text(json.dumps({"format": "idto3d-result", "quality": quality}))
     importer = importlib.import_module(f"{blender_addon}.result_import")
     obj = importer.import_result(tmp_path)
@@ -69,7 +71,7 @@ def _render(blender_addon, path):
     from PIL import Image
 
     relight = importlib.import_module(f"{blender_addon}.operators.relight")
-    relight.render_still(bpy.context.scene, path, size=64, samples=8)
+    relight.render_still(relight.studio_scene(create=False), path, size=64, samples=8)
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255
 
 
@@ -78,13 +80,11 @@ def test_relight_frames_the_head_renders_it_and_the_key_light_matters(blender_ad
 
     settings = bpy.context.scene.idto3d
     settings.light_mode, settings.turntable = "AREA", False
-    bpy.context.scene.render.resolution_x = bpy.context.scene.render.resolution_y = (
-        64  # framed for this shape
-    )
     assert bpy.ops.idto3d.relight() == {"FINISHED"}
     parts = _rig_objects()
     assert len(parts) == 5  # pivot, camera, key, fill, rim
-    assert bpy.context.scene.camera.name in parts and bpy.context.scene.render.engine == "CYCLES"
+    studio = importlib.import_module(f"{blender_addon}.operators.relight").studio_scene(create=False)
+    assert studio.camera.name in parts and studio.render.engine == "CYCLES"
     image = _render(blender_addon, tmp_path / "a.png")
     centre, corner = image[24:40, 24:40].mean(), image[:6, :6].mean()
     assert centre > corner + 0.05, "the head is not lit in the middle of the frame"
@@ -111,7 +111,8 @@ def test_hdri_mode_and_turntable(blender_addon, head):
     )
     try:
         assert bpy.ops.idto3d.relight() == {"FINISHED"}
-        world = bpy.context.scene.world
+        studio = importlib.import_module(f"{blender_addon}.operators.relight").studio_scene(create=False)
+        world = studio.world
         environment = next(n for n in world.node_tree.nodes if n.type == "TEX_ENVIRONMENT")
         assert environment.image.filepath.endswith("forest.exr")
         lights = [o for o in bpy.data.collections["ID-to-3D Studio"].objects if o.type == "LIGHT"]
@@ -119,13 +120,13 @@ def test_hdri_mode_and_turntable(blender_addon, head):
         pivot = next(
             o for o in bpy.data.collections["ID-to-3D Studio"].objects if o.get("idto3d_rig") == "pivot"
         )
-        scene = bpy.context.scene
-        scene.frame_set(scene.frame_start + 12)
-        assert pivot.rotation_euler.z == pytest.approx(math.pi / 2, abs=1e-4)  # a quarter turn, linearly
+        animation = importlib.import_module(f"{blender_addon}.animation")
+        turn = animation.find_fcurve(pivot, "rotation_euler", 2)
+        assert turn.evaluate(studio.frame_start + 12) == pytest.approx(math.pi / 2, abs=1e-4)  # a quarter turn
+        assert studio.frame_end == studio.frame_start + 47
         assert head.animation_data is None  # the head itself is never animated
     finally:
         settings.light_mode, settings.turntable = "AREA", False
-        bpy.context.scene.frame_set(1)
 
 
 def test_browser_solo_reset_reel_and_scores(blender_addon, head):
@@ -148,5 +149,29 @@ def test_browser_solo_reset_reel_and_scores(blender_addon, head):
     assert panel.scores_for(head) == pytest.approx(
         {"neutral": 0.0, "smiling": 0.1, "angry": 0.2, "surprised": 0.3}
     )
+    assert panel.side_shares_for(head) == {"smiling": pytest.approx(0.9)}
     head.data.shape_keys.animation_data_clear()
     scene.frame_set(1)
+
+
+def test_render_preview_from_a_script_renders_the_studio_and_keeps_the_image(blender_addon, head, monkeypatch,
+                                                                              tmp_path):
+    """Scripts (EXEC, and INVOKE in background Blender) render in place and load the preview;
+    nothing is left listening for a render job (the UI path renders through Blender's render job)."""
+    import bpy
+
+    relight = importlib.import_module(f"{blender_addon}.operators.relight")
+    monkeypatch.setattr(relight, "render_folder", lambda: tmp_path)
+    assert bpy.ops.idto3d.relight() == {"FINISHED"}
+    studio = relight.studio_scene(create=False)
+    saved = studio.render.resolution_x, studio.render.resolution_y, studio.cycles.samples
+    studio.render.resolution_x = studio.render.resolution_y = 40
+    studio.cycles.samples = 2
+    try:
+        assert bpy.ops.idto3d.render_preview("INVOKE_DEFAULT") == {"FINISHED"}
+        image = bpy.data.images["ID-to-3D Preview"]
+        assert tuple(image.size) == (40, 40) and bpy.path.abspath(image.filepath) == str(tmp_path / "preview.png")
+        assert relight._preview_finished not in bpy.app.handlers.render_complete
+    finally:
+        studio.render.resolution_x, studio.render.resolution_y = saved[:2]
+        studio.cycles.samples = saved[2]

@@ -37,6 +37,61 @@ def test_npz_round_trip_without_the_engine(tmp_path):
     assert not list(tmp_path.glob(".head-*"))  # no temporary left behind
 
 
+def test_stored_and_deflated_head_npz_read_the_same(tmp_path):
+    """head.npz is written stored (fast to read); folders written deflated before still read alike."""
+    import zipfile
+
+    rng = np.random.default_rng(0)
+    head = _head()
+    head.uvs = rng.random((len(CUBE_FACES), 3, 2)).astype(np.float32)
+    write_head_mesh(tmp_path / "stored", head)
+    with zipfile.ZipFile(tmp_path / "stored" / "head.npz") as archive:
+        assert {m.compress_type for m in archive.infolist()} == {zipfile.ZIP_STORED}
+    (tmp_path / "deflated").mkdir()
+    with np.load(tmp_path / "stored" / "head.npz") as raw:
+        np.savez_compressed(tmp_path / "deflated" / "head.npz", **raw)
+    stored, deflated = read_head_mesh(tmp_path / "stored"), read_head_mesh(tmp_path / "deflated")
+    for field in ("vertices", "faces", "expression_offsets", "uvs"):
+        np.testing.assert_array_equal(getattr(stored, field), getattr(head, field))
+        np.testing.assert_array_equal(getattr(deflated, field), getattr(head, field))
+        assert getattr(stored, field).dtype == getattr(head, field).dtype
+    assert stored.expression_names == deflated.expression_names == head.expression_names
+
+
+def _edit_stored(path, old: bytes, new: bytes) -> None:
+    """Replace bytes inside a stored head.npz in place (the same length: numpy pads its headers)."""
+    data = path.read_bytes()
+    at = data.rindex(old)
+    path.write_bytes(data[:at] + new.ljust(len(old), b" ") + data[at + len(old):])
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("array longer than its member", "claims 452 bytes .* the zip holds 416"),
+    ("a header claiming 300 GB", "claims 320000000096 bytes"),
+    ("a flipped bit in the offsets", "CRC-32 mismatch"),
+    ("object array", "holds Python objects|Object arrays"),
+])
+def test_a_damaged_stored_head_npz_is_the_format_error(tmp_path, damage, reason):
+    """A damaged file is a clear ResultFormatError: never a MemoryError (a header that claims more
+    than the machine has), never silently imported (bit rot in the data)."""
+    write_head_mesh(tmp_path, _head())
+    path = tmp_path / "head.npz"
+    if damage == "array longer than its member":
+        _edit_stored(path, b"'shape': (3, 8, 3)", b"'shape': (3, 9, 3)")
+    elif damage == "a header claiming 300 GB":
+        _edit_stored(path, b"'shape': (3, 8, 3), }" + b" " * 10, b"'shape': (1, 8, 9999999999), }")
+    elif damage == "a flipped bit in the offsets":
+        _flip_a_bit_in_the_offsets(path)
+    else:
+        with np.load(path) as raw:
+            arrays = dict(raw)
+        arrays["expression_offsets"] = np.array([object()] * 3, dtype=object)
+        np.savez(path, **arrays)
+    with pytest.raises(ResultFormatError, match="unreadable or incomplete") as raised:
+        read_head_mesh(tmp_path)
+    assert raised.match(reason)
+
+
 def test_import_builds_mesh_shape_keys_and_material(blender_addon, tmp_path):
     import bpy
 
@@ -59,11 +114,25 @@ def test_import_builds_mesh_shape_keys_and_material(blender_addon, tmp_path):
         bpy.data.objects.remove(obj)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "missing", "bad_offsets"])
+def _flip_a_bit_in_the_offsets(path) -> None:
+    data = bytearray(path.read_bytes())
+    with np.load(path) as raw:
+        offsets = raw["expression_offsets"].tobytes()
+    at = bytes(data).index(offsets) + len(offsets) - 5  # inside the last expression's offsets
+    data[at] ^= 0x04
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing", "bad_offsets", "flipped bit"])
 def test_a_bad_result_raises_and_leaves_no_data_behind(blender_addon, tmp_path, damage):
+    """Also bit rot, found by the CRC-32 check that runs while Blender builds the datablocks:
+    they are removed again."""
     import bpy
 
-    if damage == "truncated":
+    if damage == "flipped bit":
+        write_head_mesh(tmp_path, _head())
+        _flip_a_bit_in_the_offsets(tmp_path / "head.npz")
+    elif damage == "truncated":
         write_head_mesh(tmp_path, _head())
         data = (tmp_path / "head.npz").read_bytes()
         (tmp_path / "head.npz").write_bytes(data[: len(data) // 2])
@@ -73,12 +142,12 @@ def test_a_bad_result_raises_and_leaves_no_data_behind(blender_addon, tmp_path, 
             arrays = dict(raw)
         arrays["expression_offsets"] = arrays["expression_offsets"][:, :5]
         np.savez(tmp_path / "head.npz", **arrays)
-    before = (len(bpy.data.objects), len(bpy.data.meshes), len(bpy.data.materials))
+    before = (len(bpy.data.objects), len(bpy.data.meshes), len(bpy.data.materials), len(bpy.data.shape_keys))
     # The add-on raises its own copy of the engine's class (bl_ext.….engine.result_format).
     addon_error = importlib.import_module(f"{blender_addon}.engine.result_format").ResultFormatError
     with pytest.raises(addon_error, match="head.npz"):
         _importer(blender_addon).import_result(tmp_path)
-    assert (len(bpy.data.objects), len(bpy.data.meshes), len(bpy.data.materials)) == before
+    assert (len(bpy.data.objects), len(bpy.data.meshes), len(bpy.data.materials), len(bpy.data.shape_keys)) == before
 
 
 def _datablock_counts():
@@ -244,3 +313,52 @@ def test_import_head_result_operator_takes_a_folder_or_a_file_in_it(blender_addo
         bpy.data.objects.remove(obj)
     with pytest.raises(RuntimeError, match="not found: is this a result folder"):
         bpy.ops.idto3d.import_head_result(directory=str(tmp_path / "elsewhere"))
+
+
+def _grid(rows, cols, z=0.0):
+    """A grid of triangles rows x cols vertices: a stand-in for a streamed DMTet snapshot."""
+    x, y = np.meshgrid(np.linspace(0, 0.2, cols), np.linspace(0, 0.2, rows))
+    vertices = np.stack([x, y, np.full_like(x, z)], -1).reshape(-1, 3).astype(np.float32)
+    index = np.arange(rows * cols).reshape(rows, cols)
+    a, b, c, d = index[:-1, :-1], index[:-1, 1:], index[1:, :-1], index[1:, 1:]
+    faces = np.concatenate([np.stack([a, b, d], -1).reshape(-1, 3), np.stack([a, d, c], -1).reshape(-1, 3)])
+    return vertices, faces.astype(np.int32)
+
+
+def test_a_snapshot_reaches_the_head_over_three_ticks_and_is_never_shown_half_built(blender_addon):
+    """The heavy parts of a new topology (face offsets, edges) go to separate timer ticks, into a
+    mesh no object shows until it is complete; a snapshot with the same faces only moves vertices."""
+    import bpy
+
+    importer = _importer(blender_addon)
+    obj = bpy.data.objects.new("Streaming", bpy.data.meshes.new("Head (generating)"))
+    bpy.context.scene.collection.objects.link(obj)
+    meshes, name = len(bpy.data.meshes), obj.data.name  # "Head (generating)", or .001 beside another
+    try:
+        for vertices, faces in (_grid(20, 30), _grid(25, 22)):  # two topologies, one after the other
+            before = len(obj.data.vertices)
+            build, ticks = importer.SnapshotBuild(obj, vertices, faces), 0
+            while True:
+                ticks += 1
+                done = build.advance()
+                shown = obj.data
+                assert len(shown.vertices) in ((before, len(vertices)) if not done else (len(vertices),))
+                assert len(shown.edges) > 0 or len(shown.polygons) == 0  # never faces without edges
+                if done:
+                    break
+            assert ticks == 3 and len(bpy.data.meshes) == meshes  # the replaced mesh is gone, no orphan
+            assert obj.data.validate(verbose=False) is False and obj.data.name == name  # the head's mesh name kept
+            corners = np.empty(faces.size, np.int32)
+            obj.data.attributes[".corner_vert"].data.foreach_get("value", corners)
+            np.testing.assert_array_equal(corners, faces.ravel())
+        mesh = obj.data
+        moved = vertices + np.float32(0.01)
+        build = importer.SnapshotBuild(obj, moved, faces)
+        assert build.advance() and obj.data == mesh  # the same faces: one tick, the same datablock
+        co = np.empty(moved.size, np.float32)
+        obj.data.vertices.foreach_get("co", co)
+        np.testing.assert_allclose(co.reshape(-1, 3), moved)
+    finally:
+        mesh = obj.data
+        bpy.data.objects.remove(obj)
+        bpy.data.meshes.remove(mesh)

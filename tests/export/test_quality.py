@@ -78,3 +78,40 @@ def test_contact_sheet_has_a_row_per_expression_and_a_column_per_view():
     assert sheet[10 + 10 + 5, 5].max() == 0 and sheet[10 + 50 + 10 + 5, 5].min() == 255
     # Each tile starts below its row's label strip (white beyond the short label text).
     assert sheet[10 + 5, 150].min() == 255 and sheet[10 + 10, 150].max() == 0
+
+
+def _sided_head(textured_head):
+    """The test head with expressions named for one side, each moving a known region."""
+    from engine.result_format import HeadMesh
+
+    head = textured_head[0]
+    v = head.vertices
+    eye = np.exp(-(((np.abs(v[:, 0]) - 0.035) / 0.015) ** 2 + ((v[:, 2] - 0.03) / 0.015) ** 2))
+    names = ["neutral", "eyeBlinkLeft", "eyeBlinkRight", "mouthSmile_R", "cleft chin", "browDownLeft"]
+    offsets = np.zeros((len(names), len(v), 3), np.float32)
+    offsets[1, :, 2] = -0.004 * eye * (v[:, 0] > 0)  # the person's left eye: +X (the face looks toward -Y)
+    offsets[2, :, 2] = -0.004 * eye * (v[:, 0] > 0)  # named right, but moves the left eye: a wrong shape
+    offsets[3, :, 2] = 0.003 * eye  # both eyes alike
+    offsets[4, :, 1] = -0.002
+    return HeadMesh(v, head.faces, names, offsets, head.uvs)
+
+
+def test_side_share_says_how_much_a_left_or_right_shape_moves_its_own_side(textured_head):
+    from engine.export.quality import side_shares
+
+    shares = side_shares(_sided_head(textured_head))
+    assert set(shares) == {"eyeBlinkLeft", "eyeBlinkRight", "mouthSmile_R"}  # not neutral, no side, or still
+    assert shares["eyeBlinkLeft"] == pytest.approx(1.0)
+    assert shares["eyeBlinkRight"] == pytest.approx(0.0)  # caught: it moves the other eye
+    assert shares["mouthSmile_R"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_the_quality_report_carries_the_side_share(textured_head, tiny_models_root):
+    head = _sided_head(textured_head)
+    blank = [np.full((48, 48, 3), 255, np.uint8)] * len(VIEWS_DEG)
+    report, _ = quality_report(renders={name: blank for name in head.expression_names}, head=head,
+                               identity_embedding=np.ones(512), models_root=tiny_models_root)
+    expressions = report["expressions"]
+    assert expressions["eyeBlinkLeft"]["side_share"] == pytest.approx(1.0)
+    assert expressions["eyeBlinkRight"]["side_share"] == pytest.approx(0.0)
+    assert "side_share" not in expressions["neutral"] and "side_share" not in expressions["cleft chin"]

@@ -104,3 +104,23 @@ def test_bad_inputs_are_refused_with_the_reason(tmp_path, textured_head):
     with pytest.raises(EngineError, match="neutral"):
         write_result(tmp_path / "c", swapped, info={})
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_mouth_close_is_stored_relative_to_jaw_open_as_arkit_rigs_drive_it(textured_head):
+    """ARKit rigs drive mouthClose on top of jawOpen: the generated whole face (jaw open, lips
+    closed) is stored as mouthClose - jawOpen, so jawOpen + mouthClose at 1 give that face."""
+    from engine.result_format import HeadMesh, as_correctives
+
+    head = textured_head[0]
+    rng = np.random.default_rng(1)
+    names = ["neutral", "jawOpen", "mouthClose", "smiling"]
+    whole = rng.normal(0, 0.002, (len(names), len(head.vertices), 3)).astype(np.float32)
+    whole[0] = 0
+    arkit = HeadMesh(head.vertices, head.faces, names, whole.copy(), head.uvs)
+    stored, applied = as_correctives(arkit)
+    assert applied == {"mouthClose": "jawOpen"}
+    np.testing.assert_allclose(stored.expression_offsets[1] + stored.expression_offsets[2], whole[2], atol=1e-7)
+    np.testing.assert_array_equal(stored.expression_offsets[[0, 1, 3]], whole[[0, 1, 3]])
+    np.testing.assert_array_equal(arkit.expression_offsets, whole)  # the input is left as it was
+    alone = HeadMesh(head.vertices, head.faces, ["neutral", "mouthClose"], whole[[0, 2]], head.uvs)
+    assert as_correctives(alone) == (alone, {})  # without jawOpen it stays the whole face

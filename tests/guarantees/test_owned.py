@@ -131,12 +131,17 @@ def test_replace_dir_atomic_old_version_kept_until_new_is_in(tmp_path, monkeypat
 def test_recover_dir_restores_the_old_version_after_a_gap(tmp_path):
     target = tmp_path / "t"
     atomic.replace_dir_atomic(target, lambda s: (s / "v").write_text("old"))
-    # The portable swap's one gap: old moved aside, new not yet in (as if killed there).
-    os.rename(target, tmp_path / f".t{atomic.OLD_TAG}dead")
-    (tmp_path / f".t{atomic.NEW_TAG}dead").mkdir()
+    # The portable swap's one gap: old moved aside, new not yet in (as if killed there); the
+    # names are exactly those replace_dir_atomic makes (token_hex(4), tempfile's 8 characters).
+    os.rename(target, tmp_path / f".t{atomic.OLD_TAG}0a1b2c3d")
+    (tmp_path / f".t{atomic.NEW_TAG}k2_x9q0z").mkdir()
+    # A user's folders that merely contain a tag are not the engine's: never restored or deleted.
+    (tmp_path / f".t{atomic.NEW_TAG}mine").mkdir()
+    (tmp_path / f".t{atomic.OLD_TAG}0a1b2c3d-notes").mkdir()
     atomic.recover_dir(target)
     assert (target / "v").read_text() == "old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["t", f".t{atomic.NEW_TAG}mine", f".t{atomic.OLD_TAG}0a1b2c3d-notes"])
 
 
 def test_nested_owned_folder_is_judged_by_its_own_manifest(tmp_path):
@@ -149,3 +154,70 @@ def test_nested_owned_folder_is_judged_by_its_own_manifest(tmp_path):
     assert kept == [job / "identity" / "mine.txt"]
     assert listing(job / "identity")["mine.txt"] == b"u"
     assert sorted(listing(job / "identity")) == [".idto3d-owned.json", "mine.txt"]
+
+
+def test_leftovers_are_only_the_exact_temporary_names_atomic_makes(tmp_path):
+    import re
+    import tempfile
+
+    root = owned.claim_dir(tmp_path / "job", "job")
+    # What an interrupted atomic write really leaves: mkstemp's name with the target's suffix.
+    fd, real = tempfile.mkstemp(prefix=f".head.npz{atomic.TMP_TAG}", suffix=".npz", dir=root)
+    os.close(fd)
+    staging = Path(tempfile.mkdtemp(prefix=f".result{atomic.NEW_TAG}", dir=root))
+    # The user's files that merely contain a tag.
+    lookalikes = [root / f"notes{atomic.TMP_TAG}draft.txt", root / f".report.pdf{atomic.TMP_TAG}ab.pdf",
+                  root / f".report.pdf{atomic.TMP_TAG}abcdefgh.txt", root / f".old{atomic.OLD_TAG}zzzzzzzz"]
+    for path in lookalikes:
+        path.write_text("mine")
+    assert owned.foreign_entries(root) == sorted(lookalikes)
+    assert owned.remove_owned(real) == [] and not os.path.exists(real)  # the engine's own: removable
+    assert atomic.temporary_target(staging.name) == ("result", atomic.NEW_TAG)
+    for path in lookalikes:
+        with pytest.raises(ForeignFolderError, match="not written by the engine"):
+            owned.remove_owned(path)
+        assert path.read_text() == "mine"
+    assert re.fullmatch(r"[a-z0-9_]{8}", Path(real).name[len(f".head.npz{atomic.TMP_TAG}"):-len(".npz")])
+
+
+def test_prune_owned_deletes_only_recorded_unchanged_files(tmp_path):
+    import re
+
+    folder = owned.claim_dir(tmp_path / "job", "job") / "checkpoints"
+    for step in (1, 2, 3, 4):
+        owned.write_owned_file(folder / f"ckpt-{step:07d}.pt", lambda p, s=step: p.write_bytes(b"s" * s))
+    (folder / "ckpt-0000001.pt").write_bytes(b"the user's edit")  # changed since: the user's now
+    (folder / "ckpt-0000009.pt").write_bytes(b"dropped in by hand")  # matches, never recorded
+    deleted = owned.prune_owned(folder, re.compile(r"ckpt-(\d+)\.pt"), keep=2)
+    assert deleted == [folder / "ckpt-0000002.pt"]
+    assert sorted(p.name for p in folder.iterdir()) == ["ckpt-0000001.pt", "ckpt-0000003.pt", "ckpt-0000004.pt",
+                                                        "ckpt-0000009.pt"]
+    assert (folder / "ckpt-0000001.pt").read_bytes() == b"the user's edit"
+    assert "checkpoints/ckpt-0000002.pt" not in owned.read_manifest(folder.parent)["entries"]
+
+
+@pytest.mark.parametrize("moment", ["before the rename", "after the rename"])
+def test_a_write_killed_at_any_moment_leaves_a_file_the_manifest_accepts(tmp_path, monkeypatch, moment):
+    """write_owned_file records the new file before renaming it (and keeps the old version's
+    signature), so a kill right before or right after the rename leaves an owned file, not one
+    that later counts as the user's and blocks every rerun."""
+    root = owned.claim_dir(tmp_path / "job", "job")
+    target = root / "checkpoints" / "latest.json"
+    owned.write_owned_file(target, lambda p: p.write_text("old"))
+    real_replace = os.replace
+
+    def killed(src, dst, *args, **kwargs):
+        if Path(dst) == target:
+            if moment == "after the rename":
+                real_replace(src, dst, *args, **kwargs)
+            raise KeyboardInterrupt  # as a SIGINT (or the power) at that instant
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(atomic.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        owned.write_owned_file(target, lambda p: p.write_text("new, longer"))
+    monkeypatch.setattr(atomic.os, "replace", real_replace)
+    assert target.read_text() == ("old" if moment == "before the rename" else "new, longer")
+    assert owned.foreign_entries(root) == []
+    owned.write_owned_file(target, lambda p: p.write_text("next"))  # the next run is not refused
+    assert len(owned.read_manifest(root)["entries"]["checkpoints/latest.json"]["sig"]) <= 2

@@ -28,7 +28,10 @@ BAD = [
     ("device", "cuda:x"), ("dtype", "fp8"), ("memory", {"attention": "flash"}), ("memory", {"swap": True}),
     ("memory", {"vae_tiling": "yes"}), ("texture_size", 1000), ("texture_size", 8), ("output", {"glb": 1}),
     ("output", {"fbx": True}), ("snapshot_interval_s", 0.05), ("snapshot_interval_s", "3"),
-    ("allow_download", "no"), ("stop_after", "texture"),
+    ("allow_download", "no"), ("stop_after", "texture"), ("expression_prompts", ["a grin"]),
+    ("expression_prompts", {"jawOpen": "jaw dropped"}), ("expression_prompts", {"smiling": ""}),
+    ("expression_prompts", {"smiling": 3}), ("expression_prompts", {"smiling": "a\nb"}),
+    ("expression_prompts", {"smiling": "x" * 301}),
 ]
 
 
@@ -60,6 +63,17 @@ def test_round_trip_neutral_first_names_kept_as_typed(good, tmp_path):
     resolved = again.resolved_dict()
     assert resolved["settings"]["geometry_steps"] == 3 and resolved["settings"]["name"] == "test"
     json.dumps(resolved)  # result.json must be able to hold it
+
+
+def test_expression_prompts_round_trip_and_default_to_the_name(good, tmp_path):
+    """ARKit-style names carry their own text for the prior; names without one are their own prompt."""
+    data = {**good, "expressions": ["neutral", "jawOpen", "smiling"],
+            "expression_prompts": {"jawOpen": "mouth wide open, jaw dropped"}}
+    write_job(tmp_path, data)
+    spec = load_job(tmp_path)
+    assert spec.expression_prompts == {"jawOpen": "mouth wide open, jaw dropped"}
+    assert spec.prompt("jawOpen") == "mouth wide open, jaw dropped" and spec.prompt("smiling") == "smiling"
+    assert spec.expressions == ["neutral", "jawOpen", "smiling"]  # the names stay the shape-key names
 
 
 def test_texture_sizes_per_preset(good, tmp_path):

@@ -65,6 +65,48 @@ def test_sds_moves_the_expression_model_and_the_neutral_field_in_one_stage(prior
     assert stage.optimiser.param_groups[1]["params"][0] is stage.expressions.codes  # one optimiser for both
 
 
+def test_the_prior_sees_an_expressions_prompt_not_its_shape_key_name(prior):
+    """An ARKit name ("jawOpen") is a shape-key name; the prior is conditioned on its prompt text."""
+    settings = resolve_preset("test", {"neutral_fraction": 0.0})
+    stage = GeometryStage(settings, prior, EMBEDDING, ["neutral", "jawOpen"], seed=0, device="cpu",
+                          normal_maps=False, prompts={"jawOpen": "mouth wide open, jaw dropped"})
+    stage.field.load_state_dict(_stage(prior).field.state_dict())
+    texts, original = [], prior.conditioning
+
+    def conditioning(embedding, expression_text="", view=None):
+        texts.append(expression_text)
+        return original(embedding, expression_text, view=view)
+
+    prior.conditioning = conditioning  # a recording wrapper around the real conditioning
+    try:
+        assert stage.step(0).expression == "jawOpen"
+    finally:
+        del prior.conditioning
+    assert texts == ["mouth wide open, jaw dropped"]
+
+
+def test_the_texture_stage_also_conditions_on_the_prompt(prior):
+    from engine.pipeline.texture_stage import TextureStage
+
+    vertices, faces, _ = _stage(prior).canonical()
+    offsets = {"neutral": np.zeros_like(vertices), "jawOpen": np.zeros_like(vertices)}
+    settings = resolve_preset("test", {"neutral_fraction": 0.0})
+    stage = TextureStage(settings, prior, EMBEDDING, vertices, faces, offsets, size=64, seed=0, device="cpu",
+                         albedo_lora=False, prompts={"jawOpen": "mouth wide open, jaw dropped"})
+    texts, original = [], prior.conditioning
+
+    def conditioning(embedding, expression_text="", view=None):
+        texts.append(expression_text)
+        return original(embedding, expression_text, view=view)
+
+    prior.conditioning = conditioning  # a recording wrapper around the real conditioning
+    try:
+        assert stage.step(0)[1] == "jawOpen"
+    finally:
+        del prior.conditioning
+    assert texts == ["mouth wide open, jaw dropped"]
+
+
 def test_base_prior_gets_shaded_renders_not_normal_maps(prior):
     stage = _stage(prior, geometry_steps=2, geometry_shortcut_fraction=0.5)
     seen = _record_sds_inputs(stage)

@@ -27,7 +27,7 @@ def test_generate_writes_job_json_and_every_result_file(tmp_path, tiny_models_ro
                  "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 0, err
-    assert "[6/6] export" in err and "result:" in err  # the progress bar went to stderr
+    assert "stage 6/6 export" in err and "result:" in err and "\r" not in err  # stderr is no terminal: lines
     job = json.loads((out / "job.json").read_text())
     assert job["preset"] == "test" and job["expressions"] == ["neutral", "smiling", "with curly red hair"]
     result = out / "result"

@@ -207,3 +207,17 @@ def test_a_malformed_stdin_line_does_not_cancel_and_cancel_still_works(make_job)
     assert worker.finish(30) == 130
     _check_stream(worker)
     assert worker.messages[-1]["code"] == "cancelled"
+
+
+def test_stdin_at_dev_null_stops_the_worker_and_names_the_command_for_schedulers(make_job):
+    """`engine run` is the add-on's worker: a closed stdin means "Blender went away". Under a
+    scheduler (stdin at /dev/null) it therefore stops at once, and says what to use instead."""
+    job = make_job(stop_after="geometry", overrides={"geometry_steps": 200})
+    done = subprocess.run(worker_command(job), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          env=worker_env(), timeout=180)
+    assert done.returncode == 130
+    messages = [protocol.decode(line) for line in done.stdout.splitlines()]
+    assert messages[-1] == {"type": "done", "ok": False, "code": "cancelled"}
+    assert f"{sys.executable} -m engine generate --out {job} --resume" in messages[-2]["hint"]  # this very Python
+    assert "stdin closed" in done.stderr
+    assert not any(m["type"] == "progress" and m["step"] > 1 for m in messages)  # it did not run on
