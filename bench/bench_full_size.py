@@ -188,7 +188,7 @@ def main() -> int:
     cameras = orbit_cameras(views, [10.0] * len(views), radius=radius_for_fill(0.32, 30.0, 0.7), fov_deg=30.0,
                             resolution=(args.size, args.size))
     cond = prior.conditioning(torch.randn(512), "smiling", view=views)
-    sds = ScoreDistillation(prior, SDSConfig(guidance_scale=3.0, profile=True))
+    sds = ScoreDistillation(prior, SDSConfig(guidance_scale=3.0, profile=True, diagnostics=True))
     # parts whose FLOPs are reported (FlopCounterMode keys them by module path: vae.encode runs the
     # VAE's Encoder and its quant_conv, a Conv2d, not AutoencoderKL.forward)
     parts = ["UNet2DConditionModel", "Encoder", "Conv2d"]

@@ -2,11 +2,21 @@
 
     .venv/bin/python bench/bench_marching_tets.py [--peer PATH/isosurface.py] [--grids 64 128]
                                                  [--repeats 5] [--threads 2] [--write docs/benchmarks-geometry.md]
+                                                 [--dmtet-only]
 
 The field is the procedural head SDF on our tet grid (6 tets per cube). Timed: extraction
 forward, and forward + backward (gradient of a scalar of the vertices w.r.t. the SDF and the
 grid deformation). Ours is timed twice: the generic ``marching_tetrahedra(verts, tets, sdf)``
 (visits every tet, like the peer) and ``extract_surface(grid, ...)`` (visits crossing cubes only).
+
+DMTet with the hash-grid field (what the geometry stage runs every step), before and after the
+whole-grid pass went through ``HashGridSDF.sdf_on_grid``: "before" is the former
+``DMTet.forward`` (generic evaluation at every vertex, deformation included, a second extraction
+with the band values), kept here as the reference; "after" is ``DMTet.forward`` now. Both are
+timed forward + backward on the head-initialised field, side by side, and checked to give the
+same vertices bit for bit. ``--dmtet-only`` runs just this part. ``--band-certificate`` measures
+why the whole grid is still evaluated: after real SDS steps, the SDF's actual largest change and
+the best cheap bound of it (docs/benchmarks-geometry.md).
 
 The peer is threestudio's ``MarchingTetrahedraHelper`` (threestudio/models/isosurface.py, Apache-2.0),
 loaded at run time from ``--peer`` (or $THREESTUDIO_ISOSURFACE) and never committed here; its
@@ -159,6 +169,126 @@ def bench_grid(resolution: int, repeats: int, peer_module) -> dict:
     return row
 
 
+def _dmtet_before(dmtet):
+    """The former DMTet.forward (until 62fda1c), the reference for the side-by-side timing."""
+    import torch
+
+    from engine.geometry.marching_tets import extract_surface
+
+    points = dmtet.grid.vertices
+    with torch.no_grad():
+        sdf_all, deform_all = dmtet.field.sdf_and_deformation(points)
+        need = torch.unique(extract_surface(dmtet.grid, sdf_all).edges.reshape(-1))
+    sdf_need, deform_need = dmtet.field.sdf_and_deformation(points[need])
+    sdf = sdf_all.index_put((need,), sdf_need)
+    deform = deform_all.index_put((need,), deform_need)
+    return extract_surface(dmtet.grid, sdf, deform), sdf
+
+
+def bench_dmtet(resolution: int, repeats: int) -> dict:
+    import torch
+
+    from engine.geometry.fit import DMTet
+    from engine.geometry.head_init import head_sdf, pretrain_field
+    from engine.geometry.sdf_field import HashGridSDF
+    from engine.geometry.tetgrid import make_tet_grid
+
+    torch.manual_seed(0)
+    grid = make_tet_grid(resolution)
+    field = HashGridSDF(max_deformation=0.25 * grid.cell_size)
+    pretrain_field(field, head_sdf, grid.vertices, steps=60, batch=8192)
+    dmtet = DMTet(grid, field)
+
+    def step(forward):
+        field.zero_grad(set_to_none=True)
+        result, _ = forward()
+        result.verts.square().sum().backward()
+        return result
+
+    before, after = step(lambda: _dmtet_before(dmtet)), step(dmtet)
+    assert torch.equal(before.verts, after.verts) and torch.equal(before.faces, after.faces)
+    with torch.no_grad():
+        row = {"grid": resolution, "vertices": grid.vertices.shape[0], "faces": after.faces.shape[0],
+               "band": int(torch.unique(after.edges).numel()),
+               "pass_before": _time(lambda: field.sdf_and_deformation(grid.vertices), repeats),
+               "pass_after": _time(lambda: field.sdf_on_grid(grid), repeats)}
+    row["step_before"] = _time(lambda: step(lambda: _dmtet_before(dmtet)), repeats)
+    row["step_after"] = _time(lambda: step(dmtet), repeats)
+    return row
+
+
+def format_dmtet(rows: list[dict], args, load_before: str, load_after: str) -> str:
+    ms = lambda s: f"{s * 1000:.0f}"  # noqa: E731
+    lines = [f"DMTet with the hash-grid field, head initialisation, forward + backward; "
+             f"{args.threads} threads, best of {args.repeats}; load average {load_before} before, {load_after} after.", "",
+             "| grid | grid vertices | band vertices | faces | whole-grid pass before (ms) | after (ms) "
+             "| ratio | DMTet step before (ms) | after (ms) | ratio |", "|" + "---|" * 10]
+    for r in rows:
+        lines.append(f"| {r['grid']} | {r['vertices']:,} | {r['band']:,} | {r['faces']:,} | "
+                     f"{ms(r['pass_before'])} | {ms(r['pass_after'])} | {r['pass_before'] / r['pass_after']:.2f}x | "
+                     f"{ms(r['step_before'])} | {ms(r['step_after'])} | {r['step_before'] / r['step_after']:.2f}x |")
+    return "\n".join(lines)
+
+
+def _change_bound(old, new) -> float:
+    """An upper bound of max over the box of |sdf_new(x) - sdf_old(x)| (metres) for two HashGridSDF
+    states, by interval propagation of the parameter changes through the MLP (per neuron, no
+    cancellation assumed; softplus is 1-Lipschitz and below softplus(|pre|)): what a band-only
+    evaluation would need to certify that no vertex away from the band changed sign."""
+    import torch
+    import torch.nn.functional as F
+
+    t_old, t_new = old.encoding.table, new.encoding.table
+    d = torch.cat([torch.zeros(3), (t_new - t_old).abs().amax(1).reshape(-1)])  # |change| of each input
+    a = torch.cat([torch.ones(3), t_old.abs().amax(1).reshape(-1)])  # |input| before
+    layers = [(lo, ln) for lo, ln in zip(old.mlp, new.mlp) if isinstance(lo, torch.nn.Linear)]
+    for k, (lo, ln) in enumerate(layers):
+        dpre = ln.weight.abs() @ d + (ln.weight - lo.weight).abs() @ a + (ln.bias - lo.bias).abs()
+        if k < len(layers) - 1:
+            a = F.softplus(lo.weight.abs() @ a + lo.bias.abs(), beta=100)
+            d = dpre
+    return float(dpre[0]) * 0.5 * new.size
+
+
+def band_certificate(resolution: int = 48, steps: int = 6) -> str:
+    """Real SDS steps of the geometry stage (tiny random prior): the actual largest change of the
+    SDF over the grid since a reference step, the bound a certificate could use, and the share of
+    grid vertices it would keep out of the band (|sdf at the reference| above the bound)."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from engine.pipeline.geometry_stage import GeometryStage
+    from engine.pipeline.presets import resolve_preset
+    from engine.prior import load_prior
+    from engine.tiny_models import write_tiny_models
+
+    prior = load_prior(write_tiny_models(Path(tempfile.mkdtemp(prefix="bench-tiny-"))), device="cpu")
+    settings = resolve_preset("test", {"grid": resolution, "render_resolution": 64, "pretrain_steps": 100,
+                                       "geometry_steps": 100})
+    embedding = np.random.default_rng(0).normal(size=512).astype(np.float32)
+    stage = GeometryStage(settings, prior, embedding, ["neutral"], seed=0, device="cpu", normal_maps=False)
+    stage.initialise()
+    for i in range(5):  # Adam's moments warmed up
+        stage.step(i)
+    reference = copy.deepcopy(stage.field)
+    with torch.no_grad():
+        s_ref = reference.sdf_on_grid(stage.grid)
+    lines = [f"Band certificate, grid {resolution}, geometry_lr {settings.geometry_lr:g}, after 5 SDS steps "
+             "(tiny random prior):", "",
+             "| SDS steps since the reference | actual max change (mm) | certified bound (mm) "
+             "| grid vertices certified, kept out of the band |", "|---|---|---|---|"]
+    for k in range(1, steps + 1):
+        stage.step(4 + k)
+        with torch.no_grad():
+            actual = float((stage.field.sdf_on_grid(stage.grid) - s_ref).abs().max())
+            bound = _change_bound(reference, stage.field)
+            certified = float((s_ref.abs() > bound).float().mean())
+        lines.append(f"| {k} | {actual * 1000:.2f} | {bound * 1000:.1f} | {100 * certified:.0f} % |")
+    return "\n".join(lines)
+
+
 def grid_memory_256() -> dict:
     import gc
     import resource
@@ -236,11 +366,30 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-256", action="store_true", help="skip building the 256 grid (1.8 GB)")
     parser.add_argument("--write", help="write the markdown table into this file (between markers)")
+    parser.add_argument("--dmtet-only", action="store_true", help="only the DMTet before/after timing")
+    parser.add_argument("--band-certificate", action="store_true",
+                        help="how far a certified band-only evaluation would get (SDS steps, tiny prior)")
     args = parser.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(args.threads)
+    load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    dmtet_rows = []
+    for g in args.grids:
+        dmtet_rows.append(bench_dmtet(g, args.repeats))
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in dmtet_rows[-1].items()}, flush=True)
+    dmtet_report = format_dmtet(dmtet_rows, args, load_before, " ".join(f"{x:.1f}" for x in os.getloadavg()))
+    print(dmtet_report)
+    if args.write:
+        _write_section(Path(args.write), dmtet_report, "bench_marching_tets:dmtet")
+    if args.band_certificate:
+        report = band_certificate()
+        print(report)
+        if args.write:
+            _write_section(Path(args.write), report, "bench_marching_tets:certificate")
+    if args.dmtet_only:
+        return 0
     peer = _load_peer(args.peer) if args.peer else None
     if peer is None:
         print("no --peer given: timing ours only", file=sys.stderr)
@@ -257,9 +406,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def _write_section(path: Path, report: str) -> None:
+def _write_section(path: Path, report: str, name: str = "bench_marching_tets") -> None:
     """Replace the text between the benchmark markers (or append), writing atomically."""
-    begin, end = "<!-- bench_marching_tets:begin -->", "<!-- bench_marching_tets:end -->"
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     text = path.read_text() if path.exists() else ""
     block = f"{begin}\n{report}\n{end}"
     if begin in text and end in text:

@@ -83,6 +83,15 @@ class _SdsInfo:
         sds.step = step
 
 
+def _read_back(info: dict, key: str):
+    """An SDS info value: read back already (diagnostics) or still a device tensor in ``lazy``."""
+    if key in info:
+        return info[key]
+    value = info.get("lazy", {}).get(key)
+    value = value.item() if hasattr(value, "item") else value
+    return "non-finite render or latents" if value is True else value
+
+
 def _finite_gradients(stage, loss: float, infos: list[dict]) -> tuple[bool, str]:
     """Whether the step was numerically sound, and why not."""
     import torch
@@ -90,10 +99,11 @@ def _finite_gradients(stage, loss: float, infos: list[dict]) -> tuple[bool, str]
     if not math.isfinite(loss):
         return False, "the loss is not finite"
     for info in infos:
-        if info.get("skipped"):
-            return False, f"SDS skipped the step ({info['skipped']})"
-        if info.get("nonfinite_grad_values"):
-            return False, f"the UNet's noise prediction had {info['nonfinite_grad_values']} non-finite values"
+        skipped, nonfinite = _read_back(info, "skipped"), _read_back(info, "nonfinite_grad_values")
+        if skipped:
+            return False, f"SDS skipped the step ({skipped})"
+        if nonfinite:
+            return False, f"the UNet's noise prediction had {nonfinite} non-finite values"
     grads = [p.grad for p in stage.field.parameters() if p.grad is not None]
     if not grads:
         return False, "no gradient reached the SDF field"

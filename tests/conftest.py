@@ -17,6 +17,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Real Blender (the bpy module) must never touch the developer's own Blender settings: point its
 # user folder at a throwaway one before anything imports bpy.
 os.environ["BLENDER_USER_RESOURCES"] = tempfile.mkdtemp(prefix="idto3d-blender-user-")
+# Nor the developer's own model digest cache (engine.model_digests): jobs run by the tests (and
+# the workers they start, which inherit this) keep theirs in a throwaway folder.
+os.environ["IDTO3D_CACHE"] = tempfile.mkdtemp(prefix="idto3d-cache-")
 if str(REPO_ROOT) not in sys.path:
     # `engine` is imported as a top-level package from the repository root, as the worker does.
     sys.path.insert(0, str(REPO_ROOT))

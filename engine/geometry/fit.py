@@ -35,21 +35,33 @@ class DMTet(torch.nn.Module):
         """(marching-tets result, SDF at every grid vertex [V]).
 
         A per-vertex field is simply read. A neural field is evaluated without gradients at all
-        grid vertices (to find the surface), then again, with gradients, only at the ends of the
-        crossing edges: the mesh depends on nothing else, and the autograd graph (and memory)
-        shrinks from the whole grid (2 M points at 128) to the surface band.
+        grid vertices (to find the surface: its signs everywhere decide where the surface is, so
+        no vertex can be skipped without risking a missed floater or bubble), then again, with
+        gradients, only at the ends of the crossing edges: the mesh depends on nothing else, and
+        the autograd graph (and memory) shrinks from the whole grid (2 M points at 128) to the
+        surface band. The whole-grid pass is the field's ``sdf_on_grid`` where it has one (the
+        hash grid: the same values, several times faster) and skips the deformation, which only
+        the band needs. The band pass gives the same values as the whole-grid pass (tested bit for
+        bit on the CPU), so the crossings found by the first are reused, not searched again. The
+        returned SDF holds the whole-grid values with the band's (differentiable) ones put in:
+        the regularisers read the crossing edges' ends, and the grid smoothness term every value.
         """
         points = self.grid.vertices
         if getattr(self.field, "per_vertex", False):
             sdf, deform = self.field.sdf_and_deformation(points)
             return extract_surface(self.grid, sdf, deform), sdf
         with torch.no_grad():
-            sdf_all, deform_all = self.field.sdf_and_deformation(points)
-            need = torch.unique(extract_surface(self.grid, sdf_all).edges.reshape(-1))
+            if hasattr(self.field, "sdf_on_grid"):
+                sdf_all = self.field.sdf_on_grid(self.grid)
+            else:
+                sdf_all = self.field.sdf_and_deformation(points)[0]
+            found = extract_surface(self.grid, sdf_all)
+            need = torch.unique(found.edges.reshape(-1))
         sdf_need, deform_need = self.field.sdf_and_deformation(points[need])
         sdf = sdf_all.index_put((need,), sdf_need)
-        deform = deform_all.index_put((need,), deform_need)
-        return extract_surface(self.grid, sdf, deform), sdf
+        # Deformation away from the band is never read (vertices sit on crossing edges only).
+        deform = torch.zeros_like(points).index_put((need,), deform_need)
+        return extract_surface(self.grid, sdf, deform, topology=found), sdf
 
     @torch.no_grad()
     def mesh(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,15 +97,17 @@ class FitReport:
 
 
 def geometry_regularisers(
-    result: MarchingTetsResult, sdf: torch.Tensor, weights: RegulariserWeights, resolution: int
+    result: MarchingTetsResult, sdf: torch.Tensor, weights: RegulariserWeights, resolution: int, topology=None
 ) -> torch.Tensor:
-    """Weighted sum of the mesh and SDF regularisers on one extraction."""
+    """Weighted sum of the mesh and SDF regularisers on one extraction (``topology``:
+    ``mesh_topology(result.faces)``, built once per step and shared with the renderer)."""
     total = sdf.new_zeros(())
     if weights.laplacian:
-        total = total + weights.laplacian * regularisers.laplacian_smoothness(result.verts, result.faces)
+        total = total + weights.laplacian * regularisers.laplacian_smoothness(result.verts, result.faces,
+                                                                                topology=topology)
     if weights.normal_consistency:
         total = total + weights.normal_consistency * regularisers.normal_consistency(
-            result.verts, result.faces
+            result.verts, result.faces, topology
         )
     if weights.sdf_sign:
         total = total + weights.sdf_sign * regularisers.sdf_sign_regulariser(sdf, result.edges)
@@ -118,6 +132,7 @@ def fit_sdf_to_views(
     raising). Returns the per-step losses and the wall time.
     """
     from ..render import render
+    from ..render.mesh_ops import mesh_topology
 
     cfg = config or FitConfig()
     if target_mask.shape[0] != len(cameras) or target_normal.shape[0] != len(cameras):
@@ -138,10 +153,12 @@ def fit_sdf_to_views(
                 "the SDF has no surface inside the tet grid (all inside or all outside); "
                 "initialise it (head_init.pretrain_field) before fitting"
             )
-        out = render(result.verts, result.faces, cameras[views], passes=("mask", "normal_world"))
+        topology = mesh_topology(result.faces)  # one edge table per step: renderer and regularisers
+        out = render(result.verts, result.faces, cameras[views], passes=("mask", "normal_world"),
+                     topology=topology)
         loss = cfg.mask_weight * (out["mask"] - target_mask[views]).abs().mean()
         loss = loss + cfg.normal_weight * (out["normal_world"] - target_normal[views]).abs().mean()
-        loss = loss + geometry_regularisers(result, sdf, cfg.regularisers, dmtet.grid.resolution)
+        loss = loss + geometry_regularisers(result, sdf, cfg.regularisers, dmtet.grid.resolution, topology)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

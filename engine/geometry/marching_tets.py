@@ -59,6 +59,17 @@ def _triangle_table() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 _TABLE, _COUNT = _triangle_table()
+_DEVICE_TABLES: dict = {}
+
+
+def _tables(device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(triangle table, triangle counts, tet edges, case bit values) on ``device``, copied there
+    once (a copy from the host each call would wait for a GPU's queue)."""
+    key = str(torch.device(device))
+    if key not in _DEVICE_TABLES:
+        _DEVICE_TABLES[key] = tuple(t.to(device) for t in (_TABLE, _COUNT, torch.tensor(TET_EDGES),
+                                                           torch.tensor([1, 2, 4, 8])))
+    return _DEVICE_TABLES[key]
 
 
 @dataclass
@@ -75,7 +86,8 @@ class MarchingTetsResult:
     edges: torch.Tensor
 
 
-def extract_surface(grid, sdf: torch.Tensor, deformation: torch.Tensor | None = None) -> MarchingTetsResult:
+def extract_surface(grid, sdf: torch.Tensor, deformation: torch.Tensor | None = None,
+                    topology: MarchingTetsResult | None = None) -> MarchingTetsResult:
     """Marching tetrahedra on a :class:`~engine.geometry.tetgrid.TetGrid`, visiting only crossing cubes.
 
     ``deformation`` [V,3] (metres) is added to the grid vertices (DMTet); keep every vector shorter
@@ -83,11 +95,18 @@ def extract_surface(grid, sdf: torch.Tensor, deformation: torch.Tensor | None = 
     outside (their SDF is clamped to >= 0), so the surface is closed even where the field
     reaches the edge of the grid. Otherwise the same as ``marching_tetrahedra(grid.vertices,
     grid.tets, sdf)``.
+
+    ``topology``: an earlier extraction whose SDF had the same signs (e.g. a no-grad one); its faces
+    and crossing edges are reused and only the vertices are placed, with gradients, from ``sdf``
+    and ``deformation`` (the same result, without finding the crossings again).
     """
     if sdf.dim() == 2 and sdf.shape[1] == 1:
         sdf = sdf[:, 0]
     sdf = torch.where(grid.boundary, sdf.clamp_min(0.0), sdf)
     verts = grid.vertices if deformation is None else grid.vertices + deformation
+    if topology is not None:
+        return MarchingTetsResult(verts=_place_vertices(verts, sdf, topology.edges), faces=topology.faces,
+                                  edges=topology.edges)
     with torch.no_grad():
         candidates = grid.crossing_tets(sdf < 0)
     return marching_tetrahedra(verts, candidates, sdf)
@@ -108,34 +127,41 @@ def marching_tetrahedra(
     device = grid_verts.device
     n_verts = grid_verts.shape[0]
     with torch.no_grad():
+        table_all, count_all, edge_local, bit_values = _tables(device)
         occ = sdf < 0
         occ_t = occ[tets]  # [T,4]
         n_in = occ_t.sum(-1)
         valid = (n_in > 0) & (n_in < 4)
-        vt = tets[valid].long()  # only tets that cross the surface
-        occ_v = occ_t[valid]
-        case = (occ_v.long() * torch.tensor([1, 2, 4, 8], device=device)).sum(-1)
+        # Each mask is turned into indices once (a data-dependent size: one host sync on a GPU),
+        # then used for every selection, as boolean indexing would do once per selection.
+        valid_idx = torch.nonzero(valid).squeeze(1)
+        vt = tets.index_select(0, valid_idx).long()  # only tets that cross the surface
+        occ_v = occ_t.index_select(0, valid_idx)
+        case = (occ_v.long() * bit_values).sum(-1)
 
-        edge_local = torch.tensor(TET_EDGES, device=device)  # [6,2]
         ends = vt[:, edge_local]  # [Tv,6,2]
         lo = torch.minimum(ends[..., 0], ends[..., 1])
         hi = torch.maximum(ends[..., 0], ends[..., 1])
-        crossing = occ[lo] != occ[hi]
+        crossing = torch.nonzero((occ[lo] != occ[hi]).reshape(-1)).squeeze(1)
         key = lo * n_verts + hi
-        uniq, inverse = torch.unique(key[crossing], return_inverse=True)
-        surf_id = torch.full(key.shape, -1, dtype=torch.long, device=device)
-        surf_id[crossing] = inverse
+        uniq, inverse = torch.unique(key.reshape(-1).index_select(0, crossing), return_inverse=True)
+        surf_id = torch.full((key.numel(),), -1, dtype=torch.long, device=device)
+        surf_id = surf_id.index_put_((crossing,), inverse).reshape(key.shape)
         edges = torch.stack([uniq // n_verts, uniq % n_verts], dim=-1)  # [M,2]
 
-        table = _TABLE.to(device)[case]  # [Tv,2,3]
-        count = _COUNT.to(device)[case]
+        table = table_all[case]  # [Tv,2,3]
+        count = count_all[case]
         faces1 = torch.gather(surf_id, 1, table[:, 0])  # [Tv,3]
-        two = count == 2
-        faces2 = torch.gather(surf_id[two], 1, table[two, 1])
+        two = torch.nonzero(count == 2).squeeze(1)
+        faces2 = torch.gather(surf_id.index_select(0, two), 1, table.index_select(0, two)[:, 1])
         faces = torch.cat([faces1, faces2], dim=0)
 
+    return MarchingTetsResult(verts=_place_vertices(grid_verts, sdf, edges), faces=faces, edges=edges)
+
+
+def _place_vertices(grid_verts: torch.Tensor, sdf: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """The linear zero crossing on each edge [M, 2]: differentiable w.r.t. sdf and the positions."""
     s = sdf[edges]  # [M,2]
     p = grid_verts[edges]  # [M,2,3]
     s_a, s_b = s[:, 0:1], s[:, 1:2]
-    verts = (p[:, 0] * s_b - p[:, 1] * s_a) / (s_b - s_a)
-    return MarchingTetsResult(verts=verts, faces=faces, edges=edges)
+    return (p[:, 0] * s_b - p[:, 1] * s_a) / (s_b - s_a)

@@ -18,9 +18,10 @@ def face_normals(verts: torch.Tensor, faces: torch.Tensor, *, unit: bool = True)
 
 
 # One edge table for the whole engine: the renderer's (it also serves its silhouette edges).
-def unique_edges(faces: torch.Tensor) -> torch.Tensor:
-    """Undirected edges [E,2] (lower index first, sorted) of a triangle mesh."""
-    return mesh_topology(faces).edge_vertices
+def unique_edges(faces: torch.Tensor, topology=None) -> torch.Tensor:
+    """Undirected edges [E,2] (lower index first, sorted) of a triangle mesh (``topology``:
+    ``mesh_topology(faces)`` when the caller has it already)."""
+    return (topology if topology is not None else mesh_topology(faces)).edge_vertices
 
 
 def edge_face_adjacency(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,9 +30,9 @@ def edge_face_adjacency(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return topology.edge_vertices, topology.edge_face_count
 
 
-def interior_edge_face_pairs(faces: torch.Tensor) -> torch.Tensor:
+def interior_edge_face_pairs(faces: torch.Tensor, topology=None) -> torch.Tensor:
     """Pairs [P,2] of face indices that share an edge (edges used by exactly two faces)."""
-    topology = mesh_topology(faces)
+    topology = topology if topology is not None else mesh_topology(faces)
     return topology.edge_faces[topology.edge_face_count == 2]
 
 
@@ -39,9 +40,9 @@ def edge_lengths(verts: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     return (verts[edges[:, 0]] - verts[edges[:, 1]]).norm(dim=-1)
 
 
-def uniform_laplacian(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+def uniform_laplacian(verts: torch.Tensor, faces: torch.Tensor, topology=None) -> torch.Tensor:
     """Uniform (umbrella) Laplacian vectors [V,3]: mean of the neighbours minus the vertex."""
-    edges = unique_edges(faces)
+    edges = unique_edges(faces, topology)
     n = verts.shape[0]
     acc = torch.zeros_like(verts)
     acc = acc.index_add(0, edges[:, 0], verts[edges[:, 1]]).index_add(0, edges[:, 1], verts[edges[:, 0]])

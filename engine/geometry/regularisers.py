@@ -14,22 +14,23 @@ from . import mesh_utils
 
 
 def laplacian_smoothness(
-    verts: torch.Tensor, faces: torch.Tensor, *, cotangent: bool = False
+    verts: torch.Tensor, faces: torch.Tensor, *, cotangent: bool = False, topology=None
 ) -> torch.Tensor:
-    """Mean squared length of the Laplacian vectors (uniform by default)."""
+    """Mean squared length of the Laplacian vectors (uniform by default). ``topology``:
+    ``mesh_topology(faces)`` when the caller has it (the renderer needs it too)."""
     if faces.shape[0] == 0:
         return verts.sum() * 0.0
     lap = (
         mesh_utils.cotangent_laplacian(verts, faces)
         if cotangent
-        else mesh_utils.uniform_laplacian(verts, faces)
+        else mesh_utils.uniform_laplacian(verts, faces, topology)
     )
     return (lap * lap).sum(-1).mean()
 
 
-def normal_consistency(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+def normal_consistency(verts: torch.Tensor, faces: torch.Tensor, topology=None) -> torch.Tensor:
     """Mean (1 - cos) of the angle between the normals of faces sharing an edge."""
-    pairs = mesh_utils.interior_edge_face_pairs(faces)
+    pairs = mesh_utils.interior_edge_face_pairs(faces, topology)
     if pairs.shape[0] == 0:
         return verts.sum() * 0.0
     n = mesh_utils.face_normals(verts, faces)

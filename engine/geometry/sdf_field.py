@@ -40,6 +40,10 @@ _PRIMES = (1, 2654435761, 805459861)
 # a margin for rounding, and for tanh saturating to exactly 1 in float32. Checked numerically
 # in tests/geometry/test_deformation_bound.py.
 MAX_SAFE_DEFORMATION = 0.28  # in grid cells
+# Grid vertices per slab of HashGridSDF.sdf_on_grid: its int64 corner indices and weights take
+# ~100 bytes a vertex per level, so ~25 MB at a time (whole-grid intermediates at grid 128 were
+# ~1.6 GB, and cache-unfriendly).
+GRID_CHUNK_POINTS = 1 << 18
 
 
 def bounded_deformation(raw: torch.Tensor, max_length: float) -> torch.Tensor:
@@ -121,6 +125,46 @@ class HashGridEncoding(nn.Module):
             feats.append((self.table[lvl][idx] * w[..., None]).sum(1))
         return torch.cat(feats, dim=-1)
 
+    def lattice_corners(self, axes: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> list:
+        """Per level, per axis: (corner index [n_a, 2] int64, corner weight [n_a, 2]) of the points
+        on each axis (``axes``: x, y and z values of a regular grid of points; corner 0 is the lower
+        lattice point, weight 1 - frac). The same arithmetic as :meth:`forward`, one axis at a time."""
+        out = []
+        for res in self.resolutions:
+            per_axis = []
+            for a, values in enumerate(axes):
+                pos = ((values - self.lo[a]) / self.size).clamp(0.0, 1.0) * res
+                i0 = pos.floor().long().clamp(0, res - 1)
+                frac = pos - i0
+                per_axis.append((torch.stack([i0, i0 + 1], dim=-1), torch.stack([1.0 - frac, frac], dim=-1)))
+            out.append(per_axis)
+        return out
+
+    def forward_on_lattice(self, corners: list, slab: slice) -> torch.Tensor:
+        """:meth:`forward` at the points of a regular grid, x-slab ``slab`` (x-major order: the rows
+        ``slab.start * ny * nz`` onwards), from :meth:`lattice_corners`. Equal to ``forward`` at those
+        points bit for bit: the corner indices are the same integers, each weight the same product
+        (x·y)·z (what ``prod`` computes), the lookup and sum the same operations; only the [N, 8, 3]
+        intermediates of ``forward`` are never built (the indices alone took a third of a full-grid
+        evaluation)."""
+        feats = []
+        for lvl, (res, per_axis) in enumerate(zip(self.resolutions, corners)):
+            (cx, wx), (cy, wy), (cz, wz) = per_axis
+            cx, wx = cx[slab], wx[slab]
+            bits = self.corners  # [8, 3] corner code bits, the order forward uses
+            bx, by, bz = bits[:, 0], bits[:, 1], bits[:, 2]
+            gx, gy, gz = cx[:, None, None, :].index_select(3, bx), cy[None, :, None, :].index_select(3, by), \
+                cz[None, None, :, :].index_select(3, bz)  # [nx, 1, 1, 8], [1, ny, 1, 8], [1, 1, nz, 8]
+            if (res + 1) ** 3 <= self.table_size:
+                idx = (gx * (res + 1) + gy) * (res + 1) + gz
+            else:
+                idx = ((gx * _PRIMES[0]) ^ (gy * _PRIMES[1]) ^ (gz * _PRIMES[2])) & (self.table_size - 1)
+            w = (wx[:, None, None, :].index_select(3, bx) * wy[None, :, None, :].index_select(3, by)) \
+                * wz[None, None, :, :].index_select(3, bz)
+            idx, w = idx.reshape(-1, 8), w.reshape(-1, 8)
+            feats.append((self.table[lvl][idx] * w[..., None]).sum(1))
+        return torch.cat(feats, dim=-1)
+
 
 class HashGridSDF(nn.Module):
     """Hash-grid encoding + MLP -> SDF (metres) and an optional bounded deformation."""
@@ -156,6 +200,54 @@ class HashGridSDF(nn.Module):
         else:
             deform = torch.zeros_like(points)
         return sdf, deform
+
+    @torch.no_grad()
+    def sdf_on_grid(self, grid, chunk_points: int = GRID_CHUNK_POINTS) -> torch.Tensor:
+        """The SDF at every vertex of ``grid`` (a regular ``TetGrid``), without gradients: equal bit
+        for bit to ``sdf_and_deformation(grid.vertices)[0]`` (tested), at a fraction of the time
+        and memory. The grid is walked in x-slabs of about ``chunk_points`` vertices, each encoded by
+        :meth:`HashGridEncoding.forward_on_lattice`; the deformation is not computed (a caller
+        needs it only near the surface). Falls back to the generic evaluation for a grid whose
+        vertices are not the product of one value list per axis."""
+        points = grid.vertices
+        axes = _grid_axes(grid)
+        if axes is None:
+            return self.sdf_and_deformation(points)[0]
+        corners = self.encoding.lattice_corners(axes)
+        nx, ny, nz = (len(a) for a in axes)
+        per_x = ny * nz
+        step = max(1, chunk_points // per_x)
+        out = []
+        for start in range(0, nx, step):
+            stop = min(start + step, nx)
+            rows = points[start * per_x:stop * per_x]
+            x = (rows - self.center) / (0.5 * self.size)
+            encoded = self.encoding.forward_on_lattice(corners, slice(start, stop))
+            out.append(self.mlp(torch.cat([x, encoded], dim=-1))[:, 0] * (0.5 * self.size))
+        return torch.cat(out)
+
+
+def _grid_axes(grid):
+    """(x values, y values, z values) of a grid's vertices when they are exactly their product in
+    x-major order (``make_tet_grid``'s layout), else None. Checked once per grid and remembered."""
+    cached = getattr(grid, "_axes", None)
+    if cached is not None and cached[0] is grid.vertices:
+        return cached[1]
+    v = grid.vertices
+    m = grid.resolution + 1
+    axes = None
+    if v.ndim == 2 and v.shape == (m**3, 3):
+        g = v.reshape(m, m, m, 3)
+        xs, ys, zs = g[:, 0, 0, 0].clone(), g[0, :, 0, 1].clone(), g[0, 0, :, 2].clone()
+        product = (torch.equal(g[..., 0], xs[:, None, None].expand(m, m, m))
+                   and torch.equal(g[..., 1], ys[None, :, None].expand(m, m, m))
+                   and torch.equal(g[..., 2], zs[None, None, :].expand(m, m, m)))
+        axes = (xs, ys, zs) if product else None
+    try:
+        grid._axes = (v, axes)
+    except AttributeError:  # a frozen stand-in: check again next time
+        pass
+    return axes
 
 
 class VertexSDF(nn.Module):

@@ -30,6 +30,7 @@ from ..geometry.sdf_field import HashGridSDF
 from ..geometry.tetgrid import make_tet_grid
 from ..prior.sds import ScoreDistillation, SDSConfig
 from ..render import normals_to_image, render, sample_lights, sample_orbit_cameras
+from ..render.mesh_ops import mesh_topology
 from .seeds import GEOMETRY, pick_expression, step_generator, step_rng, step_seed
 
 PRETRAIN_CHUNK = 25  # pretraining steps between cancellation checks
@@ -46,13 +47,15 @@ class StepOutput:
     faces: torch.Tensor
 
 
-def render_for_prior(verts, faces, cameras, *, normal_maps: bool, lights=None, shortcut: bool) -> torch.Tensor:
+def render_for_prior(verts, faces, cameras, *, normal_maps: bool, lights=None, shortcut: bool,
+                     topology=None) -> torch.Tensor:
     """What SDS receives: [B, H, W, 3] images (VAE path) or [B, H, W, 4] image + mask (shortcut)."""
     if normal_maps:
-        passes = render(verts, faces, cameras, passes=("mask", "normal_camera"))
+        passes = render(verts, faces, cameras, passes=("mask", "normal_camera"), topology=topology)
         image = normals_to_image(passes["normal_camera"], passes["mask"], background=1.0)
     else:
-        passes = render(verts, faces, cameras, passes=("mask", "shaded"), lights=lights, background=1.0)
+        passes = render(verts, faces, cameras, passes=("mask", "shaded"), lights=lights, background=1.0,
+                        topology=topology)
         image = passes["shaded"]
     return torch.cat([image, passes["mask"]], dim=-1) if shortcut else image
 
@@ -135,10 +138,13 @@ class GeometryStage:
         if name != NEUTRAL:
             offsets = self.expressions.offsets(verts, name)
             verts = verts + offsets
+        # The edge table changes with the surface every step: built once, for the renderer's
+        # silhouettes and the regularisers alike.
+        topology = mesh_topology(surface.faces)
         images = render_for_prior(verts, surface.faces, cameras, normal_maps=self.normal_maps,
-                                  lights=self.lights(step), shortcut=step < self.shortcut_steps)
+                                  lights=self.lights(step), shortcut=step < self.shortcut_steps, topology=topology)
         loss = self.objective(images, name, cameras, step, azimuths)
-        loss = loss + geometry_regularisers(surface, sdf, self.weights, self.grid.resolution)
+        loss = loss + geometry_regularisers(surface, sdf, self.weights, self.grid.resolution, topology)
         if offsets is not None:
             loss = loss + s.expression_offset_weight * offsets.pow(2).sum(-1).mean()
         self.optimiser.zero_grad(set_to_none=True)

@@ -238,6 +238,7 @@ class _Job:
         return torch.device(d)
 
     def load_prior(self):
+        from ..model_digests import model_file_digests
         from ..prior import load_prior
         from ..prior.model import MemoryOptions
 
@@ -254,7 +255,7 @@ class _Job:
             self.send("warning", code="base_prior",
                       message="no normal-map prior under loras/normal: geometry uses shaded renders with the base prior")
         self.models_tiny = _is_tiny(root)
-        self.model_files = _hash_model_files(root)
+        self.model_files = model_file_digests(root)  # cached per user: no re-read of GBs per start
         if self.models_tiny:
             self.send("warning", code="tiny_models",
                       message="the models are tiny random test models: the head will not be a likeness")
@@ -562,25 +563,6 @@ class _Job:
             resolution=self.settings.quality_resolution, device=self.device.type)
         sheet = contact_sheet(renders) if self.spec.output.get("contact_sheet", True) else None
         return report, sheet
-
-
-def _hash_model_files(root: Path) -> dict[str, str]:
-    """sha256 of every file the prior reads (folders from the prior's own file check, LoRAs, ArcFace)."""
-    import hashlib
-
-    from ..prior.weights import check_files
-
-    folders = [Path(p) for p in check_files(root).values()] + [root / "loras"]
-    files = sorted({f for d in folders if d.is_dir() for f in d.rglob("*") if f.is_file()}
-                   | {f for f in [root / "arc2face" / "arcface.onnx"] if f.is_file()})
-    out = {}
-    for f in files:
-        digest = hashlib.sha256()
-        with open(f, "rb") as stream:
-            for chunk in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(chunk)
-        out[f.relative_to(root).as_posix()] = digest.hexdigest()
-    return out
 
 
 def _is_tiny(root: Path) -> bool:

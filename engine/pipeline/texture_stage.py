@@ -14,6 +14,7 @@ import torch
 
 from ..prior.sds import ScoreDistillation, SDSConfig
 from ..render import sample_lights, sample_orbit_cameras
+from ..render.mesh_ops import mesh_topology
 from .seeds import TEXTURE, pick_expression, step_generator, step_rng, step_seed
 
 CAMERAS, LIGHTS, NOISE, CHOICE = 0, 1, 2, 3
@@ -34,6 +35,9 @@ class TextureStage:
         self.layout = layout if layout is not None else texture.unwrap_mesh(vertices, faces)
         self.vertices = torch.as_tensor(vertices, device=self.device)
         self.faces = torch.as_tensor(faces, device=self.device).long()
+        # The canonical mesh is fixed here: its edge table and UV tensors are built once, not every step.
+        self.topology = mesh_topology(self.faces)
+        self.uv = self.layout.torch_uv(self.device)
         self.names = list(offsets)
         self.prompts = dict(prompts or {})  # the text the prior sees per expression (default: its name)
         self.offsets = {k: torch.as_tensor(v, device=self.device) for k, v in offsets.items()}
@@ -56,12 +60,13 @@ class TextureStage:
             cameras = cameras.to(self.device)
         verts = self.vertices + self.offsets[name]
         if self.albedo_lora:
-            images = self.texture.render_albedo(verts, self.faces, self.layout, self.maps, cameras, background=1.0)
+            images = self.texture.render_albedo(verts, self.faces, self.uv, self.maps, cameras, background=1.0,
+                                                topology=self.topology)
         else:
             lights = sample_lights(s.texture_views_per_step, seed=step_seed(self.seed, TEXTURE, step, LIGHTS),
                                    device=self.device)
-            images = self.texture.render_textured(verts, self.faces, self.layout, self.maps, cameras, lights,
-                                                  background=1.0)
+            images = self.texture.render_textured(verts, self.faces, self.uv, self.maps, cameras, lights,
+                                                  background=1.0, topology=self.topology)
         cond = self.prior.conditioning(self.embedding, self.prompts.get(name, name), view=azimuths)
         loss, _ = self.sds.step(images, cond, step, s.texture_steps,
                                 generator=step_generator(self.seed, TEXTURE, step, NOISE))

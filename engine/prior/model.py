@@ -66,6 +66,17 @@ def resolve_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.d
     return device, dtype
 
 
+def _host_key(embedding):
+    """A cache key for an identity embedding held on the host (numpy or a CPU tensor): its dtype,
+    shape and bytes. None for a device tensor (reading it would wait for the device)."""
+    if torch.is_tensor(embedding):
+        if embedding.device.type != "cpu" or embedding.requires_grad:
+            return None
+        embedding = embedding.detach().numpy()
+    array = np.ascontiguousarray(np.asarray(embedding))
+    return ("host", str(array.dtype), array.shape, array.tobytes())
+
+
 class Prior:
     """The loaded prior. Build it with :func:`load_prior`.
 
@@ -96,6 +107,7 @@ class Prior:
         self._text_cache: dict = {}
         self.blend_text_encoder = blend_text_encoder
         self._identity_cache: dict[tuple, torch.Tensor] = {}
+        self._padded_cache: dict[tuple, torch.Tensor] = {}
 
     # ---- text and identity -------------------------------------------------------------------
 
@@ -214,7 +226,16 @@ class Prior:
         How the text enters the prompt follows ``options.mode`` (see :class:`ConditioningOptions`).
         """
         views = view if isinstance(view, (list, tuple)) else [view]
-        padded = self.padded_identity(identity_embedding)
+        # The identity is the same every step: keyed by its host bytes, its padded form and its
+        # prompt embeddings are found without a device read-back (or a host-to-device copy).
+        host_key = _host_key(identity_embedding)
+        padded = self._padded_cache.get(host_key) if host_key is not None else None
+        if padded is None:
+            padded = self.padded_identity(identity_embedding)
+            if host_key is not None:
+                if len(self._padded_cache) > 8:
+                    self._padded_cache.clear()
+                self._padded_cache[host_key] = padded
         if padded.shape[0] != 1:
             raise ValueError("conditioning() takes one identity; average several embeddings first")
         scale = self.expression_scale()
@@ -222,12 +243,13 @@ class Prior:
         mode = self.options.mode
         prompts, exprs, texts = [], [], []
         with torch.no_grad():
-            identity = self._identity_with_text(padded, "")  # Arc2Face's own prompt embedding
+            identity = self._identity_with_text(padded, "", host_key)  # Arc2Face's own prompt embedding
             for v in views:
                 weights = view_label_weights(v) or {None: 1.0}
                 phrases = {label: expression_phrase(expression_text, label) for label in weights}
                 if mode == "append":
-                    prompt = sum(w * self._identity_with_text(padded, phrases[label]) for label, w in weights.items())
+                    prompt = sum(w * self._identity_with_text(padded, phrases[label], host_key)
+                                 for label, w in weights.items())
                 elif mode == "blend" and any(phrases.values()):
                     text = sum(w * self.encode_blend_text(phrases[label]) for label, w in weights.items())
                     beta = float(self.options.blend_weight)
@@ -258,9 +280,10 @@ class Prior:
                 self._text_cache[key] = encoder(input_ids=self._tokens([text])).last_hidden_state.to(self.dtype)
         return self._text_cache[key]
 
-    def _identity_with_text(self, padded, phrase: str) -> torch.Tensor:
+    def _identity_with_text(self, padded, phrase: str, host_key=None) -> torch.Tensor:
         # cached: a run asks for the same identity with a few expression/view phrases every step
-        key = (phrase, hash(padded.detach().cpu().numpy().tobytes()))
+        identity = host_key if host_key is not None else ("padded", padded.detach().cpu().numpy().tobytes())
+        key = (phrase, identity)
         if key not in self._identity_cache:
             if len(self._identity_cache) > 64:
                 self._identity_cache.clear()

@@ -14,14 +14,20 @@ Half precision (fp16 on CUDA): the UNet runs in fp16 but g is computed in fp32. 
 through a half-precision VAE encoder, small gradients would underflow (fp16's smallest normal
 value is 6e-5), so g is multiplied by a power of two before the backward pass enters the VAE and
 divided by it again, in fp32, where the gradient reaches the render (a static loss scale chosen
-per step from max|g|). The render's gradient is always in the render's own dtype (fp32).
+per step from max|g|, computed on the device). The render's gradient is always in the render's own
+dtype (fp32).
+
+No host read-backs: a step queues its work on the device and returns without waiting for it (on a
+GPU every read-back stalls the queue). Non-finite renders and gradient values are handled on the
+device (the step's gradient becomes zero; the counts are kept as tensors in ``info["lazy"]``).
+``SDSConfig(diagnostics=True)`` adds the read-back values (``t``, ``w``, ``grad_norm``, ``loss``,
+``skipped``...) to ``info``, for tests, benches and debugging.
 
 Imported only by code that already needs torch.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -53,6 +59,7 @@ class SDSConfig:
     sample_latents: bool = False
     latent_size: int | None = None
     profile: bool = False  # record per-part wall times in info["timings_ms"] (synchronises CUDA)
+    diagnostics: bool = False  # read t, w, grad_norm, loss, skipped... back into info (host syncs)
 
 
 def sds_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, weighting: str) -> torch.Tensor:
@@ -85,10 +92,24 @@ class _InjectGradient(torch.autograd.Function):
 HALF_GRAD_TARGET = 256.0
 
 
-class _UnscaleGradient(torch.autograd.Function):
-    """Identity forward; the backward divides the incoming gradient by ``scale`` in fp32 and zeroes
-    non-finite values (an overflow inside a half-precision backward would otherwise reach the
-    geometry)."""
+def half_grad_scale(peak: torch.Tensor) -> torch.Tensor:
+    """The power of two S with max|g·S| close to HALF_GRAD_TARGET, from ``peak`` = max|g| (a 0-d
+    tensor), on the device: 2^floor(log2(TARGET / peak)) clamped to [1, 2^24]; 1 when peak is 0.
+
+    Exact integer arithmetic on frexp's exponent (peak = m·2^e, m in [0.5, 1)): TARGET = 2^8, so
+    floor(log2(TARGET / peak)) = 8 − e, plus 1 when m is exactly 0.5 (peak a power of two)."""
+    mantissa, exponent = torch.frexp(peak.float())
+    power = 8 - exponent + (mantissa == 0.5).to(exponent.dtype)
+    power = torch.where(peak > 0, power.clamp(0, 24), torch.zeros_like(power))
+    return torch.ldexp(torch.ones((), dtype=torch.float32, device=peak.device), power)
+
+
+class _GuardRenderGradient(torch.autograd.Function):
+    """Identity forward. The backward zeroes the render's gradient when the step was skipped (a
+    non-finite render: ``holder["ok"]`` is a 0-d bool tensor, read on the device, never on the
+    host) and, in half precision, divides it by the loss scale ``holder["scale"]`` in fp32 and
+    zeroes non-finite values (an overflow inside a half-precision backward would otherwise reach
+    the geometry)."""
 
     @staticmethod
     def forward(ctx, x, holder):
@@ -97,8 +118,22 @@ class _UnscaleGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, upstream):
-        grad = upstream.float() / ctx.holder["scale"]
-        return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0).to(upstream.dtype), None
+        grad = upstream
+        scale = ctx.holder.get("scale")
+        if scale is not None:
+            grad = torch.nan_to_num(upstream.float() / scale, nan=0.0, posinf=0.0, neginf=0.0).to(upstream.dtype)
+        ok = ctx.holder.get("ok")
+        if ok is not None:
+            grad = torch.where(ok, grad, torch.zeros_like(grad))
+        return grad, None
+
+
+def _from_host(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor (drawn on the CPU for reproducibility) onto ``device`` without stalling: on CUDA a
+    plain ``.to`` from pageable memory waits for the device queue; from pinned memory it does not."""
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 class ScoreDistillation:
@@ -141,17 +176,24 @@ class ScoreDistillation:
         clock = self._clock(timings)
         holder = None
         x = images_or_latents
-        if self.prior.dtype == torch.float16 and x.requires_grad and x.dtype != torch.float16:
-            holder = {"scale": 1.0}  # filled in by step_latents once g is known
-            x = _UnscaleGradient.apply(x, holder)
+        if x.requires_grad:
+            holder = {}  # "ok" (and "scale" in half precision) are filled in by step_latents
+            if self.prior.dtype == torch.float16 and x.dtype != torch.float16:
+                holder["scale"] = torch.ones((), device=x.device)
+            x = _GuardRenderGradient.apply(x, holder)
         latents = self.to_latents(x, generator)
         clock("encode")
         return self.step_latents(latents, conditioning, step, total_steps, noise=noise, t=t, generator=generator,
-                                 _timings=timings, _clock=clock, _scale_holder=holder)
+                                 _timings=timings, _clock=clock, _guard=holder)
 
     def step_latents(self, latents: torch.Tensor, conditioning: Conditioning, step: int, total_steps: int, *,
-                     noise=None, t=None, generator=None, _timings=None, _clock=None, _scale_holder=None):
-        """SDS on latents [B, 4, h, w] already in the UNet's scale."""
+                     noise=None, t=None, generator=None, _timings=None, _clock=None, _guard=None):
+        """SDS on latents [B, 4, h, w] already in the UNet's scale.
+
+        ``info`` always holds ``t_min``, ``t_max``, ``guidance_scale`` (host values) and ``lazy``:
+        device tensors read by nobody unless asked (``t``, ``w``, ``skipped`` (bool: a non-finite
+        render or latents, the gradient is zero), ``nonfinite_grad_values`` (zeroed values of g),
+        ``half_grad_scale``). With ``diagnostics`` they are read back into ``info`` as well."""
         timings = {} if _timings is None else _timings
         clock = _clock or self._clock(timings)
         b = latents.shape[0]
@@ -160,16 +202,18 @@ class ScoreDistillation:
                              "must be a multiple of the number of views the conditioning was made for")
         cond = conditioning if conditioning.batch == b else conditioning.repeat(b // conditioning.batch)
         t_min, t_max = self.timestep_range(step, total_steps)
-        info = {"t_min": t_min, "t_max": t_max, "guidance_scale": self.config.guidance_scale, "skipped": ""}
-        if not torch.isfinite(latents).all():
-            info["skipped"] = "non-finite render or latents"
-            return torch.zeros((), device=latents.device, requires_grad=True), info
         device = latents.device
+        # A non-finite render or latents skips the step: the gradient becomes zero, decided on the
+        # device (the render's own gradient is zeroed by _GuardRenderGradient, see step()).
+        ok = torch.isfinite(latents).all()
+        if _guard is not None:
+            _guard["ok"] = ok
         if t is None:
-            t = torch.randint(t_min, t_max + 1, (b,), device="cpu", generator=generator).to(device)
+            t = _from_host(torch.randint(t_min, t_max + 1, (b,), device="cpu", generator=generator), device)
         t = torch.as_tensor(t, device=device).long().expand(b) if torch.as_tensor(t).ndim == 0 else t.to(device).long()
         if noise is None:
-            noise = torch.randn(latents.shape, generator=generator, device="cpu", dtype=torch.float32).to(device)
+            noise = _from_host(torch.randn(latents.shape, generator=generator, device="cpu", dtype=torch.float32),
+                               device)
         with torch.no_grad():
             a = self.prior.alphas_cumprod[t].view(-1, 1, 1, 1)
             noisy = a.sqrt() * latents.detach().float() + (1.0 - a).sqrt() * noise.float()
@@ -178,26 +222,41 @@ class ScoreDistillation:
             clock("unet")
             w = sds_weight(self.prior.alphas_cumprod, t, self.config.weighting).view(-1, 1, 1, 1)
             grad = self.config.grad_scale * w * (eps_hat - noise.float())
-            bad = ~torch.isfinite(grad)
-            if bad.any():
-                info["nonfinite_grad_values"] = int(bad.sum())
-                grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+            nonfinite = (~torch.isfinite(grad)).sum()
+            # The identity where every value is finite (the usual case): no read-back to decide.
+            grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
             if self.config.grad_clip is not None:
                 grad = grad.clamp(-self.config.grad_clip, self.config.grad_clip)
+            grad = torch.where(ok, grad, torch.zeros_like(grad))
+        lazy = {"t": t, "w": w.flatten(), "skipped": ~ok, "nonfinite_grad_values": torch.where(ok, nonfinite, 0)}
         injected = grad / b
-        if _scale_holder is not None:  # half-precision backward ahead: lift g above fp16's floor
-            peak = float(injected.abs().max())
-            scale = 2.0 ** math.floor(math.log2(HALF_GRAD_TARGET / peak)) if peak > 0 else 1.0
-            _scale_holder["scale"] = scale = min(max(scale, 1.0), 2.0 ** 24)
+        if _guard is not None and "scale" in _guard:  # half-precision backward ahead: lift g above fp16's floor
+            scale = half_grad_scale(injected.abs().max())
+            _guard["scale"] = scale
             injected = injected * scale
-            info["half_grad_scale"] = scale
+            lazy["half_grad_scale"] = scale
         loss = _InjectGradient.apply(latents, injected.to(latents.dtype))
         loss = loss + (0.5 * grad.pow(2).sum() / b).detach()  # value for logging, no gradient
-        info.update(t=t.tolist(), w=w.flatten().tolist(), grad_norm=float(grad.norm()), loss=float(loss.detach()))
+        info = {"t_min": t_min, "t_max": t_max, "guidance_scale": self.config.guidance_scale, "lazy": lazy}
+        if self.config.diagnostics:
+            info.update(self.read_back(lazy, grad, loss))
         clock("gradient")
         if self.config.profile:
             info["timings_ms"] = dict(timings)
         return loss, info
+
+    @staticmethod
+    def read_back(lazy: dict, grad: torch.Tensor, loss: torch.Tensor) -> dict:
+        """The diagnostic values of a step on the host (each a device sync)."""
+        out = {"t": lazy["t"].tolist(), "w": lazy["w"].tolist(), "grad_norm": float(grad.norm()),
+               "loss": float(loss.detach()),
+               "skipped": "non-finite render or latents" if bool(lazy["skipped"]) else ""}
+        count = int(lazy["nonfinite_grad_values"])
+        if count:
+            out["nonfinite_grad_values"] = count
+        if "half_grad_scale" in lazy:
+            out["half_grad_scale"] = float(lazy["half_grad_scale"])
+        return out
 
     def _clock(self, timings: dict):
         state = {"last": time.perf_counter()}

@@ -57,7 +57,7 @@ def resolve_components(root: Path | str) -> dict[str, Path]:
     return paths
 
 
-check_files = resolve_components  # the earlier name, still used by the pipeline's model-file hashing
+check_files = resolve_components  # the earlier name (engine.model_digests lists the files the same way)
 
 
 def read_json(path: Path) -> dict:

@@ -61,13 +61,14 @@ class MeshTopology:
 
 
 def mesh_topology(faces: torch.Tensor) -> MeshTopology:
+    """The topology of ``faces`` [F, 3] (vertex ids below 2^31). No host read-back: edges are keyed
+    by (low << 32) | high, which sorts like (low, high), so no vertex count is needed."""
     f = faces.long()
     pairs = torch.stack([f, f.roll(-1, dims=1)], dim=-1).reshape(-1, 2)  # [3F, 2]
     pairs = torch.sort(pairs, dim=-1).values
-    n = int(f.max().item()) + 1 if f.numel() else 1
-    keys = pairs[:, 0] * n + pairs[:, 1]
+    keys = (pairs[:, 0] << 32) | pairs[:, 1]
     uniq, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
-    edge_vertices = torch.stack([uniq // n, uniq % n], dim=1)
+    edge_vertices = torch.stack([uniq >> 32, uniq & 0xFFFFFFFF], dim=1)
     opposite = torch.zeros(uniq.shape[0], dtype=torch.long, device=f.device)
     opposite[inverse] = f.roll(-2, dims=1).reshape(-1)  # any face's third vertex will do
     # The first and last face using each edge (sorting face-edges by edge id groups them).

@@ -111,6 +111,30 @@ def to_screen(clip: torch.Tensor, resolution) -> torch.Tensor:
     return torch.stack([x, y, clip[..., 2] * inv_w], dim=-1)
 
 
+def _candidate_chunks(counts: torch.Tensor, ends: torch.Tensor):
+    """(first triangle, end triangle, first candidate, candidate count) of each chunk of whole
+    triangles holding about CHUNK_CANDIDATES candidate pixels (a triangle with more is a chunk of
+    its own). One host read-back of the total; a second, of all the boundaries at once, only when
+    there is more than one chunk."""
+    if ends.numel() == 0:
+        return []
+    total = int(ends[-1])
+    if total == 0:
+        return []
+    if total <= CHUNK_CANDIDATES:
+        return [(0, ends.numel(), 0, total)]
+    # Chunk j ends at the last triangle ending at or before (j + 1) * CHUNK_CANDIDATES.
+    marks = torch.arange(1, -(-total // CHUNK_CANDIDATES), device=ends.device) * CHUNK_CANDIDATES
+    cuts = torch.searchsorted(ends, marks, right=True)
+    before = torch.where(cuts > 0, ends.index_select(0, (cuts - 1).clamp_min(0)), 0)
+    bounds = [(0, 0)] + list(zip(*torch.stack([cuts, before]).tolist())) + [(ends.numel(), total)]
+    chunks = []
+    for (tri_start, start), (tri_end, end) in zip(bounds, bounds[1:]):
+        if tri_end > tri_start and end > start:
+            chunks.append((tri_start, tri_end, start, end - start))
+    return chunks
+
+
 @torch.no_grad()
 def _visibility(scr: torch.Tensor, clip_w: torch.Tensor, faces: torch.Tensor, resolution, cull_backfaces=False):
     """([B, H, W] nearest face id (-1 none), [B, F] facing) via an exact bounding-box z-buffer.
@@ -142,6 +166,8 @@ def _visibility(scr: torch.Tensor, clip_w: torch.Tensor, faces: torch.Tensor, re
     ymax = torch.floor(y.amax(-1)).clamp_max(h - 1)
     ok &= (xmax >= xmin) & (ymax >= ymin) & torch.isfinite(area)
     ok &= (z.amin(-1) <= 1.0) & (z.amax(-1) >= -1.0)
+    # Compact to the (view, face) pairs that can cover a pixel: one data-dependent size, but every
+    # per-face array below shrinks to them (half the faces or fewer with culling).
     cand = torch.nonzero(ok.reshape(-1)).squeeze(1)  # flat (b*F + f)
     zbuf = torch.full((b * h * w,), _EMPTY, dtype=torch.int64, device=dev)
     if cand.numel() == 0:
@@ -173,18 +199,12 @@ def _visibility(scr: torch.Tensor, clip_w: torch.Tensor, faces: torch.Tensor, re
     by0 = flat(ymin).long()
     bw = flat(xmax).long() - bx0 + 1
     counts = bw * (flat(ymax).long() - by0 + 1)
-    view = cand // f
-    face = cand % f
+    face_of = cand % f  # per candidate: its face, and the flat index of its view's first pixel
+    view_base = torch.div(cand, f, rounding_mode="floor") * (h * w)
     ends = torch.cumsum(counts, 0)
-    total = int(ends[-1].item())
-    start = 0
-    tri_start = 0
-    while start < total:
-        # Chunk whole triangles so that one chunk holds about CHUNK_CANDIDATES candidates.
-        tri_end = int(torch.searchsorted(ends, start + CHUNK_CANDIDATES, right=True).item())
-        tri_end = max(tri_end, tri_start + 1)
+    for tri_start, tri_end, start, n in _candidate_chunks(counts, ends):
+        # Whole triangles per chunk, about CHUNK_CANDIDATES candidate pixels each.
         cnt = counts[tri_start:tri_end]
-        n = int(cnt.sum().item())
         local_t = torch.repeat_interleave(torch.arange(tri_end - tri_start, device=dev), cnt, output_size=n)
         offs = torch.cumsum(cnt, 0) - cnt
         k = torch.arange(n, device=dev) - offs.index_select(0, local_t)
@@ -204,15 +224,13 @@ def _visibility(scr: torch.Tensor, clip_w: torch.Tensor, faces: torch.Tensor, re
         tot = e[0] + e[1] + e[2]
         zz = (e[0] * g(coef[12]) + e[1] * g(coef[13]) + e[2] * g(coef[14])) / tot
         inside = (e[0] >= 0) & (e[1] >= 0) & (e[2] >= 0) & (tot > 0) & (zz >= -1.0) & (zz <= 1.0)
-        idx = torch.nonzero(inside).squeeze(1)
-        zq = ((zz.index_select(0, idx) + 1.0) * (0.5 * _DEPTH_LEVELS)).long()
+        # Outside candidates get the empty key (amin's identity) instead of being compacted away:
+        # the same z-buffer without a data-dependent nonzero.
+        zq = ((torch.where(inside, zz, 0.0) + 1.0) * (0.5 * _DEPTH_LEVELS)).long()
         zq.clamp_(0, int(_DEPTH_LEVELS) - 1)
-        t_in = t.index_select(0, idx)
-        key = (zq << 32) | face.index_select(0, t_in)
-        pix = view.index_select(0, t_in) * (h * w) + py.index_select(0, idx) * w + px.index_select(0, idx)
+        key = torch.where(inside, (zq << 32) | g(face_of), _EMPTY)
+        pix = g(view_base) + py * w + px
         zbuf.scatter_reduce_(0, pix, key, reduce="amin")
-        start = int(ends[tri_end - 1].item())
-        tri_start = tri_end
     face_id = torch.where(zbuf == _EMPTY, torch.full_like(zbuf, -1), zbuf & 0xFFFFFFFF)
     return face_id.reshape(b, h, w), facing
 
@@ -302,7 +320,42 @@ def scatter_pixels(vals: torch.Tensor, raster: Raster, fill: float = 0.0) -> tor
     return out.reshape(raster.batch, h, w, vals.shape[1])
 
 
-def _edge_crossings(raster: Raster, depth: torch.Tensor, vertical: bool):
+def _silhouette_screen(raster: Raster):
+    """The silhouette edges of every view on screen, for both crossing passes: (view [M], a, b and
+    the opposite vertex c [M, 2] (differentiable), clip w at a and b [M])."""
+    topo = raster.topology
+    scr = raster.screen
+    bi, ei = torch.nonzero(raster.silhouette, as_tuple=True)
+    va, vb = topo.edge_vertices[ei, 0], topo.edge_vertices[ei, 1]
+    vc = topo.edge_opposite[ei]
+    base = bi * scr.shape[1]
+    table = scr.reshape(-1, 2)
+    pa, pb, pc = (gather_rows(table, base + v) for v in (va, vb, vc))  # [M, 2] differentiable
+    w_flat = raster.clip_w.detach().reshape(-1)
+    return bi, pa, pb, pc, w_flat.index_select(0, base + va), w_flat.index_select(0, base + vb)
+
+
+@torch.no_grad()
+def _crossing_lines(raster: Raster, edges, vertical: bool):
+    """(first line, number of lines) each silhouette edge crosses in one pass of
+    :func:`_edge_crossings` (0 lines for the edges the other pass takes)."""
+    h, w = raster.resolution
+    _, pa, pb, _, _, _ = edges
+    u_ax, v_ax = (0, 1) if vertical else (1, 0)
+    n_v = h if vertical else w
+    d = pb - pa
+    keep = (d[:, v_ax].abs() >= d[:, u_ax].abs()) if vertical else (d[:, u_ax].abs() < d[:, v_ax].abs())
+    keep &= d[:, v_ax].abs() > 1e-9
+    lo = torch.minimum(pa[:, v_ax], pb[:, v_ax])
+    hi = torch.maximum(pa[:, v_ax], pb[:, v_ax])
+    # Half-open [lo, hi): a line through a vertex shared by two edges is counted once.
+    first = torch.ceil(lo).clamp_min(0).long()
+    last = (torch.ceil(hi) - 1).clamp_max(n_v - 1).long()
+    counts = torch.where(keep, (last - first + 1).clamp_min(0), 0)
+    return first, counts
+
+
+def _edge_crossings(raster: Raster, depth: torch.Tensor, vertical: bool, edges, first, counts, n: int):
     """Crossings of visible silhouette edges with the segments joining adjacent pixel centres.
 
     vertical=True takes edges running mostly vertically (|dy| >= |dx|) and intersects them with
@@ -310,38 +363,16 @@ def _edge_crossings(raster: Raster, depth: torch.Tensor, vertical: bool):
     (inside_pix, outside_pix, s): flat pixel indices and the crossing's distance from the inside
     pixel's centre in pixel units, in [0, 1], differentiable w.r.t. the edge's vertices. One
     pixel pair may appear several times here (see :func:`_one_crossing_per_pair`).
+    ``edges``: :func:`_silhouette_screen`; ``first``, ``counts``: :func:`_crossing_lines` for this
+    pass; ``n``: counts' sum, read back once for both passes.
     """
     h, w = raster.resolution
-    topo = raster.topology
     scr = raster.screen
-    bi, ei = torch.nonzero(raster.silhouette, as_tuple=True)
-    va, vb = topo.edge_vertices[ei, 0], topo.edge_vertices[ei, 1]
-    vc = topo.edge_opposite[ei]
-    nv = scr.shape[1]
-    base = bi * nv
-    table = scr.reshape(-1, 2)
-    pa, pb, pc = (gather_rows(table, base + v) for v in (va, vb, vc))  # [M, 2] differentiable
-    w_flat = raster.clip_w.detach().reshape(-1)
-    wa, wb = w_flat.index_select(0, base + va), w_flat.index_select(0, base + vb)
+    bi, pa, pb, pc, wa, wb = edges
     # Work in (u, v) = (x, y) for mostly vertical edges, (y, x) otherwise: always step along v.
     u_ax, v_ax = (0, 1) if vertical else (1, 0)
-    n_v, n_u = (h, w) if vertical else (w, h)
-    d = (pb - pa).detach()
-    keep = (d[:, v_ax].abs() >= d[:, u_ax].abs()) if vertical else (d[:, u_ax].abs() < d[:, v_ax].abs())
-    keep &= d[:, v_ax].abs() > 1e-9
-    idx = torch.nonzero(keep).squeeze(1)
-    bi, pa, pb, pc, wa, wb = bi[idx], pa[idx], pb[idx], pc[idx], wa[idx], wb[idx]
+    n_u = w if vertical else h
     empty = bi.new_zeros(0)
-    if bi.numel() == 0:
-        return empty, empty, scr.new_zeros(0)
-    with torch.no_grad():
-        lo = torch.minimum(pa[:, v_ax], pb[:, v_ax])
-        hi = torch.maximum(pa[:, v_ax], pb[:, v_ax])
-        # Half-open [lo, hi): a line through a vertex shared by two edges is counted once.
-        first = torch.ceil(lo).clamp_min(0).long()
-        last = (torch.ceil(hi) - 1).clamp_max(n_v - 1).long()
-        counts = (last - first + 1).clamp_min(0)
-        n = int(counts.sum().item())
     if n == 0:
         return empty, empty, scr.new_zeros(0)
     m = torch.repeat_interleave(torch.arange(bi.numel(), device=bi.device), counts, output_size=n)
@@ -420,8 +451,11 @@ def antialias_weights(raster: Raster):
     with torch.no_grad():
         depth = scatter_pixels(raster.w.detach()[:, None], raster, fill=float("inf"))
     targets, sources, weights = [], [], []
-    for vertical in (True, False):
-        inside, outside, s = _edge_crossings(raster, depth, vertical)
+    edges = _silhouette_screen(raster)
+    lines = [_crossing_lines(raster, edges, vertical) for vertical in (True, False)]
+    sizes = torch.stack([lines[0][1].sum(), lines[1][1].sum()]).tolist()  # the one read-back for both passes
+    for vertical, (first, counts), n in zip((True, False), lines, sizes):
+        inside, outside, s = _edge_crossings(raster, depth, vertical, edges, first, counts, n)
         keep = _one_crossing_per_pair(inside, outside, s)
         if keep.numel() == 0:
             continue

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from engine.prior.schedules import SCHEDULES, timestep_bounds
-from engine.prior.sds import SDSConfig, ScoreDistillation, sds_weight
+from engine.prior.sds import HALF_GRAD_TARGET, SDSConfig, ScoreDistillation, half_grad_scale, sds_weight
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from host_syncs import SyncCounter  # noqa: E402  (the benchmarks' counter of host syncs)
 
 
 def _unet(prior, noisy, t, prompt):
@@ -24,7 +29,7 @@ def test_gradient_on_latents_is_weighted_noise_residual(base_prior, weighting, e
     cond = prior.conditioning(torch.randn(512), "smiling", view="front")
     latents = torch.randn(1, 4, 8, 8, requires_grad=True)
     noise, t, scale = torch.randn(1, 4, 8, 8), torch.tensor([437]), 2.5
-    sds = ScoreDistillation(prior, SDSConfig(guidance_scale=scale, weighting=weighting))
+    sds = ScoreDistillation(prior, SDSConfig(guidance_scale=scale, weighting=weighting, diagnostics=True))
     loss, info = sds.step_latents(latents, cond, 0, 10, noise=noise, t=t)
     loss.backward()
     expected = expected_sds_gradient(prior, latents.detach(), cond, noise, t, scale, weighting)
@@ -99,7 +104,7 @@ def test_half_precision_prior_gives_fp32_render_gradients_without_underflow(tiny
     grads, infos = {}, {}
     for name, prior in (("fp32", p32), ("fp16", p16)):
         render = image.clone().requires_grad_(True)
-        sds = ScoreDistillation(prior, SDSConfig(guidance_scale=2.0, grad_scale=1e-5))
+        sds = ScoreDistillation(prior, SDSConfig(guidance_scale=2.0, grad_scale=1e-5, diagnostics=True))
         loss, infos[name] = sds.step(render, prior.conditioning(emb, "smiling", view="front"), 0, 10, noise=noise, t=t)
         loss.backward()
         grads[name] = render.grad
@@ -120,8 +125,9 @@ def test_annealing_reaches_the_scheduled_bounds(base_prior, schedule):
     assert all(a >= b for a, b in zip(highs, highs[1:]))  # never goes back up
     lo, hi = timestep_bounds(500, 1000, (0.0, 1.0), (0.0, 0.0), schedule)
     assert lo == 0.0 and 0.0 <= hi <= 1.0
-    drawn = [sds.step_latents(torch.randn(1, 4, 8, 8, requires_grad=True), base_prior.conditioning(torch.randn(512)),
-                              1000, 1000, generator=torch.Generator().manual_seed(i))[1]["t"][0] for i in range(3)]
+    cond = base_prior.conditioning(torch.randn(512))
+    drawn = [int(sds.step_latents(torch.randn(1, 4, 8, 8, requires_grad=True), cond, 1000, 1000,
+                                  generator=torch.Generator().manual_seed(i))[1]["lazy"]["t"][0]) for i in range(3)]
     assert all(last[0] <= t <= last[1] for t in drawn)
 
 
@@ -136,18 +142,24 @@ def test_weightings_and_unknown_names(base_prior):
         timestep_bounds(0, 10, (0, 1), (0, 1), "bogus")
 
 
-def test_nan_guard_and_gradient_clipping(base_prior):
+@pytest.mark.parametrize("diagnostics", [False, True])
+def test_nan_guard_and_gradient_clipping(base_prior, diagnostics):
+    """A non-finite render skips the step on the device: zero loss, an exactly zero (finite) render
+    gradient, the flag kept as a tensor (read back only with diagnostics)."""
     cond = base_prior.conditioning(torch.randn(512))
     render = torch.rand(1, 64, 64, 3)
     render[0, 3, 3, 0] = float("nan")
     render.requires_grad_(True)
-    sds = ScoreDistillation(base_prior, SDSConfig(grad_clip=0.01))
+    sds = ScoreDistillation(base_prior, SDSConfig(grad_clip=0.01, diagnostics=diagnostics))
     loss, info = sds.step(render, cond, 0, 10)
-    assert info["skipped"] and loss.item() == 0.0
-    loss.backward()  # harmless
+    assert bool(info["lazy"]["skipped"]) and loss.item() == 0.0
+    assert info.get("skipped") == ("non-finite render or latents" if diagnostics else None)
+    loss.backward()
+    assert render.grad is not None and torch.equal(render.grad, torch.zeros_like(render))  # no NaN reaches the mesh
     latents = torch.randn(1, 4, 8, 8, requires_grad=True)
     loss, info = sds.step_latents(latents, cond, 0, 10, t=torch.tensor([900]), noise=torch.randn(1, 4, 8, 8))
     loss.backward()
+    assert not bool(info["lazy"]["skipped"]) and info.get("skipped", "") == ""
     assert latents.grad.abs().max() <= 0.01 + 1e-7 and latents.grad.abs().max() > 0.005
 
 
@@ -169,3 +181,56 @@ def test_renders_that_do_not_fit_the_views_are_refused_clearly(base_prior):
     sds = ScoreDistillation(base_prior, SDSConfig())
     with pytest.raises(ValueError, match="3 renders but conditioning for 2 views"):
         sds.step_latents(torch.randn(3, 4, 8, 8), cond, 0, 10)
+
+
+def _half_prior(tiny_models_root):
+    """The tiny models cast to fp16 on the CPU: the stand-in for a CUDA fp16 prior (load_prior refuses
+    half precision on the CPU)."""
+    from engine.prior import load_prior
+
+    prior = load_prior(tiny_models_root, device="cpu")
+    for module in (prior.unet, prior.vae, prior.text_encoder):
+        module.half()
+    prior.dtype = torch.float16
+    return prior
+
+
+def test_a_step_reads_nothing_back_unless_diagnostics_are_asked_for(base_prior, tiny_models_root):
+    """On a GPU every read-back stalls the queue: a default SDS step (VAE path, latent shortcut, fp16
+    loss scaling) makes none, and its backward none either; with diagnostics the values come back."""
+    counter = SyncCounter().install()
+    cond = base_prior.conditioning(torch.randn(512), "smiling", view=[0.0, 90.0])
+    cases = [(base_prior, torch.rand(2, 64, 64, 3)), (base_prior, torch.rand(2, 32, 32, 4)),
+             (_half_prior(tiny_models_root), torch.rand(2, 64, 64, 3))]
+    for prior, image in cases:
+        c = cond if prior is base_prior else prior.conditioning(torch.randn(512), "smiling", view=[0.0, 90.0])
+        for diagnostics in (False, True):
+            render = image.clone().requires_grad_(True)
+            sds = ScoreDistillation(prior, SDSConfig(diagnostics=diagnostics))
+            counter.reset()
+            with counter.counting():
+                loss, info = sds.step(render, c, 3, 10, generator=torch.Generator().manual_seed(0))
+                loss.backward()
+            assert render.grad.abs().sum() > 0
+            if diagnostics:
+                assert sum(counter.read_backs.values()) >= 5 and len(info["t"]) == 2 and info["loss"] > 0
+            else:
+                assert not counter.read_backs and not counter.data_dependent, (counter.read_backs,
+                                                                                counter.data_dependent)
+                assert "t" not in info and info["lazy"]["t"].shape == (2,)
+
+
+def test_half_grad_scale_on_the_device_is_the_host_formula():
+    """The fp16 loss scale, now computed on the device from frexp, equals the former host formula
+    2^floor(log2(256 / peak)) clamped to [1, 2^24] (1 for a zero peak), powers of two included."""
+    g = torch.Generator().manual_seed(0)
+    peaks = [0.0, 1e-30, 1e-12, 2.0**-20, 3e-5, 0.1, 0.5, 1.0, 1.5, 2.0, 255.9, 256.0, 256.1, 512.0, 1e6, 3e38]
+    peaks += [2.0**k for k in range(-30, 12)]
+    peaks += (10.0 ** (torch.rand(200, generator=g) * 16 - 12)).tolist()
+    for p in list(peaks):  # each power of two's float32 neighbours too
+        peaks += [math.nextafter(p, 0.0), math.nextafter(p, math.inf)] if p > 0 else []
+    for p in peaks:
+        peak = float(torch.tensor(p, dtype=torch.float32))  # the value the former code read back
+        expected = 2.0 ** math.floor(math.log2(HALF_GRAD_TARGET / peak)) if peak > 0 else 1.0
+        expected = min(max(expected, 1.0), 2.0**24)
+        assert float(half_grad_scale(torch.tensor(peak, dtype=torch.float32))) == expected, p
