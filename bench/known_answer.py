@@ -820,8 +820,6 @@ def bench_folders(work: Path | None, name: str, config: ExperimentConfig) -> tup
     """A bench's (work folder, base models folder) for ``config``: under ``work`` when given (one
     folder per experiment and seed, one models folder per base, shared by the benches that use
     the same base), else fresh temporary folders."""
-    import tempfile
-
     import hashlib
     import tempfile
 

@@ -47,11 +47,11 @@ def pytest_configure(config):
         import engine.prior.model as model
 
         model.view_label_weights = lambda view: {}
-    elif what == "expression_text":  # the expression text dropped from every prompt (training and SDS)
+    elif what == "expression_text":  # every prompt says "neutral" (training and SDS): the expression text dropped
         import engine.prior.model as model
 
         phrase = model.expression_phrase
-        model.expression_phrase = lambda expression, view_label: phrase(None, view_label)
+        model.expression_phrase = lambda expression, view_label: phrase("neutral", view_label)
     elif what == "expression_branch":  # train-prior leaves the expression branch's LoRA as it starts (no effect)
         import engine.prior.train as train
 

@@ -5,6 +5,7 @@ also the expression experiment's control). The experiments' code lives beside th
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,16 +24,28 @@ def quiet(_line: str) -> None:
 
 @pytest.fixture(scope="session")
 def known_answer_base(tmp_path_factory):
-    """``base(config) -> models folder``: ``ka.prepare_base`` once per distinct base of the session."""
+    """``base(config) -> models folder``: ``ka.prepare_base`` once per distinct base of the session.
+
+    The base is made under the session's tmp folder, or, when the environment variable
+    ``KNOWN_ANSWER_CACHE`` names a folder (e.g. the repository's ignored ``.cache/known-answer``),
+    there, keyed by its settings, and reused by later sessions (the base depends on its settings
+    alone; a base is reused only once complete). One session at a time per cache folder."""
     made: dict[str, Path] = {}
+    cache = os.environ.get("KNOWN_ANSWER_CACHE", "")
 
     def base(config) -> Path:
         key = json.dumps(ka.fields_of(config, ka.BASE_FIELDS), sort_keys=True)
         if key not in made:
-            folder = tmp_path_factory.mktemp("known-answer-base")
+            if cache:
+                models = ka.bench_folders(Path(cache), "known-answer", config)[1]
+                folder = models.parent
+            else:
+                folder = tmp_path_factory.mktemp("known-answer-base")
+                models = folder / "models"
+            folder.mkdir(parents=True, exist_ok=True)
             with ka.isolated(folder):
-                ka.prepare_base(folder / "models", config, log=quiet)
-            made[key] = folder / "models"
+                ka.prepare_base(models, config, log=quiet)
+            made[key] = models
         return made[key]
 
     return base
