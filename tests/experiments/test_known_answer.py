@@ -16,8 +16,8 @@ import pytest
 
 import known_answer as ka  # (tests/experiments/conftest.py puts bench/ on the path)
 
-# Seed 0 in every run of the suite; seeds 1 and 2 (same settings, about 3-4 min each on 2 quiet
-# cores) with -m slow and in `bench/bench_known_answer.py --quick`, to keep the suite in budget.
+# Seed 0 in every run of the suite; seeds 1 and 2 (same settings, 10-16 min each under load, see
+# docs/known-answer.md) with -m slow and in `bench/bench_known_answer.py --quick`, for the suite's budget.
 SEEDS = (0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow))
 
 
