@@ -1,6 +1,6 @@
 """Known-answer benchmark: does a prior trained on one shape make SDS pull the head to that shape?
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_known_answer.py [--seeds 0 1 2] [--quick]
+    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_known_answer.py [--seeds 0 1 2] [--quick] [--work DIR]
 
 One command: Suzanne (bpy) -> normal-map renders -> build-prior-dataset -> train-prior (tiny
 models, made a trained autoencoder and denoiser of other shapes first) -> the pipeline's
@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,11 +26,14 @@ DOCS = ka.REPO_ROOT / "docs"
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true", help="the test suite's small settings")
+    parser.add_argument("--base-per-seed", action="store_true",
+                        help="make the base models with each run's seed instead of one base (seed 0) for all")
     parser.add_argument("--picture", type=Path, default=DOCS / "known-answer.png")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
-    parser.add_argument("--work", type=Path, default=None, help="keep the models, dataset and LoRA here")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="keep the base models, datasets and LoRAs here (shared with the expression bench)")
     parser.add_argument("--reuse", action="store_true",
                         help="with --work: reuse the models, dataset and LoRA found there (geometry phase only)")
     args = parser.parse_args(argv)
@@ -47,11 +48,11 @@ def main(argv=None) -> int:
     results = []
     started = time.perf_counter()
     for seed in args.seeds:
-        config = ka.ExperimentConfig(**{**asdict(base), "seed": seed})
-        work = args.work / f"seed{seed}" if args.work else Path(tempfile.mkdtemp(prefix="known-answer-"))
+        config = base.replaced(seed=seed, **({"base_seed": None} if args.base_per_seed else {}))
+        work, models = ka.bench_folders(args.work, "known-answer", config)
         print(f"--- seed {seed} (work folder {work})")
         result = ka.run_experiment(work, config, chamfer_every=max(config.sds_steps // 6, 1), target=target,
-                                   reuse=args.reuse)
+                                   reuse=args.reuse, models=models)
         results.append(result)
         s = result.summary()
         for name, step in result.vanished.items():
@@ -78,12 +79,10 @@ def main(argv=None) -> int:
                                                                                           optimize=True))
             print(f"  picture: {args.picture} (columns: start, trained, control, target)")
     if len(results) > 1:
-        import numpy as np
-
-        for key in ("chamfer_start_m", "chamfer_trained_m", "chamfer_control_m", "trained_over_start"):
-            values = np.array([r.summary()[key] for r in results])
-            print(f"over {len(results)} seeds: {key} mean {values.mean():.4f} std {values.std(ddof=1):.4f} "
-                  f"(min {values.min():.4f}, max {values.max():.4f})")
+        summaries = [{**r.summary(), "trained_over_rotated": r.chamfer_trained / r.chamfer_views_rotated
+                      if r.chamfer_views_rotated else float("nan")} for r in results]
+        ka.print_spread(summaries, ("chamfer_start_m", "chamfer_trained_m", "chamfer_control_m", "trained_over_start",
+                                    "trained_over_control", "trained_over_rotated"))
     print(f"total {time.perf_counter() - started:.0f} s")
     if args.json:
         write_text_atomic(args.json, json.dumps({"runs": [{**r.summary(), "config": r.config, "curves": r.curves,

@@ -1,17 +1,24 @@
-"""The known-answer experiment: a task prior trained on one shape must make SDS pull the head to it.
+"""The known-answer experiments' shared machinery, and the geometry experiment.
 
-Real weights never load here, so this is the end-to-end evidence that the method works. The
-project's renderer draws normal maps of a target that is *not* the head initialisation: Blender's
-Suzanne, closed by a voxel remesh, at head size, facing -Y. ``build-prior-dataset`` turns them into
-a task-prior dataset and ``train-prior`` trains the normal LoRA on the tiny models, which are first
-made into a trained autoencoder and a trained denoiser of *other* shapes. The pipeline's
-``GeometryStage`` then runs from the procedural head three times with the same seed and steps:
-with the trained prior, with the untrained one (the control), and with the trained one told the
-opposite views. The answer is known, so the Chamfer distance to the target says whether SDS
-followed the prior (docs/known-answer.md).
+Real weights never load here, so these experiments are the end-to-end evidence that the method
+works. Each gives the pipeline a question whose answer is known:
 
-Used by ``bench/bench_known_answer.py`` (full size) and ``tests/experiments/test_known_answer.py``
-(small). bpy is imported only to build the target; torch only inside the functions that need it.
+* geometry (this module): a normal prior trained on renders of a shape that is *not* the head
+  initialisation (Blender's Suzanne, closed by a voxel remesh, at head size, facing -Y) must make
+  the pipeline's ``GeometryStage`` pull the head to it; it runs three times with the same seed and
+  steps: with the trained prior, with the untrained one (the control), and with the trained one
+  told the opposite views;
+* expressions (``known_answer_expression.py``) and albedo (``known_answer_albedo.py``) reuse the
+  pieces below.
+
+What they share: the tiny models, first made into a trained autoencoder and a trained denoiser of
+*other* shapes' normal maps and albedo renders (the "base", standing in for SD 1.5's VAE and
+Arc2Face, see :func:`prepare_base`); renders written as a heads folder and turned into a dataset
+by ``build-prior-dataset``; ``train-prior`` on it; the pipeline's stages (docs/known-answer.md).
+
+Used by the ``bench/bench_known_answer*.py`` benches (full size) and the tests under
+``tests/experiments/`` (small). bpy is imported only to build the target; torch only inside the
+functions that need it.
 """
 
 from __future__ import annotations
@@ -41,6 +48,15 @@ class ExperimentConfig:
     """Everything the experiment depends on; the bench and the test differ only here."""
 
     seed: int = 0
+    # The base (the trained tiny VAE and UNet, see prepare_base) stands in for the pretrained models,
+    # which no run changes: one base (seed 0) for every seed, as every run of the pipeline has the
+    # same Arc2Face. None: a base of the run's own seed (how the first figures were measured;
+    # docs/known-answer.md, "Seeds", shows what the base's seed does).
+    base_seed: int | None = 0
+    # What the base learns: other shapes' normal maps (geometry, expressions) or albedo renders
+    # (albedo). One base for both domains made the geometry experiment worse at this size (seed 0,
+    # quick: trained/start 0.92 and no view effect, against 0.75 and 0.77 for the normal base).
+    base_domains: tuple[str, ...] = ("normal",)
     # dataset
     views: int = 160
     resolution: int = 64  # the tiny VAE's native size (latents 8x8)
@@ -86,15 +102,31 @@ class ExperimentConfig:
     view_offset_deg: float = 0.0
     rotated_views_run: bool = True
 
+    @property
+    def base(self) -> int:
+        """The seed the base models are made with."""
+        return self.seed if self.base_seed is None else int(self.base_seed)
 
+    def replaced(self, **changes) -> "ExperimentConfig":
+        """A copy with ``changes`` (the same class: subclasses keep their own fields)."""
+        return type(self)(**{**asdict(self), **changes})
+
+
+# What the base models depend on (prepare_base reuses a models folder made with the same values).
+BASE_FIELDS = ("base", "base_domains", "resolution", "elevation_deg", "calibrate_latents", "vae_steps", "vae_shapes",
+               "vae_lr", "unet_steps", "unet_shapes", "unet_views", "unet_batch", "unet_lr", "text_mode",
+               "front_fraction")
 # What the models, the dataset and the LoRA depend on: a --reuse of a work folder must match these.
-TRAINING_FIELDS = ("seed", "views", "resolution", "elevation_deg", "calibrate_latents", "vae_steps", "vae_shapes",
-                   "vae_lr", "unet_steps", "unet_shapes", "unet_views", "unet_batch", "unet_lr", "train_steps",
-                   "batch_size", "train_lr", "rank", "targets", "text_mode", "front_fraction")
+TRAINING_FIELDS = ("seed", "views", "train_steps", "batch_size", "train_lr", "rank", "targets") + BASE_FIELDS
+
+
+def fields_of(config, names) -> dict:
+    """``names``' values in ``config`` as JSON gives them back (tuples as lists), for records."""
+    return json.loads(json.dumps({name: getattr(config, name) for name in names}))
 
 
 # The test suite's version: fewer views and fewer training and SDS steps (same method, same code).
-QUICK = ExperimentConfig(views=96, unet_steps=800, unet_shapes=32, train_steps=800, sds_steps=100, pretrain_steps=60)
+QUICK = ExperimentConfig(views=96, unet_steps=800, unet_shapes=32, train_steps=1500, sds_steps=100, pretrain_steps=60)
 # Measured on seed 0 (docs/known-answer.md): eval loss 0.37x its start, trained/start 0.74,
 # trained/control 0.62, trained/rotated 0.69. The bounds leave room for other CPUs' float sums.
 QUICK_MAX_EVAL_LOSS_RATIO = 0.5
@@ -178,29 +210,84 @@ def normal_images(verts, faces, cameras):
     return normals_to_image(passes["normal_camera"], passes["mask"], background=BACKGROUND)
 
 
-def write_heads_folder(folder: Path, verts, faces, embedding, config: ExperimentConfig) -> int:
-    """Renders of the target in the layout ``build-prior-dataset --heads`` reads (one head)."""
+def albedo_images(verts, faces, colours, cameras):
+    """Unlit renders [B,H,W,3] of per-vertex linear colours [V,3], sRGB-encoded on a white
+    background: what an albedo prior sees. The same passes and compositing as the texture stage's
+    ``engine.texture.render_albedo``, with the colour from the vertices instead of a UV map, so a
+    known texture needs no UV layout of its own."""
+    from engine.render import render
+    from engine.texture.render import linear_to_srgb
+
+    passes = render(verts, faces, cameras, passes=("mask", "albedo"), vertex_colors=colours, background=0.0)
+    mask = passes["mask"]
+    colour = (passes["albedo"] / mask.clamp_min(1e-6)).clamp(0.0, 1.0)  # anti-aliased passes are premultiplied
+    return (linear_to_srgb(colour) * mask + (1.0 - mask) * BACKGROUND).clamp(0.0, 1.0)
+
+
+def colour_field(seed: int):
+    """A random texture over space (linear RGB): three random colours in regions cut by two random
+    planes through the head with soft edges of 4-15 mm, the kind of texture a head has (skin,
+    hair, clothes) without being any head's. The base's albedo renders paint the other shapes
+    with these; no target is among them."""
     import torch
+
+    rng = np.random.default_rng(seed)
+    colours = torch.as_tensor(rng.uniform(0.0, 1.0, (3, 3)) ** 2.2, dtype=torch.float32)  # uniform in sRGB
+    normals = rng.normal(size=(2, 3))
+    normals = torch.as_tensor(normals / np.linalg.norm(normals, axis=1, keepdims=True), dtype=torch.float32)
+    offsets = torch.as_tensor(rng.uniform(-0.05, 0.05, 2), dtype=torch.float32)
+    widths = torch.as_tensor(rng.uniform(0.004, 0.015, 2), dtype=torch.float32)
+
+    def colour(points):
+        cut = torch.sigmoid((points.float() @ normals.T - offsets) / widths)  # [N, 2]
+        c = colours[0] + cut[:, :1] * (colours[1] - colours[0])
+        return c + cut[:, 1:] * (colours[2] - c)
+
+    return colour
+
+
+def write_head(heads: Path, name: str, domain: str, images, azimuths, expression: str, embedding) -> int:
+    """One head folder in the layout ``build-prior-dataset --heads`` reads: ``<domain>_*.png``
+    renders, meta.json (the expression text and each render's azimuth, for the blended view text)
+    and identity.npy."""
     from PIL import Image
 
-    head = folder / "suzanne"
+    head = heads / name
     head.mkdir(parents=True, exist_ok=True)
-    cams = sds_cameras(config.views, seed=config.seed + 17, resolution=config.resolution,
-                       elevation_deg=config.elevation_deg, front_fraction=config.front_fraction)
-    v, f = torch.as_tensor(verts), torch.as_tensor(faces, dtype=torch.long)
     views = {}
-    with torch.no_grad():
-        for start in range(0, config.views, 32):
-            chunk = cams[torch.arange(start, min(start + 32, config.views))]
-            images = normal_images(v, f, chunk)
-            for k, image in enumerate(images):
-                name = f"normal_{start + k:04d}.png"
-                Image.fromarray((image.clamp(0, 1).numpy() * 255).round().astype(np.uint8)).save(head / name)
-                views[name] = round(float(chunk.azimuth_deg[k]), 2)  # the azimuth: blended view text
-    # "neutral": the text the geometry stage gives its neutral steps (there are no other expressions here)
-    (head / "meta.json").write_text(json.dumps({"expression": NEUTRAL, "views": views}), encoding="utf-8")
+    for k, (image, azimuth) in enumerate(zip(images, azimuths)):
+        file = f"{domain}_{k:04d}.png"
+        Image.fromarray((image.clamp(0, 1).numpy() * 255).round().astype(np.uint8)).save(head / file)
+        views[file] = round(float(azimuth), 2)
+    (head / "meta.json").write_text(json.dumps({"expression": expression, "views": views}), encoding="utf-8")
     np.save(head / "identity.npy", embedding)
     return len(views)
+
+
+def render_views(render_fn, cameras, chunk: int = 32):
+    """``render_fn(cameras)`` over ``cameras`` in chunks, without gradients: [N,H,W,3]."""
+    import torch
+
+    with torch.no_grad():
+        return torch.cat([render_fn(cameras[torch.arange(start, min(start + chunk, len(cameras)))])
+                          for start in range(0, len(cameras), chunk)])
+
+
+def dataset_cameras(config: ExperimentConfig, offset: int = 17):
+    """The dataset's cameras: drawn as the pipeline's stages draw theirs (see sds_cameras)."""
+    return sds_cameras(config.views, seed=config.seed + offset, resolution=config.resolution,
+                       elevation_deg=config.elevation_deg, front_fraction=config.front_fraction)
+
+
+def write_heads_folder(folder: Path, verts, faces, embedding, config: ExperimentConfig) -> int:
+    """Normal maps of the target, as one neutral head of ``build-prior-dataset --heads``."""
+    import torch
+
+    cams = dataset_cameras(config)
+    v, f = torch.as_tensor(verts), torch.as_tensor(faces, dtype=torch.long)
+    images = render_views(lambda c: normal_images(v, f, c), cams)
+    # "neutral": the text the geometry stage gives its neutral steps (there are no other expressions here)
+    return write_head(folder, "suzanne", "normal", images, cams.azimuth_deg.tolist(), NEUTRAL, embedding)
 
 
 def other_shapes(count: int, seed: int):
@@ -240,8 +327,27 @@ def replace_weights(model, folder: Path) -> None:
     staging.rename(folder)
 
 
+def base_renders(shapes, cameras_of, domains, seed: int):
+    """Renders of the other shapes for the base models: per shape, one batch per domain, from the
+    same cameras (``cameras_of(k)``): normal maps, and albedo renders of a random smooth colour
+    field of its own (:func:`colour_field`). Returns a list of (shape index, domain, images, cameras)."""
+    out = []
+    for k, (verts, faces) in enumerate(shapes):
+        cams = cameras_of(k)
+        for domain in domains:
+            if domain == "normal":
+                images = normal_images(verts, faces, cams)
+            elif domain == "albedo":
+                images = albedo_images(verts, faces, colour_field(seed * 1009 + k)(verts), cams)
+            else:
+                raise ValueError(f"unknown domain {domain!r}; use normal or albedo")
+            out.append((k, domain, images, cams))
+    return out
+
+
 def train_tiny_vae(models: Path, config: ExperimentConfig, log=print) -> float:
-    """Teach the tiny VAE to be an autoencoder of normal maps (of other shapes, never the target).
+    """Teach the tiny VAE to be an autoencoder of normal maps and albedo renders (of other shapes,
+    never a target).
 
     The real SD 1.5 VAE is a trained autoencoder, so a render's latents change smoothly with the
     render and SDS gradients pulled back through its encoder point where the latents say. The tiny
@@ -255,14 +361,14 @@ def train_tiny_vae(models: Path, config: ExperimentConfig, log=print) -> float:
     folder = models / "sd15" / "vae"
     vae = AutoencoderKL.from_pretrained(folder)
     size = int(vae.config.sample_size)
-    images = []
     with torch.no_grad():
-        for k, (verts, faces) in enumerate(other_shapes(config.vae_shapes, config.seed + 5)):
-            cams = sds_cameras(8, seed=config.seed * 31 + k, resolution=size, elevation_deg=config.elevation_deg,
-                               front_fraction=config.front_fraction)
-            images.append(normal_images(verts, faces, cams))
-    images = torch.cat(images).permute(0, 3, 1, 2) * 2.0 - 1.0
-    generator = torch.Generator().manual_seed(config.seed)
+        renders = base_renders(
+            other_shapes(config.vae_shapes, config.base + 5),
+            lambda k: sds_cameras(8, seed=config.base * 31 + k, resolution=size, elevation_deg=config.elevation_deg,
+                                  front_fraction=config.front_fraction),
+            config.base_domains, config.base + 5)
+    images = torch.cat([images for _, _, images, _ in renders]).permute(0, 3, 1, 2) * 2.0 - 1.0
+    generator = torch.Generator().manual_seed(config.base)
     optimiser = torch.optim.Adam(vae.parameters(), lr=config.vae_lr)
     vae.train()
     error = float("nan")
@@ -277,22 +383,23 @@ def train_tiny_vae(models: Path, config: ExperimentConfig, log=print) -> float:
         error = float((recon - batch).abs().mean().detach())
     vae.eval()
     replace_weights(vae, folder)
-    log(f"tiny VAE trained as a normal-map autoencoder: {config.vae_steps} steps, L1 error {error:.3f}")
+    log(f"tiny VAE trained as an autoencoder of {' and '.join(config.base_domains)} renders: {config.vae_steps} "
+        f"steps, L1 error {error:.3f}")
     return error
 
 
 def train_tiny_unet(models: Path, config: ExperimentConfig, log=print) -> float:
-    """Teach the tiny UNet to denoise normal maps of *other* shapes (never the target).
+    """Teach the tiny UNet to denoise normal maps and albedo renders of *other* shapes (never a target).
 
     Arc2Face is a trained denoiser and a task LoRA adapts it; the tiny UNet's frozen random
     convolutions, adapted only by a rank-8 LoRA on its attention, are no denoiser at all
     (measured: with them the trained prior's SDS flattened at 0.86x the start's Chamfer, while the
-    same loop pulled by the ideal latent loss reached 0.18x). So the experiment first trains the
-    whole tiny UNet, as Stable Diffusion was trained, on latents of normal maps of random
-    ellipsoids and the procedural head, each shape with its own random identity and each render
-    with its view text. The trained and the control prior share this base: the control is a
-    denoiser of generic shapes, the trained prior that base plus the LoRA ``train-prior`` fits to
-    the target. Only the weights file changes. Returns the final batch loss."""
+    same loop pulled by the ideal latent loss reached 0.18x). So the experiments first train the
+    whole tiny UNet, as Stable Diffusion was trained, on latents of renders of random ellipsoids
+    and the procedural head, each shape with its own random identity and each render with its view
+    text. The trained and the control priors share this base: a control is a denoiser of generic
+    shapes, a trained prior that base plus the LoRA ``train-prior`` fits to a target. Only the
+    weights file changes. Returns the final batch loss."""
     import torch
     import torch.nn.functional as F
     from diffusers import UNet2DConditionModel
@@ -301,16 +408,21 @@ def train_tiny_unet(models: Path, config: ExperimentConfig, log=print) -> float:
     from engine.prior.conditioning import ConditioningOptions
 
     prior = load_prior(models, device="cpu", options=ConditioningOptions(text_mode=config.text_mode))
-    rng = np.random.default_rng(config.seed + 77)
+    rng = np.random.default_rng(config.base + 77)
     latents, prompts, unconds = [], [], []
     with torch.no_grad():
-        for k, (verts, faces) in enumerate(other_shapes(config.unet_shapes, config.seed + 9)):
-            cams = sds_cameras(config.unet_views, seed=config.seed * 53 + k, resolution=prior.image_size,
-                               elevation_deg=config.elevation_deg, front_fraction=config.front_fraction)
-            latents.append(prior.encode_images(normal_images(verts, faces, cams)).float())
-            identity = rng.standard_normal(512).astype(np.float32)
-            cond = prior.conditioning(identity / np.linalg.norm(identity), NEUTRAL,
-                                      view=[float(a) for a in cams.azimuth_deg])
+        renders = base_renders(
+            other_shapes(config.unet_shapes, config.base + 9),
+            lambda k: sds_cameras(config.unet_views, seed=config.base * 53 + k, resolution=prior.image_size,
+                                  elevation_deg=config.elevation_deg, front_fraction=config.front_fraction),
+            config.base_domains, config.base + 9)
+        identities = {}
+        for k, _domain, images, cams in renders:
+            latents.append(prior.encode_images(images).float())
+            if k not in identities:  # one identity per shape, in both domains
+                identity = rng.standard_normal(512).astype(np.float32)
+                identities[k] = identity / np.linalg.norm(identity)
+            cond = prior.conditioning(identities[k], NEUTRAL, view=[float(a) for a in cams.azimuth_deg])
             prompts.append(cond.prompt.float())
             unconds.append(cond.uncond.float())
     latents, prompts, unconds = torch.cat(latents), torch.cat(prompts), torch.cat(unconds)
@@ -319,7 +431,7 @@ def train_tiny_unet(models: Path, config: ExperimentConfig, log=print) -> float:
     unet.train()
     scheduler, steps = prior.scheduler, prior.num_train_timesteps
     del prior
-    generator = torch.Generator().manual_seed(config.seed + 3)
+    generator = torch.Generator().manual_seed(config.base + 3)
     optimiser = torch.optim.AdamW(unet.parameters(), lr=config.unet_lr, weight_decay=0.0)
     loss_value = float("nan")
     for step in range(config.unet_steps):
@@ -339,16 +451,16 @@ def train_tiny_unet(models: Path, config: ExperimentConfig, log=print) -> float:
             log(f"  base UNet step {step}: loss {loss_value:.4f}")
     unet.eval()
     replace_weights(unet, folder)
-    log(f"tiny UNet trained as a normal-map denoiser of other shapes: {config.unet_steps} steps, "
-        f"loss {loss_value:.4f}")
+    log(f"tiny UNet trained as a denoiser of other shapes' {' and '.join(config.base_domains)} renders: "
+        f"{config.unet_steps} steps, loss {loss_value:.4f}")
     return loss_value
 
 
 def calibrate_latent_scale(models: Path, config: ExperimentConfig, samples: int = 64) -> float:
-    """Set the tiny VAE's ``scaling_factor`` so latents of normal maps (of the other shapes, not the
-    target) have unit variance, the rule SD chose its 0.18215 by. At the stock factor the tiny VAE
-    (random, as first measured: ~25x smaller than SD's) gave latents so small that the noise of
-    every diffusion step swamped the shape. Only this config value changes. Returns the factor."""
+    """Set the tiny VAE's ``scaling_factor`` so latents of the base's renders (of the other shapes,
+    not a target) have unit variance, the rule SD chose its 0.18215 by. At the stock factor the
+    tiny VAE (random, as first measured: ~25x smaller than SD's) gave latents so small that the
+    noise of every diffusion step swamped the shape. Only this config value changes. Returns the factor."""
     import torch
     from diffusers import AutoencoderKL
 
@@ -357,18 +469,60 @@ def calibrate_latent_scale(models: Path, config: ExperimentConfig, samples: int 
     folder = models / "sd15" / "vae"
     vae = AutoencoderKL.from_pretrained(folder)
     size = int(vae.config.sample_size)
-    images = []
     with torch.no_grad():
-        for k, (verts, faces) in enumerate(other_shapes(max(samples // 8, 1), config.seed + 11)):
-            images.append(normal_images(verts, faces, sds_cameras(8, seed=config.seed * 7 + k, resolution=size,
-                                                                  elevation_deg=config.elevation_deg,
-                                                                  front_fraction=config.front_fraction)))
-        latents = vae.encode(torch.cat(images).permute(0, 3, 1, 2) * 2.0 - 1.0).latent_dist.mean
+        renders = base_renders(
+            other_shapes(max(samples // 8, 1), config.base + 11),
+            lambda k: sds_cameras(8, seed=config.base * 7 + k, resolution=size, elevation_deg=config.elevation_deg,
+                                  front_fraction=config.front_fraction),
+            config.base_domains, config.base + 11)
+        images = torch.cat([images for _, _, images, _ in renders])
+        latents = vae.encode(images.permute(0, 3, 1, 2) * 2.0 - 1.0).latent_dist.mean
     factor = float(1.0 / latents.std())
     vae_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     vae_config["scaling_factor"] = factor
     write_text_atomic(folder / "config.json", json.dumps(vae_config, indent=2))
     return factor
+
+
+BASE_RECORD = "known-answer-base.json"
+
+
+def prepare_base(models: Path, config: ExperimentConfig, log=print) -> dict:
+    """The tiny models made trained (see train_tiny_vae, calibrate_latent_scale, train_tiny_unet),
+    written to ``models``; or reused when ``models`` already holds a base made with the same
+    settings (``BASE_FIELDS``, recorded in ``models/known-answer-base.json``). Every experiment
+    of a seed, and the tests of one session, share one base: it stands in for the pretrained
+    models, which a run never changes. Returns the record (seconds per phase, errors)."""
+    from engine.atomic import write_text_atomic
+    from engine.tiny_models import write_tiny_models
+
+    models = Path(models)
+    wanted = fields_of(config, BASE_FIELDS)
+    path = models / BASE_RECORD
+    if path.is_file():
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record.get("config") == wanted:
+            log(f"reusing the base models in {models}")
+            return record
+        raise RuntimeError(f"{models} holds base models made with other settings "
+                           f"({', '.join(sorted(k for k in wanted if record.get('config', {}).get(k) != wanted[k]))}); "
+                           "use another folder")
+    seconds, record = {}, {"config": wanted}
+    clock = time.perf_counter()
+    write_tiny_models(models)
+    if config.vae_steps:
+        record["vae_error"] = train_tiny_vae(models, config, log)
+    if config.calibrate_latents:
+        record["scaling_factor"] = calibrate_latent_scale(models, config)
+        log(f"tiny VAE scaling_factor set to {record['scaling_factor']:.3f} (unit-variance latents; stock 0.18215)")
+    seconds["vae"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    if config.unet_steps:
+        record["unet_loss"] = train_tiny_unet(models, config, log)
+    seconds["base_unet"] = time.perf_counter() - clock
+    record["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
+    write_text_atomic(path, json.dumps(record, indent=1))  # last: a half-made base is never reused
+    return record
 
 
 # ---- the production commands ---------------------------------------------------------------------
@@ -384,19 +538,19 @@ def engine_command(argv: list[str]) -> tuple[int, str]:
     return code, out.getvalue()
 
 
-def build_dataset(heads: Path, out: Path, resolution: int) -> None:
-    code, _ = engine_command(["build-prior-dataset", "--heads", str(heads), "--out", str(out), "--domain", "normal",
+def build_dataset(heads: Path, out: Path, resolution: int, domain: str = "normal") -> None:
+    code, _ = engine_command(["build-prior-dataset", "--heads", str(heads), "--out", str(out), "--domain", domain,
                               "--resolution", str(resolution)])
     if code != 0:
         raise RuntimeError(f"build-prior-dataset failed with exit code {code}")
 
 
-def train_normal_prior(models: Path, data: Path, out: Path, config: ExperimentConfig) -> dict:
+def train_prior(models: Path, data: Path, out: Path, config: ExperimentConfig, domain: str = "normal") -> dict:
     """``train-prior --json``; returns the training curve read back from its protocol messages."""
     from engine import protocol
 
     code, stdout = engine_command([
-        "train-prior", "--domain", "normal", "--data", str(data), "--out", str(out), "--prior", str(models),
+        "train-prior", "--domain", domain, "--data", str(data), "--out", str(out), "--prior", str(models),
         "--steps", str(config.train_steps), "--batch-size", str(config.batch_size), "--lr", str(config.train_lr),
         "--rank", str(config.rank), "--targets", config.targets, "--seed", str(config.seed),
         "--checkpoint-every", "0", "--validation-samples", "0", "--device", "cpu", "--text-mode", config.text_mode,
@@ -522,32 +676,34 @@ class ExperimentResult:
 
 
 def run_experiment(work: Path, config: ExperimentConfig, *, chamfer_every: int = 0, log=print,
-                   target=None, reuse: bool = False) -> ExperimentResult:
+                   target=None, reuse: bool = False, models: Path | None = None) -> ExperimentResult:
     """Target -> renders -> build-prior-dataset -> train-prior -> SDS (trained, control) -> Chamfer.
 
-    ``work`` receives the tiny models, the renders, the dataset and the LoRA. ``target`` may be
-    given as (verts, faces) numpy arrays; by default Suzanne is made with bpy. Torch's
-    deterministic CPU kernels are on throughout, as ``run_job`` has them: the same thread count
-    then gives the same figures."""
-    from engine.pipeline.run import deterministic_on_cpu
-
-    with deterministic_on_cpu("cpu"), _only_models_in(Path(work)):
-        return _run_experiment(work, config, chamfer_every=chamfer_every, log=log, target=target, reuse=reuse)
+    ``work`` receives the renders, the dataset and the LoRA, and the base models unless ``models``
+    names a folder for them (shared with other experiments: see prepare_base). ``target`` may be
+    given as (verts, faces) numpy arrays; by default Suzanne is made with bpy."""
+    with isolated(work):
+        return _run_experiment(Path(work), config, chamfer_every=chamfer_every, log=log, target=target, reuse=reuse,
+                               models=Path(models) if models else Path(work) / "models")
 
 
 @contextlib.contextmanager
-def _only_models_in(work: Path):
-    """Point the engine's default models root at an empty folder inside ``work`` for the run: the
-    priors must come from the work folder alone, never from LoRAs installed on this machine
-    (``load_prior`` also looks for ``loras/`` in the default root)."""
+def isolated(work: Path):
+    """What every experiment runs under. Torch's deterministic CPU kernels, as ``run_job`` has
+    them (the same thread count then gives the same figures). And the engine's default models root
+    pointed at an empty folder inside ``work``: the priors must come from the experiment's folders
+    alone, never from LoRAs installed on this machine (``load_prior`` also looks for ``loras/`` in
+    the default root)."""
     import os
 
     from engine.models import MODELS_ENV
+    from engine.pipeline.run import deterministic_on_cpu
 
     before = os.environ.get(MODELS_ENV)
-    os.environ[MODELS_ENV] = str(work / "no-default-models")
+    os.environ[MODELS_ENV] = str(Path(work) / "no-default-models")
     try:
-        yield
+        with deterministic_on_cpu("cpu"):
+            yield
     finally:
         if before is None:
             os.environ.pop(MODELS_ENV, None)
@@ -555,62 +711,61 @@ def _only_models_in(work: Path):
             os.environ[MODELS_ENV] = before
 
 
-def _run_experiment(work, config, *, chamfer_every, log, target, reuse):
+def _run_experiment(work, config, *, chamfer_every, log, target, reuse, models):
     import torch
 
-    from engine.tiny_models import write_tiny_models
-
-    work = Path(work)
-    seconds = {}
-    clock = time.perf_counter()
     if target is None:
         target = suzanne_mesh()
     tv, tf = torch.as_tensor(target[0]), torch.as_tensor(target[1], dtype=torch.long)
     embedding = identity_embedding(config.seed)
-    models = work / "models"
-    if reuse and (work / "lora_normal" / "prior_adapter.json").is_file():  # geometry phase only
-        log(f"reusing the models, dataset and LoRA in {work}")
-        return _geometry_phase(work, config, models, embedding, tv, tf, _reused_training(work, config), seconds,
-                               chamfer_every, log)
-    write_tiny_models(models)
-    if config.vae_steps:
-        train_tiny_vae(models, config, log)
-    if config.calibrate_latents:
-        factor = calibrate_latent_scale(models, config)
-        log(f"tiny VAE scaling_factor set to {factor:.3f} (unit-variance latents; stock 0.18215)")
-    seconds["vae"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    if config.unet_steps:
-        train_tiny_unet(models, config, log)
-    seconds["base_unet"] = time.perf_counter() - clock
+    training = _geometry_training(work, config, models, target, embedding, log, reuse)
+    return _geometry_phase(work, config, models, embedding, tv, tf, training, {}, chamfer_every, log)
+
+
+def train_geometry_prior(work: Path, config: ExperimentConfig, *, models: Path | None = None, target=None,
+                         log=print, reuse: bool = True) -> dict:
+    """The geometry experiment's first half: the base (see prepare_base), the target's normal maps,
+    build-prior-dataset and train-prior into ``work``; or, with ``reuse``, what an earlier call made
+    there with the same settings. Returns the training record (also in ``work/training.json``):
+    ``run_experiment(work, config, reuse=True)`` then runs the geometry half alone."""
+    with isolated(work):
+        return _geometry_training(Path(work), config, Path(models) if models else Path(work) / "models",
+                                  suzanne_mesh() if target is None else target, identity_embedding(config.seed), log,
+                                  reuse)
+
+
+def _geometry_training(work, config, models, target, embedding, log, reuse) -> dict:
+    if reuse and (work / "lora_normal" / "prior_adapter.json").is_file():
+        log(f"reusing the dataset and LoRA in {work}")
+        return reused_training(work, config)
+    seconds = dict(prepare_base(models, config, log)["seconds"])
     clock = time.perf_counter()
     count = write_heads_folder(work / "heads", target[0], target[1], embedding, config)
     build_dataset(work / "heads", work / "dataset", config.resolution)
     seconds["target_and_dataset"] = time.perf_counter() - clock
     log(f"dataset: {count} normal maps of the target at {config.resolution}px ({seconds['target_and_dataset']:.1f} s)")
-
     clock = time.perf_counter()
-    training = train_normal_prior(models, work / "dataset", work / "lora_normal", config)
+    training = train_prior(models, work / "dataset", work / "lora_normal", config, "normal")
     seconds["train_prior"] = time.perf_counter() - clock
     log(f"train-prior: {config.train_steps} steps, eval loss {training['eval_loss_start']:.4f} -> "
         f"{training['eval_loss_end']:.4f} ({seconds['train_prior']:.1f} s)")
-    made_with = {k: v for k, v in asdict(config).items() if k in TRAINING_FIELDS}
-    (work / "training.json").write_text(json.dumps({**training, "seconds": seconds, "config": made_with}),
-                                        encoding="utf-8")
-    return _geometry_phase(work, config, models, embedding, tv, tf, training, seconds, chamfer_every, log)
+    record = {**training, "seconds": {k: round(v, 2) for k, v in seconds.items()},
+              "config": fields_of(config, TRAINING_FIELDS)}
+    (work / "training.json").write_text(json.dumps(record), encoding="utf-8")
+    return record
 
 
-def _reused_training(work: Path, config: ExperimentConfig) -> dict:
+def reused_training(work: Path, config: ExperimentConfig, fields=TRAINING_FIELDS) -> dict:
     """The training record of an earlier run in ``work``; refuses one made with other settings."""
     path = work / "training.json"
     if not path.is_file():
         raise RuntimeError(f"{path} is missing: {work} was not made by this experiment; run without --reuse")
     record = json.loads(path.read_text(encoding="utf-8"))
-    wanted = {k: v for k, v in json.loads(json.dumps(asdict(config))).items() if k in TRAINING_FIELDS}
+    wanted = fields_of(config, fields)
     if "config" not in record:
         raise RuntimeError(f"{path} records no settings (an older version of this experiment made it); "
                            "run without --reuse or use another --work folder")
-    differ = sorted(k for k in TRAINING_FIELDS if record["config"].get(k) != wanted[k])
+    differ = sorted(k for k in fields if record["config"].get(k) != wanted[k])
     if differ:
         raise RuntimeError(f"the models, dataset and LoRA in {work} were made with other settings "
                            f"({', '.join(differ)}); run without --reuse or use another --work folder")
@@ -639,8 +794,8 @@ def _geometry_phase(work, config, models, embedding, tv, tf, training, seconds, 
         prior = load_prior(models, device="cpu", task="normal" if lora else None,
                            lora_dirs={"normal": work / "lora_normal"} if lora else None,
                            options=ConditioningOptions(text_mode=config.text_mode))
-        run_config = config if name != "views_rotated" else ExperimentConfig(
-            **{**asdict(config), "view_offset_deg": config.view_offset_deg + 180.0})
+        run_config = config if name != "views_rotated" else config.replaced(
+            view_offset_deg=config.view_offset_deg + 180.0)
         # every run starts from the very same field
         run = run_geometry(prior, embedding, run_config, (tv, tf), start_state=start_state, chamfer_every=chamfer_every)
         runs[name] = run
@@ -661,16 +816,41 @@ def _geometry_phase(work, config, models, embedding, tv, tf, training, seconds, 
     return result
 
 
-def comparison_picture(meshes: dict, azimuths=(0.0, 60.0, 120.0), size: int = 128) -> np.ndarray:
-    """Normal-map renders [rows = azimuths, columns = start, trained, control, target] as uint8 RGB."""
+def bench_folders(work: Path | None, name: str, config: ExperimentConfig) -> tuple[Path, Path]:
+    """A bench's (work folder, base models folder) for ``config``: under ``work`` when given (one
+    folder per experiment and seed, one models folder per base, shared by the benches that use
+    the same base), else fresh temporary folders."""
+    import hashlib
+    import tempfile
+
+    if work is None:
+        folder = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+        return folder, folder / "models"
+    settings = hashlib.sha256(json.dumps(fields_of(config, BASE_FIELDS), sort_keys=True).encode()).hexdigest()[:8]
+    base = f"models-{'-'.join(config.base_domains)}-base{config.base}-{settings}"
+    return Path(work) / f"{name}-seed{config.seed}", Path(work) / base
+
+
+def print_spread(summaries: list[dict], keys) -> None:
+    """Mean, standard deviation and range over seeds of each figure in ``keys``."""
+    for key in keys:
+        values = np.array([s[key] for s in summaries], dtype=np.float64)
+        print(f"over {len(values)} seeds: {key} mean {values.mean():.4f} std {values.std(ddof=1):.4f} "
+              f"(min {values.min():.4f}, max {values.max():.4f})")
+
+
+def picture(columns, azimuths=(0.0, 60.0, 120.0), size: int = 128, images=None) -> np.ndarray:
+    """One uint8 RGB picture: a column per mesh ((verts, faces) torch) and a row per azimuth (10 deg
+    elevation), rendered by ``images(verts, faces, cameras)`` (default: camera-space normal maps)."""
     import torch
 
     cams = sds_cameras(len(azimuths), 0, size, elevation_deg=10.0, azimuth_deg=list(azimuths))
-    columns = []
+    draw = images or (lambda verts, faces, c: normal_images(verts.float(), faces.long(), c))
     with torch.no_grad():
-        for name in ("start", "trained", "control", "target"):
-            verts, faces = meshes[name]
-            images = normal_images(verts.float(), faces.long(), cams)
-            columns.append(torch.cat(list(images), dim=0))
-    picture = torch.cat(columns, dim=1).clamp(0, 1).numpy()
-    return (picture * 255).round().astype(np.uint8)
+        tiles = [torch.cat(list(draw(verts, faces, cams)), dim=0) for verts, faces in columns]
+    return (torch.cat(tiles, dim=1).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def comparison_picture(meshes: dict, azimuths=(0.0, 60.0, 120.0), size: int = 128) -> np.ndarray:
+    """Normal-map renders [rows = azimuths, columns = start, trained, control, target] as uint8 RGB."""
+    return picture([meshes[name] for name in ("start", "trained", "control", "target")], azimuths, size)

@@ -60,15 +60,27 @@ def test_tiny_models_are_flagged_as_meaningless(textured_head, tiny_models_root,
     assert set(report["expressions"]) == set(head.expression_names)
 
 
-def test_arcface_cosine_comes_from_the_arcface_model_when_present(tiny_models_root, photos_dir):
-    """With an arcface.onnx (here the tiny random one) every found face gets a cosine in [-1, 1];
-    a render identical to the photo gets the photo's own embedding, cosine 1."""
-    grace = np.asarray(Image.open(photos_dir / "grace_hopper.jpg").convert("RGB"))  # the photo's own pixels
-    report, _ = quality_report(renders={"neutral": [grace] * len(VIEWS_DEG)}, models_root=tiny_models_root,
-                               photos=[photos_dir / "grace_hopper.jpg"])
+def test_arcface_cosine_is_each_render_against_the_photos_identity(tiny_models_root, photos_dir):
+    """With an arcface.onnx (here the tiny random one) each view's cosine is between that render's
+    own embedding and the photos' identity: a render with the photo's own pixels gets 1, a render
+    of someone else gets the cosine between the two people's embeddings (each photo embedded on its
+    own by the identity room, here), a render without a face gets none."""
+    from engine.identity import analyse_photos
+
+    grace_path, astronaut_path = photos_dir / "grace_hopper.jpg", photos_dir / "astronaut.png"
+    grace = np.asarray(Image.open(grace_path).convert("RGB"))  # the photos' own pixels
+    astronaut = np.asarray(Image.open(astronaut_path).convert("RGB"))
+    blank = np.full((160, 160, 3), 255, np.uint8)
+    report, _ = quality_report(renders={"neutral": [grace, astronaut, grace, astronaut, blank]},
+                               models_root=tiny_models_root, photos=[grace_path])
     assert report["arcface_available"] is True
+    embeddings = [analyse_photos([path], models_root=tiny_models_root).embedding for path in (grace_path, astronaut_path)]
+    other = float(np.dot(embeddings[0], embeddings[1]))
+    assert other < 0.9, other  # the tiny model's embeddings tell the two people apart (measured: 0.50)
     cosines = [v["arcface_cosine"] for v in report["expressions"]["neutral"]["views"]]
-    assert all(c is not None and abs(c - 1.0) < 1e-4 for c in cosines), cosines
+    assert None not in cosines[:4] and cosines[4] is None, cosines
+    assert abs(cosines[0] - 1.0) < 1e-4 and abs(cosines[2] - 1.0) < 1e-4, cosines
+    assert abs(cosines[1] - other) < 1e-4 and abs(cosines[3] - other) < 1e-4, (cosines, other)
 
 
 def test_contact_sheet_has_a_row_per_expression_and_a_column_per_view():

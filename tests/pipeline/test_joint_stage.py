@@ -130,16 +130,28 @@ def test_base_prior_gets_shaded_renders_not_normal_maps(prior):
     assert spread < 0.1 < normal_spread
 
 
-def test_normal_lora_path_feeds_normal_maps(prior):
-    stage = _stage(prior, normal_maps=True, geometry_steps=2, geometry_shortcut_fraction=0.0)
+@pytest.mark.parametrize("neutral_fraction, picked", [(1.0, "neutral"), (0.0, "smiling")])
+def test_normal_lora_path_feeds_normal_maps(prior, neutral_fraction, picked):
+    """Both kinds of step, each forced by ``neutral_fraction``: SDS gets the camera-space normal
+    map of the surface the step renders, which for an expression step is the surface moved by
+    that expression's offsets (computed here before the step, from the same model)."""
+    stage = _stage(prior, normal_maps=True, geometry_steps=2, geometry_shortcut_fraction=0.0,
+                   neutral_fraction=neutral_fraction)
+    with torch.no_grad():  # a fresh model's offsets are ~0.1 mm: make "smiling" move the surface visibly
+        stage.expressions.codes.normal_(0.0, 3.0, generator=torch.Generator().manual_seed(0))
     seen = _record_sds_inputs(stage)
     with torch.no_grad():
         surface, _ = stage.dmtet()
         cams = stage.cameras(0)[0]
-        p = render(surface.verts, surface.faces, cams, passes=("mask", "normal_camera"))
-        expected = normals_to_image(p["normal_camera"], p["mask"], background=1.0)
-    if stage.step(0).expression == "neutral":
-        assert torch.allclose(seen[0], expected, atol=1e-5)
+        maps = {}
+        for name in ("neutral", "smiling"):
+            verts = surface.verts + stage.expressions.offsets(surface.verts, name)
+            p = render(verts, surface.faces, cams, passes=("mask", "normal_camera"))
+            maps[name] = normals_to_image(p["normal_camera"], p["mask"], background=1.0)
+    assert (maps["smiling"] - maps["neutral"]).abs().max() > 0.1  # the two kinds of input can be told apart
+    assert stage.step(0).expression == picked
+    assert len(seen) == 1 and seen[0].shape == maps[picked].shape
+    assert torch.allclose(seen[0], maps[picked], atol=1e-5), (seen[0] - maps[picked]).abs().max()
     assert stage.lights(0) is None
 
 

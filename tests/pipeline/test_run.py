@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 
 import numpy as np
@@ -42,7 +43,15 @@ def test_generate_writes_job_json_and_every_result_file(tmp_path, tiny_models_ro
     assert Image.open(result / "roughness.png").size == (64, 64)
     info = json.loads((result / "result.json").read_text())
     assert info["job"]["settings"]["name"] == "test" and info["job"]["texture_size"] == 64
-    assert info["models"]["tiny_test_models"] is True and info["models"]["files"]
+    assert info["models"]["tiny_test_models"] is True
+    # Every file the prior and the ArcFace check read, each with its own sha256 (hashed here anew)
+    # and nothing else: a record that names the weights a result was made with.
+    read = ["arc2face/arc2face", "arc2face/encoder", "sd15/vae", "sd15/tokenizer", "sd15/scheduler"]
+    files = [f for folder in read for f in (tiny_models_root / folder).rglob("*") if f.is_file()]
+    files.append(tiny_models_root / "arc2face" / "arcface.onnx")
+    expected = {f.relative_to(tiny_models_root).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    assert "arc2face/arc2face/diffusion_pytorch_model.safetensors" in expected and len(expected) >= 10
+    assert info["models"]["files"] == expected
     assert set(info["timings_s"]) >= {"identity", "prior", "geometry", "texture", "quality"}
     assert set(info["quality"]["expressions"]) == {"neutral", "smiling", "with curly red hair"}
     assert (result / "head.glb").read_bytes()[:4] == b"glTF"
