@@ -12,7 +12,6 @@ and, with --json, the numbers. See docs/known-answer.md and bench/known_answer.p
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -25,15 +24,7 @@ DOCS = ka.REPO_ROOT / "docs"
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--quick", action="store_true", help="the test suite's small settings")
-    parser.add_argument("--base-per-seed", action="store_true",
-                        help="make the base models with each run's seed instead of one base (seed 0) for all")
-    parser.add_argument("--picture", type=Path, default=DOCS / "known-answer.png")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
-    parser.add_argument("--work", type=Path, default=None,
-                        help="keep the base models, datasets and LoRAs here (shared with the expression bench)")
+    parser = ka.bench_arguments(__doc__, DOCS / "known-answer.png", "keep the base models, datasets and LoRAs here (shared with the expression bench)")
     parser.add_argument("--reuse", action="store_true",
                         help="with --work: reuse the models, dataset and LoRA found there (geometry phase only)")
     args = parser.parse_args(argv)

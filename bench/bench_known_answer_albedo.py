@@ -15,7 +15,6 @@ and bench/known_answer_albedo.py.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -27,14 +26,7 @@ import known_answer_albedo as kb  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--quick", action="store_true", help="the test suite's small settings")
-    parser.add_argument("--base-per-seed", action="store_true",
-                        help="make the base models with each run's seed instead of one base (seed 0) for all")
-    parser.add_argument("--picture", type=Path, default=ka.REPO_ROOT / "docs" / "known-answer-albedo.png")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
-    parser.add_argument("--work", type=Path, default=None, help="keep the base models, dataset and LoRA here")
+    parser = ka.bench_arguments(__doc__, ka.REPO_ROOT / "docs" / "known-answer-albedo.png", "keep the base models, dataset and LoRA here")
     args = parser.parse_args(argv)
 
     from PIL import Image

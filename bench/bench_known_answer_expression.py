@@ -15,7 +15,6 @@ training on the same neutral renders). See docs/known-answer.md and bench/known_
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -27,16 +26,7 @@ import known_answer_expression as kx  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--quick", action="store_true", help="the test suite's small settings")
-    parser.add_argument("--base-per-seed", action="store_true",
-                        help="make the base models with each run's seed instead of one base (seed 0) for all")
-    parser.add_argument("--picture", type=Path, default=ka.REPO_ROOT / "docs" / "known-answer-expression.png")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
-    parser.add_argument("--work", type=Path, default=None,
-                        help="keep the base models, datasets and LoRAs here, and reuse those made with the same "
-                             "settings (shared with bench_known_answer.py)")
+    parser = ka.bench_arguments(__doc__, ka.REPO_ROOT / "docs" / "known-answer-expression.png", "keep the base models, datasets and LoRAs here, and reuse those made with the same settings (shared with bench_known_answer.py)")
     args = parser.parse_args(argv)
 
     from PIL import Image

@@ -823,6 +823,21 @@ def _geometry_phase(work, config, models, embedding, tv, tf, training, seconds, 
     return result
 
 
+def bench_arguments(description: str, picture: Path, work_help: str):
+    """The options every known-answer bench takes (an ``argparse`` parser to add its own to)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--quick", action="store_true", help="the test suite's small settings")
+    parser.add_argument("--base-per-seed", action="store_true",
+                        help="make the base models with each run's seed instead of one base (seed 0) for all")
+    parser.add_argument("--picture", type=Path, default=picture)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    parser.add_argument("--work", type=Path, default=None, help=work_help)
+    return parser
+
+
 def bench_folders(work: Path | None, name: str, config: ExperimentConfig) -> tuple[Path, Path]:
     """A bench's (work folder, base models folder) for ``config``: under ``work`` when given (one
     folder per experiment and seed, one models folder per base, shared by the benches that use
