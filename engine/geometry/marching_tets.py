@@ -105,8 +105,8 @@ def extract_surface(grid, sdf: torch.Tensor, deformation: torch.Tensor | None = 
     sdf = torch.where(grid.boundary, sdf.clamp_min(0.0), sdf)
     verts = grid.vertices if deformation is None else grid.vertices + deformation
     if topology is not None:
-        return MarchingTetsResult(verts=_place_vertices(verts, sdf, topology.edges), faces=topology.faces,
-                                  edges=topology.edges)
+        return MarchingTetsResult(verts=_place_vertices(verts, sdf, topology.edges, guarded=True),
+                                  faces=topology.faces, edges=topology.edges)
     with torch.no_grad():
         candidates = grid.crossing_tets(sdf < 0)
     return marching_tetrahedra(verts, candidates, sdf)
@@ -159,9 +159,21 @@ def marching_tetrahedra(
     return MarchingTetsResult(verts=_place_vertices(grid_verts, sdf, edges), faces=faces, edges=edges)
 
 
-def _place_vertices(grid_verts: torch.Tensor, sdf: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """The linear zero crossing on each edge [M, 2]: differentiable w.r.t. sdf and the positions."""
+def _place_vertices(grid_verts: torch.Tensor, sdf: torch.Tensor, edges: torch.Tensor, *,
+                    guarded: bool = False) -> torch.Tensor:
+    """The linear zero crossing on each edge [M, 2]: differentiable w.r.t. sdf and the positions.
+
+    ``guarded``: the edges came from another evaluation of the field (``topology``). On a GPU that
+    one may differ in the last bit (another batch size, another kernel), so an end within rounding
+    of zero can have the other sign here: the formula would then place the vertex off its edge, or
+    divide by zero. Such an edge gets the vertex at its end nearer zero, where the crossing is to
+    within rounding; every consistent edge gets the very same value as unguarded (no read-back)."""
     s = sdf[edges]  # [M,2]
     p = grid_verts[edges]  # [M,2,3]
     s_a, s_b = s[:, 0:1], s[:, 1:2]
-    return (p[:, 0] * s_b - p[:, 1] * s_a) / (s_b - s_a)
+    if not guarded:
+        return (p[:, 0] * s_b - p[:, 1] * s_a) / (s_b - s_a)
+    crossing = (s_a < 0) != (s_b < 0)  # the extraction's own test (occupancy is sdf < 0)
+    placed = (p[:, 0] * s_b - p[:, 1] * s_a) / torch.where(crossing, s_b - s_a, torch.ones_like(s_a))
+    nearer_end = torch.where(s_a.abs() <= s_b.abs(), p[:, 0], p[:, 1])
+    return torch.where(crossing, placed, nearer_end)
