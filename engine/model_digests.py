@@ -6,9 +6,12 @@ The real weights are several GB; hashing them took tens of seconds at every star
 
 - the real path (symbolic links resolved: Hugging Face cache snapshots share one blob);
 - size, ``mtime_ns``, ``ctime_ns`` and inode. Size and mtime alone miss a file replaced by a copy
-  that kept the old mtime (``cp -p``, ``rsync -t``, an unpacked archive); the change time cannot
-  be set by programs and moves on any rewrite or rename, the inode on any replacement. Any
-  difference means the file is read and hashed again.
+  that kept the old mtime (``cp -p``, ``rsync -t``, an unpacked archive); on POSIX the change time
+  cannot be set by programs and moves on any rewrite or rename, the inode on any replacement. Any
+  difference means the file is read and hashed again. On Windows ``st_ctime`` is the creation
+  time and FAT/exFAT report inode 0, so a file rewritten in place with the same size and a
+  restored mtime keeps a stale digest there (the record in result.json, not the generation, would
+  be wrong): delete the cache file after such a copy.
 
 The cache is one JSON file in the per-user cache folder (``$IDTO3D_CACHE`` if set, else
 ``$XDG_CACHE_HOME/id-to-3d``, ``~/Library/Caches/id-to-3d``, ``%LOCALAPPDATA%\\id-to-3d\\cache``),

@@ -8,7 +8,6 @@ that already needs torch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..atomic import NEW_TAG, file_mode
+from ..model_digests import sha256_file
 from .errors import CorruptWeightsError, MismatchedWeightsError, MissingWeightsError
 from .expression_attention import has_expression_branch
 from .weights import check_safetensors, read_json
@@ -37,14 +37,6 @@ class AdapterInfo:
     steps: int = 0
     extra: dict = field(default_factory=dict)
     weights_sha256: str = ""  # of the weights file written with this info: a mismatched pair is detected
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def add_task_adapter(unet, info: AdapterInfo, adapter_name: str):
@@ -75,7 +67,7 @@ def save_task_adapter(unet, folder: Path | str, adapter_name: str, info: Adapter
     staging = Path(tempfile.mkdtemp(prefix=f".adapter{NEW_TAG}", dir=folder))  # tagged: a left-over is the engine's
     try:
         unet.save_lora_adapter(staging, adapter_name=adapter_name, weight_name=WEIGHTS_FILE)
-        info.weights_sha256 = _sha256(staging / WEIGHTS_FILE)
+        info.weights_sha256 = sha256_file(staging / WEIGHTS_FILE)
         (staging / INFO_FILE).write_text(json.dumps(asdict(info), indent=2), encoding="utf-8")
         for name in (WEIGHTS_FILE, INFO_FILE):
             os.chmod(staging / name, file_mode())  # the user's umask, not the staging folder's 0600
@@ -100,7 +92,7 @@ def read_adapter_info(folder: Path) -> AdapterInfo:
         info.rank, info.alpha, info.expression_scale = int(info.rank), float(info.alpha), float(info.expression_scale)
     except (TypeError, ValueError) as exc:
         raise CorruptWeightsError(f"{folder / INFO_FILE} has a field of the wrong type ({exc})", fix) from None
-    if info.weights_sha256 and info.weights_sha256 != _sha256(folder / WEIGHTS_FILE):
+    if info.weights_sha256 and info.weights_sha256 != sha256_file(folder / WEIGHTS_FILE):
         raise MismatchedWeightsError(f"{folder / WEIGHTS_FILE} is not the file {folder / INFO_FILE} was written with "
                                      "(an interrupted copy or save?)", fix)
     return info

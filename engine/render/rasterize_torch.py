@@ -113,9 +113,10 @@ def to_screen(clip: torch.Tensor, resolution) -> torch.Tensor:
 
 def _candidate_chunks(counts: torch.Tensor, ends: torch.Tensor):
     """(first triangle, end triangle, first candidate, candidate count) of each chunk of whole
-    triangles holding about CHUNK_CANDIDATES candidate pixels (a triangle with more is a chunk of
-    its own). One host read-back of the total; a second, of all the boundaries at once, only when
-    there is more than one chunk."""
+    triangles, cut after the last triangle ending at or before each multiple of CHUNK_CANDIDATES
+    candidate pixels (a triangle larger than that shares its chunk with the triangles after it,
+    up to the next cut). One host read-back of the total; a second, of all the boundaries at
+    once, only when there is more than one chunk."""
     if ends.numel() == 0:
         return []
     total = int(ends[-1])
