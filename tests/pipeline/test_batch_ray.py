@@ -69,6 +69,16 @@ def _log_pids(log: Path) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in re.findall(r"worker pid (\d+) \(runner pid (\d+)", log.read_text())]
 
 
+
+def _ray_batch(manifest, root, models, ray_cluster) -> tuple[list[str], dict[str, str]]:
+    """(command, environment) of ``python -m engine batch MANIFEST --out ROOT --ray ADDRESS`` on the
+    test's cluster, one torch thread per job."""
+    address, cluster_env = ray_cluster
+    command = [sys.executable, "-m", "engine", "batch", str(manifest), "--out", str(root), "--models",
+               str(models), "--device", "cpu", "--ray", address, "--progress-every", "2"]
+    return command, {**cluster_env, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+
+
 def test_ray_batch_survives_killed_workers_and_a_bad_row(tmp_path, tiny_models_root, ray_cluster):
     for seed, name in enumerate(("anna", "bob")):
         np.save(tmp_path / f"{name}.npy", np.random.default_rng(seed).normal(size=512).astype(np.float32))
@@ -79,10 +89,7 @@ def test_ray_batch_survives_killed_workers_and_a_bad_row(tmp_path, tiny_models_r
     manifest = tmp_path / "faces.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     root = tmp_path / "root"
-    address, cluster_env = ray_cluster
-    command = [sys.executable, "-m", "engine", "batch", str(manifest), "--out", str(root), "--models",
-               str(tiny_models_root), "--device", "cpu", "--ray", address, "--progress-every", "2"]
-    env = {**cluster_env, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    command, env = _ray_batch(manifest, root, tiny_models_root, ray_cluster)
     driver = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env)
 
@@ -163,10 +170,7 @@ def test_ctrl_c_on_a_ray_batch_leaves_every_job_resumable(tmp_path, tiny_models_
            "overrides": {"geometry_steps": GEOMETRY_STEPS, "checkpoint_every": 2}}
     manifest, root = tmp_path / "faces.jsonl", tmp_path / "root"
     manifest.write_text(json.dumps(row) + "\n", encoding="utf-8")
-    address, cluster_env = ray_cluster
-    command = [sys.executable, "-m", "engine", "batch", str(manifest), "--out", str(root), "--models",
-               str(tiny_models_root), "--device", "cpu", "--ray", address, "--progress-every", "2"]
-    env = {**cluster_env, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    command, env = _ray_batch(manifest, root, tiny_models_root, ray_cluster)
     driver = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env)
     deadline = time.monotonic() + 240
